@@ -1,0 +1,61 @@
+"""adcore: visual anomaly detection with pluggable detectors.
+
+Learn "normal" from defect-free images, then score new images and localise defects. Detectors come
+from plugins (``pip install ad-memory`` for PatchCore and SPADE, and so on); this package holds the
+contracts, the plugin machinery, shared backbones, data, metrics and the ``adcore`` CLI.
+
+    >>> import adcore
+    >>> detector = adcore.get_model("patchcore")          # doctest: +SKIP
+    >>> detector.fit(train_loader).calibrate(val_loader)  # doctest: +SKIP
+    >>> prediction = detector.predict(images)             # doctest: +SKIP
+
+Importing adcore is cheap: no plugin and no torch is imported until first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "AnomalyDetector",
+    "BaseDetector",
+    "Prediction",
+    "hookimpl",
+    "get_model",
+    "list_models",
+    "list_models_by_category",
+    "load",
+    "ModelNotFoundError",
+    "NotFittedError",
+    "InvalidInputError",
+    "ModelFileError",
+]
+
+from adcore.errors import InvalidInputError, ModelFileError, NotFittedError
+from adcore.factory import get_model, list_models, list_models_by_category, load
+from adcore.hookspecs import hookimpl
+from adcore.registry import ModelNotFoundError
+
+if TYPE_CHECKING:
+    from adcore.base import BaseDetector
+    from adcore.prediction import AnomalyDetector, Prediction
+
+_LAZY = {"AnomalyDetector": "adcore.prediction", "Prediction": "adcore.prediction", "BaseDetector": "adcore.base"}
+
+
+def __getattr__(name: str) -> Any:
+    # torch-backed names load on first use so that `import adcore` (and `adcore list`) stays light
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'adcore' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,264 @@
+"""``BaseDetector``: scikit-learn conventions, input handling, calibration and save/load.
+
+Subclasses write three things: ``__init__`` that only stores its keyword parameters (validated
+right after by ``_validate_params``), ``_fit(stream)`` and ``_predict(images)`` on images already
+resized to ``input_size``. Everything else (input checks, resizing back to the caller's size,
+seeding, thresholds, persistence) lives here once.
+
+State conventions: fitted state is public attributes ending in ``_`` (tensors, ``nn.Module``s or
+JSON-able values); these are what :meth:`save` writes. Frozen pretrained backbones are private
+attributes rebuilt from parameters, so they are not copied into every model file.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adcore.errors import InvalidInputError, NotFittedError
+from adcore.inputs import ImageStream, extract_images, extract_labels, to_size, validate_images
+from adcore.prediction import Prediction
+from adcore.seeding import seeded
+
+__all__ = ["BaseDetector"]
+
+_JSON_TYPES = (bool, int, float, str, type(None))
+
+
+class BaseDetector(ABC):
+    """Optional base class for detectors (see the module docstring for the contract)."""
+
+    #: run ``_predict`` under ``torch.inference_mode`` (off for detectors that need input gradients)
+    inference_mode: ClassVar[bool] = True
+    #: images per batch when ``predict`` is given a large batch
+    predict_batch_size: ClassVar[int] = 32
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def validating_init(self: BaseDetector, *args: Any, **kw: Any) -> None:
+            init(self, *args, **kw)
+            if type(self).__init__ is validating_init:  # only once, after the most derived __init__
+                self._validate_params()
+
+        cls.__init__ = validating_init  # type: ignore[method-assign]
+
+    # -- scikit-learn conventions -------------------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        signature = inspect.signature(cls.__init__)
+        names = []
+        for name, param in signature.parameters.items():
+            if name == "self":
+                continue
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise TypeError(f"{cls.__name__}.__init__ must list its parameters explicitly (no *args/**kwargs)")
+            names.append(name)
+        return names
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor parameters, read back from the attributes ``__init__`` stored."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> BaseDetector:
+        valid = set(self._param_names())
+        for name, value in params.items():
+            if name not in valid:
+                raise InvalidInputError(f"{type(self).__name__} has no parameter {name!r}; valid: {sorted(valid)}")
+            setattr(self, name, value)
+        self._validate_params()
+        return self
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(getattr(self, "fitted_", False))
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``input_size`` as ``(height, width)``."""
+        return to_size(getattr(self, "input_size", 256))
+
+    # -- fit / predict --------------------------------------------------------------------------
+    def fit(self, data: Any) -> BaseDetector:
+        """Learn normality from good images only; returns ``self``."""
+        self._validate_params()
+        stream = ImageStream(data, self.image_size, batch_size=getattr(self, "batch_size", 8), where="fit")
+        self.threshold_: float | None = None
+        self.fitted_ = False
+        with seeded(getattr(self, "seed", 0)):
+            self._fit(stream)
+        self.fitted_ = True
+        return self
+
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """Score a ``(B,3,H,W)`` float batch in [0, 1]; maps come back at the input's own H×W."""
+        self._check_fitted("predict")
+        images = validate_images(images, where="predict")
+        height, width = images.shape[-2:]
+        scores, maps = [], []
+        context = torch.inference_mode() if self.inference_mode else torch.no_grad()
+        with context:
+            for start in range(0, images.shape[0], self.predict_batch_size):
+                chunk = images[start:start + self.predict_batch_size]
+                resized = F.interpolate(chunk, size=self.image_size, mode="bilinear", align_corners=False,
+                                        antialias=chunk.shape[-2] > self.image_size[0] or chunk.shape[-1] > self.image_size[1]) \
+                    if tuple(chunk.shape[-2:]) != self.image_size else chunk
+                score, amap = self._predict(resized)
+                if amap.ndim == 4:
+                    amap = amap[:, 0]
+                amap = F.interpolate(amap[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+                scores.append(score.detach().float().reshape(-1))
+                maps.append(amap.detach())
+        pred_score = torch.cat(scores).clone()
+        anomaly_map = torch.cat(maps).clone()
+        label = None
+        if getattr(self, "threshold_", None) is not None:
+            label = pred_score >= self.threshold_
+        return Prediction(pred_score, anomaly_map, label)
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        """Image scores only (``predict(images).pred_score``)."""
+        return self.predict(images).pred_score
+
+    # -- thresholds ---------------------------------------------------------------------------
+    def calibrate(self, data: Any, *, target_fpr: float = 0.01) -> BaseDetector:
+        """Set ``threshold_`` from held-out data.
+
+        Good-only data (no labels, or labels all 0): the smallest threshold that flags at most
+        ``target_fpr`` of these good images, so a validation set without defects gives an honest
+        threshold instead of one that flags everything. Labelled data with both classes: the
+        threshold with the best F1.
+        """
+        self._check_fitted("calibrate")
+        if not 0.0 <= target_fpr < 1.0:
+            raise InvalidInputError(f"target_fpr must be in [0, 1), got {target_fpr}")
+        from adcore.metrics import f1_max
+
+        scores, labels = [], []
+        items = [data] if isinstance(data, torch.Tensor) else data
+        for item in items:
+            batch = extract_images(item)
+            scores.append(self.predict(batch).pred_score)
+            found = extract_labels(item)
+            labels.append(found if found is not None else torch.zeros(batch.shape[0], dtype=torch.long))
+        if not scores:
+            raise InvalidInputError("calibrate: the data yielded no images")
+        score = torch.cat(scores)
+        label = torch.cat(labels)
+        if bool((label == 1).any()) and bool((label == 0).any()):
+            best_f1, threshold = f1_max(label, score)
+            self.calibration_ = {"method": "f1", "f1": best_f1, "images": int(score.numel())}
+        else:
+            good = torch.sort(score[label == 0], descending=True).values
+            allowed = int(math.floor(target_fpr * good.numel()))
+            pivot = float(good[min(allowed, good.numel() - 1)])
+            threshold = math.nextafter(pivot, math.inf)
+            achieved = float((good >= threshold).float().mean())
+            self.calibration_ = {"method": "fpr", "target_fpr": target_fpr, "achieved_fpr": achieved,
+                                 "images": int(good.numel())}
+        self.threshold_ = float(threshold)
+        return self
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write parameters and fitted state to ``path`` (safetensors + JSON, atomically, no pickle)."""
+        self._check_fitted("save")
+        from adcore.persistence import save_detector
+
+        return save_detector(self, Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> BaseDetector:
+        """Rebuild a detector saved by :meth:`save`; predictions are bit-identical."""
+        from adcore.persistence import load_detector
+
+        return load_detector(Path(path), expected=cls)
+
+    def _get_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Fitted attributes (ending in ``_``) split into tensors and JSON metadata."""
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict[str, Any] = {}
+        modules: list[str] = []
+        for name, value in vars(self).items():
+            if not name.endswith("_") or name.startswith("_"):
+                continue
+            if isinstance(value, torch.Tensor):
+                tensors[name] = value
+            elif isinstance(value, nn.Module):
+                modules.append(name)
+                for key, tensor in value.state_dict().items():
+                    tensors[f"{name}.{key}"] = tensor
+            elif _json_able(value):
+                meta[name] = value
+            else:
+                raise TypeError(f"{type(self).__name__}.{name} ({type(value).__name__}) cannot be saved: store "
+                                "tensors, nn.Modules or JSON values in fitted attributes, or override _get_state")
+        meta["__modules__"] = modules
+        return tensors, meta
+
+    def _set_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Inverse of :meth:`_get_state`. Modules are built by :meth:`_build_modules` first."""
+        modules = meta.pop("__modules__", [])
+        for name, value in meta.items():
+            setattr(self, name, value)
+        if modules:
+            self._build_modules()
+        for name in modules:
+            module = getattr(self, name, None)
+            if not isinstance(module, nn.Module):
+                raise TypeError(f"{type(self).__name__}._build_modules() must create the module {name!r} before loading")
+            prefix = f"{name}."
+            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+            module.eval()
+        for name, value in tensors.items():
+            if "." not in name:
+                setattr(self, name, value)
+
+    def _build_modules(self) -> None:
+        """Create the (untrained) ``nn.Module`` attributes so a saved state can be loaded into them."""
+        raise NotImplementedError(f"{type(self).__name__} saves nn.Modules and must implement _build_modules()")
+
+    # -- for subclasses -------------------------------------------------------------------------
+    def _validate_params(self) -> None:
+        """Reject out-of-range parameters with the allowed range; called after ``__init__``."""
+        if hasattr(self, "input_size"):
+            to_size(self.input_size)
+
+    @abstractmethod
+    def _fit(self, stream: ImageStream) -> None:
+        """Learn from batches already resized to ``input_size``."""
+
+    @abstractmethod
+    def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(scores (B,), maps (B,h,w))`` for images resized to ``input_size``."""
+
+    def _check_fitted(self, action: str) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"{type(self).__name__} is not fitted yet: call fit(good_images) before {action}(), "
+                                 "or load a saved model with adcore.load(path)")
+
+
+def _json_able(value: Any) -> bool:
+    if isinstance(value, _JSON_TYPES):
+        return not (isinstance(value, float) and not math.isfinite(value))
+    if isinstance(value, (list, tuple)):
+        return all(_json_able(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_able(v) for k, v in value.items())
+    return False

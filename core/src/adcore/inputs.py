@@ -1,0 +1,178 @@
+"""Turning what callers pass into what detectors use: validated ``(B,3,h,w)`` float tensors.
+
+``validate_images`` is the single gate for ``predict``; :class:`ImageStream` is the re-iterable
+view over ``fit`` data (DataLoaders, tensors, datasets, generators) that streams batches instead of
+loading a whole training set into memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from adcore.errors import InvalidInputError
+
+__all__ = ["validate_images", "resize_images", "extract_images", "ImageStream", "to_size"]
+
+_RANGE_TOLERANCE = 1e-3
+
+
+def to_size(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """``256`` or ``(h, w)`` → ``(h, w)``, rejecting nonsense with the allowed form."""
+    if isinstance(size, bool):
+        raise InvalidInputError(f"input_size must be an int or (height, width), got {size!r}")
+    if isinstance(size, int):
+        size = (size, size)
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"input_size must be an int or (height, width), got {size!r}") from None
+    if h < 16 or w < 16 or h > 4096 or w > 4096:
+        raise InvalidInputError(f"input_size must be between 16 and 4096 pixels per side, got {(h, w)}")
+    return (h, w)
+
+
+def validate_images(images: Any, *, where: str = "predict") -> torch.Tensor:
+    """Check a batch and return it as contiguous float32 ``(B,3,H,W)`` in [0, 1].
+
+    Conversions (documented, tested): ``uint8`` is divided by 255; other float dtypes are cast to
+    float32. Everything else that is off raises :class:`InvalidInputError` saying what was expected.
+    """
+    if not isinstance(images, torch.Tensor):
+        hint = " (a numpy array: use torch.from_numpy(a).permute(0, 3, 1, 2) / 255)" if hasattr(images, "__array__") else ""
+        raise InvalidInputError(f"{where}: expected a torch.Tensor of shape (B,3,H,W), got {type(images).__name__}{hint}")
+    if images.dtype == torch.uint8:
+        images = images.float() / 255.0
+    elif images.is_floating_point():
+        images = images.float()
+    else:
+        raise InvalidInputError(f"{where}: expected float32 images in [0, 1] (or uint8 in [0, 255]), got dtype {images.dtype}")
+    if images.ndim == 3 and images.shape[0] in (1, 3, 4):
+        raise InvalidInputError(f"{where}: got one image of shape {tuple(images.shape)}; add the batch dimension: images.unsqueeze(0)")
+    if images.ndim != 4:
+        raise InvalidInputError(f"{where}: expected shape (B,3,H,W), got {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise InvalidInputError(f"{where}: the batch is empty (shape {tuple(images.shape)}); pass at least one image")
+    channels = images.shape[1]
+    if channels != 3:
+        fix = ("repeat the gray channel: images.expand(-1, 3, -1, -1)" if channels == 1 else
+               "drop alpha: images[:, :3]" if channels == 4 else
+               "images must be channels-first (B,3,H,W)")
+        raise InvalidInputError(f"{where}: expected 3 RGB channels, got {channels} (shape {tuple(images.shape)}); {fix}. "
+                                "adcore's datasets convert grayscale/RGBA files to RGB for you.")
+    if images.shape[2] < 2 or images.shape[3] < 2:
+        raise InvalidInputError(f"{where}: images of {images.shape[2]}×{images.shape[3]} pixels are too small to score")
+    finite = torch.isfinite(images)
+    if not bool(finite.all()):
+        bad = (~finite).flatten(1).any(1).nonzero().flatten().tolist()
+        raise InvalidInputError(f"{where}: images {bad[:10]} of the batch contain NaN or Inf values")
+    low, high = float(images.min()), float(images.max())
+    if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
+        hint = ("divide by 255" if high > 1.5 else
+                "pass raw images: detectors apply their backbone's normalisation themselves")
+        raise InvalidInputError(f"{where}: pixel values must be in [0, 1], got min {low:.3g}, max {high:.3g}; {hint}")
+    return images.clamp(0.0, 1.0).contiguous()
+
+
+def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a float batch to ``size`` (antialiased when shrinking, so no aliasing artefacts)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    shrinking = images.shape[-2] > size[0] or images.shape[-1] > size[1]
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+
+
+def extract_images(item: Any) -> torch.Tensor:
+    """The image tensor of one item of fit/calibration data: a tensor, ``(img, label, ...)`` or ``{"image": ...}``."""
+    if isinstance(item, torch.Tensor):
+        return item
+    if isinstance(item, dict):
+        if "image" not in item:
+            raise InvalidInputError(f"a data item is a dict without an 'image' key (keys: {sorted(item)})")
+        return item["image"]
+    if isinstance(item, (tuple, list)) and item and isinstance(item[0], torch.Tensor):
+        return item[0]
+    raise InvalidInputError(f"cannot find images in a data item of type {type(item).__name__}; yield (B,3,H,W) "
+                            "tensors, (images, labels) tuples or {'image': images} dicts")
+
+
+def extract_labels(item: Any) -> torch.Tensor | None:
+    """Image-level labels of one item when present (``(img, label)`` or ``{"label": ...}``)."""
+    if isinstance(item, dict):
+        label = item.get("label")
+    elif isinstance(item, (tuple, list)) and len(item) > 1:
+        label = item[1]
+    else:
+        return None
+    return None if label is None else torch.as_tensor(label).reshape(-1).long()
+
+
+class ImageStream:
+    """A re-iterable stream of validated, resized batches over fit data.
+
+    Accepts a DataLoader, a ``(N,3,H,W)`` tensor, a map-style dataset of single images, or any
+    iterable of batches. A one-shot iterator (e.g. a generator) is cached on its first pass so
+    that multi-epoch training can iterate again; everything else is re-read each pass, so a
+    dataset larger than memory is never loaded at once.
+    """
+
+    def __init__(self, data: Any, size: tuple[int, int], *, batch_size: int = 8, where: str = "fit") -> None:
+        if data is None:
+            raise InvalidInputError(f"{where}: no data given; pass a DataLoader or an iterable of (B,3,H,W) tensors")
+        self.size = size
+        self.where = where
+        self.batch_size = batch_size
+        self._cache: list[torch.Tensor] | None = None
+        if isinstance(data, torch.Tensor):
+            images = data if data.ndim == 4 else data.unsqueeze(0)
+            self._source: Iterable[Any] = [images[i:i + batch_size] for i in range(0, images.shape[0], batch_size)]
+        elif _is_map_dataset(data):
+            from torch.utils.data import DataLoader
+
+            self._source = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=_collate)
+        elif iter(data) is data:
+            self._source = data
+            self._cache = []
+        else:
+            self._source = data
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        if self._cache is not None and self._source is None:
+            yield from self._cache
+            return
+        count = 0
+        for item in self._source:
+            batch = extract_images(item)
+            if batch.ndim == 3:
+                batch = batch.unsqueeze(0)
+            batch = resize_images(validate_images(batch, where=self.where), self.size)
+            count += batch.shape[0]
+            if self._cache is not None:
+                self._cache.append(batch)
+            yield batch
+        if self._cache is not None:
+            self._source = None  # type: ignore[assignment]
+        if count == 0:
+            raise InvalidInputError(f"{self.where}: the data yielded no images; check the dataset folder or loader")
+
+    def materialize(self) -> torch.Tensor:
+        """All images as one ``(N,3,h,w)`` tensor (for detectors that train for several epochs)."""
+        return torch.cat(list(self), dim=0)
+
+    def num_images(self) -> int:
+        return sum(batch.shape[0] for batch in self)
+
+
+def _is_map_dataset(data: Any) -> bool:
+    from torch.utils.data import DataLoader, Dataset
+
+    return isinstance(data, Dataset) and not isinstance(data, DataLoader) and hasattr(data, "__getitem__") and hasattr(data, "__len__")
+
+
+def _collate(items: list[Any]) -> Any:
+    from torch.utils.data import default_collate
+
+    return default_collate(items)

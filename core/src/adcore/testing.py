@@ -1,0 +1,235 @@
+"""Conformance kit: checks any detector against adcore's contract.
+
+Third parties run it on their own detectors::
+
+    from adcore.testing import check_detector
+    check_detector(lambda: MyDetector(input_size=64))
+
+and adcore's own test-suite runs it over every registered detector (with each card's
+``quick_params``), via :func:`registered_detector_params`.
+
+Checks: the protocol; ``get_params`` round-trips through the constructor; ``predict`` before
+``fit`` fails; ``fit`` returns ``self``; shapes and dtypes at a non-square input size (and a batch
+of one); finite scores; a pasted defect scores higher than clean images and its map is higher
+inside the defect; ``calibrate`` yields boolean labels; save/load gives bit-identical predictions;
+two fits under the same seed give bit-identical predictions.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adcore.prediction import AnomalyDetector, Prediction
+
+__all__ = ["ConformanceError", "ConformanceReport", "check_detector", "make_normal_images", "paste_defects",
+           "registered_detector_params", "build_registered"]
+
+
+class ConformanceError(AssertionError):
+    """A detector broke the contract; the message lists every failed check."""
+
+
+@dataclass
+class ConformanceReport:
+    detector: str
+    passed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def make_normal_images(count: int, size: tuple[int, int] = (64, 64), seed: int = 0) -> torch.Tensor:
+    """Smooth textured 'good' images: colour gradients and stripes with random phase, light noise."""
+    generator = torch.Generator().manual_seed(seed)
+    height, width = size
+    ys = torch.linspace(0, 1, height).view(1, 1, height, 1)
+    xs = torch.linspace(0, 1, width).view(1, 1, 1, width)
+    phase = torch.rand(count, 1, 1, 1, generator=generator) * 2 * math.pi
+    base = torch.tensor([0.55, 0.45, 0.35]).view(1, 3, 1, 1)
+    stripes = 0.08 * torch.sin(2 * math.pi * 6 * xs + phase) + 0.05 * torch.cos(2 * math.pi * 3 * ys + phase)
+    gradient = 0.1 * (ys - 0.5) + 0.05 * (xs - 0.5)
+    noise = 0.01 * torch.randn(count, 3, height, width, generator=generator)
+    return (base + stripes + gradient + noise).clamp(0, 1)
+
+
+def paste_defects(images: torch.Tensor, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste a high-contrast noisy square (a quarter of the side) into each image; returns (images, masks)."""
+    generator = torch.Generator().manual_seed(seed)
+    out = images.clone()
+    count, _, height, width = images.shape
+    masks = torch.zeros(count, height, width)
+    side_h, side_w = max(4, height // 4), max(4, width // 4)
+    for index in range(count):
+        top = int(torch.randint(height // 8, height - side_h - height // 8 + 1, (1,), generator=generator))
+        left = int(torch.randint(width // 8, width - side_w - width // 8 + 1, (1,), generator=generator))
+        patch = torch.rand(3, side_h, side_w, generator=generator)
+        patch[1] = 1.0 - patch[0]
+        out[index, :, top:top + side_h, left:left + side_w] = patch
+        masks[index, top:top + side_h, left:left + side_w] = 1.0
+    return out, masks
+
+
+def _batches(images: torch.Tensor, size: int = 8) -> list[torch.Tensor]:
+    return [images[i:i + size] for i in range(0, images.shape[0], size)]
+
+
+def check_detector(factory: Callable[[], AnomalyDetector], *, image_size: tuple[int, int] = (64, 64),
+                   train_images: int = 16, name: str | None = None, raise_on_failure: bool = True) -> ConformanceReport:
+    """Run every conformance check on detectors built by ``factory()`` (called up to three times)."""
+    detector = factory()
+    report = ConformanceReport(name or type(detector).__name__)
+    train = make_normal_images(train_images, image_size, seed=0)
+    clean = make_normal_images(6, (image_size[0] - 8, image_size[1] + 8), seed=100)
+    defective, masks = paste_defects(clean, seed=7)
+
+    def check(label: str, fn: Callable[[], None]) -> bool:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - every failure goes into the report
+            report.failed[label] = f"{type(exc).__name__}: {exc}"
+            return False
+        report.passed.append(label)
+        return True
+
+    def require(condition: bool, message: str) -> None:
+        if not condition:
+            raise AssertionError(message)
+
+    check("implements AnomalyDetector", lambda: require(isinstance(detector, AnomalyDetector),
+                                                        "needs fit, predict and get_params"))
+
+    def params_round_trip() -> None:
+        params = detector.get_params()
+        require(isinstance(params, dict), "get_params() must return a dict")
+        rebuilt = type(detector)(**params).get_params()
+        require(repr(rebuilt) == repr(params), f"type(det)(**get_params()) changed parameters: {params} -> {rebuilt}")
+
+    check("get_params round-trips", params_round_trip)
+
+    def predict_before_fit() -> None:
+        try:
+            factory().predict(clean[:1])
+        except Exception:  # noqa: BLE001
+            return
+        raise AssertionError("predict() before fit() must raise (e.g. adcore.NotFittedError)")
+
+    check("predict before fit raises", predict_before_fit)
+
+    fitted: dict[str, Any] = {}
+
+    def fit_returns_self() -> None:
+        result = detector.fit(_batches(train))
+        require(result is detector, "fit() must return self")
+        fitted["ok"] = True
+
+    if not check("fit returns self", fit_returns_self):
+        return _finish(report, raise_on_failure)
+
+    outputs: dict[str, Prediction] = {}
+
+    def shapes() -> None:
+        both = torch.cat([clean, defective])
+        prediction = detector.predict(both)
+        outputs["all"] = prediction
+        count, height, width = both.shape[0], both.shape[2], both.shape[3]
+        require(tuple(prediction.pred_score.shape) == (count,), f"pred_score shape {tuple(prediction.pred_score.shape)} != ({count},)")
+        require(tuple(prediction.anomaly_map.shape) == (count, height, width),
+                f"anomaly_map shape {tuple(prediction.anomaly_map.shape)} != {(count, height, width)} (the input's own H×W)")
+        require(prediction.pred_score.dtype == torch.float32 and prediction.anomaly_map.dtype == torch.float32,
+                "pred_score and anomaly_map must be float32")
+        require(bool(torch.isfinite(prediction.pred_score).all()) and bool(torch.isfinite(prediction.anomaly_map).all()),
+                "scores and maps must be finite")
+        single = detector.predict(clean[:1])
+        require(tuple(single.anomaly_map.shape) == (1, height, width), "a batch of one must work")
+
+    check("output shapes, dtypes, finite", shapes)
+
+    def defect_scores_higher() -> None:
+        prediction = outputs["all"]
+        count = clean.shape[0]
+        good, bad = prediction.pred_score[:count], prediction.pred_score[count:]
+        require(float(bad.mean()) > float(good.mean()),
+                f"pasted defects should score higher: defective mean {float(bad.mean()):.4g} <= clean mean {float(good.mean()):.4g}")
+        maps = prediction.anomaly_map[count:]
+        inside, outside = float(maps[masks > 0].mean()), float(maps[masks == 0].mean())
+        require(inside > outside, f"anomaly map should be higher inside the defect ({inside:.4g}) than outside ({outside:.4g})")
+
+    check("pasted defect scores higher", defect_scores_higher)
+
+    def calibration() -> None:
+        if not hasattr(detector, "calibrate"):
+            return
+        detector.calibrate(_batches(make_normal_images(8, image_size, seed=55)))
+        prediction = detector.predict(torch.cat([clean, defective]))
+        require(prediction.pred_label is not None and prediction.pred_label.dtype == torch.bool,
+                "after calibrate(), pred_label must be a bool tensor")
+
+    check("calibrate gives labels", calibration)
+
+    def save_load() -> None:
+        if not hasattr(detector, "save"):
+            return
+        import adcore
+
+        probe = torch.cat([clean[:2], defective[:2]])
+        before = detector.predict(probe)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.safetensors"
+            detector.save(path)
+            loaded = type(detector).load(path)
+            try:
+                via_registry = adcore.load(path)
+            except adcore.ModelFileError:
+                via_registry = loaded  # not registered: class-level load is what users have
+        for other, label in ((loaded, "Class.load"), (via_registry, "adcore.load")):
+            after = other.predict(probe)
+            require(torch.equal(before.pred_score, after.pred_score), f"{label}: scores differ after save/load")
+            require(torch.equal(before.anomaly_map, after.anomaly_map), f"{label}: maps differ after save/load")
+            require(repr(other.get_params()) == repr(detector.get_params()), f"{label}: parameters differ after save/load")
+
+    check("save/load is bit-identical", save_load)
+
+    def reproducible() -> None:
+        probe = torch.cat([clean[:2], defective[:2]])
+        first = detector.predict(probe)
+        second = factory().fit(_batches(train)).predict(probe)
+        require(torch.equal(first.pred_score, second.pred_score) and torch.equal(first.anomaly_map, second.anomaly_map),
+                "two fits with the same parameters and seed gave different predictions")
+
+    check("same seed, same predictions", reproducible)
+    return _finish(report, raise_on_failure)
+
+
+def _finish(report: ConformanceReport, raise_on_failure: bool) -> ConformanceReport:
+    if raise_on_failure and report.failed:
+        lines = [f"{report.detector} failed {len(report.failed)} conformance check(s):"]
+        lines += [f"  - {label}: {message}" for label, message in report.failed.items()]
+        raise ConformanceError("\n".join(lines))
+    return report
+
+
+def build_registered(name: str, **overrides: Any) -> AnomalyDetector:
+    """Build a registered detector with its card's ``quick_params`` (a fast smoke configuration)."""
+    from adcore.factory import get_entry, get_model
+
+    params = dict(get_entry(name).card.get("quick_params", {}))
+    params.update(overrides)
+    return get_model(name, **params)
+
+
+def registered_detector_params(pattern: str = "*") -> list[Any]:
+    """``pytest.param`` per registered detector, for ``@pytest.mark.parametrize("name", ...)``."""
+    import pytest
+
+    from adcore.factory import list_models
+
+    return [pytest.param(name, id=name) for name in list_models(pattern)]

@@ -1,0 +1,115 @@
+"""One training loop for every detector that learns weights (students, flows, autoencoders).
+
+Detectors give a ``loss_fn(batch) -> loss`` and the parameters to optimise; the loop handles
+shuffling under the detector's seed, epochs, the progress bar with the running loss, optional
+validation-based early stopping (restoring the best weights) and a loss history for plots.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from adcore.progress import progress
+
+__all__ = ["TrainingHistory", "train_epochs", "split_holdout"]
+
+
+@dataclass
+class TrainingHistory:
+    """Per-epoch mean training loss (and validation loss when early stopping was on)."""
+
+    loss: list[float] = field(default_factory=list)
+    validation: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {"loss": self.loss, "validation": self.validation, "best_epoch": self.best_epoch,
+                "stopped_early": self.stopped_early}
+
+
+def split_holdout(images: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``(N,...)`` into training and held-out parts, the held-out part chosen under ``seed``."""
+    if not 0.0 < fraction < 1.0 or images.shape[0] < 2:
+        return images, images[:0]
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
+    count = max(1, int(round(fraction * images.shape[0])))
+    return images[order[count:]], images[order[:count]]
+
+
+def train_epochs(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    modules: Iterable[nn.Module] = (),
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    validation_images: torch.Tensor | None = None,
+    patience: int | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    desc: str = "train",
+) -> TrainingHistory:
+    """Train for ``epochs`` over ``images`` and return the :class:`TrainingHistory`.
+
+    With ``validation_images`` and ``patience``, training stops when the validation loss has not
+    improved for ``patience`` epochs and the best weights of ``modules`` are restored.
+    """
+    history = TrainingHistory()
+    modules = list(modules)
+    generator = torch.Generator().manual_seed(seed)
+    best_loss, best_state, stale = float("inf"), None, 0
+    bar = progress(range(epochs), desc=desc, total=epochs)
+    for epoch in bar:
+        for module in modules:
+            module.train()
+        order = torch.randperm(images.shape[0], generator=generator)
+        total, count = 0.0, 0
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[order[start:start + batch_size]]
+            if augment is not None:
+                batch = augment(batch, generator)
+            loss = loss_fn(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: the loss became {loss.item()} at epoch {epoch + 1}; lower the "
+                                         "learning rate or check the input images")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * batch.shape[0]
+            count += batch.shape[0]
+        if scheduler is not None:
+            scheduler.step()
+        history.loss.append(total / max(count, 1))
+        postfix = {"loss": f"{history.loss[-1]:.4g}"}
+        if validation_images is not None and validation_images.shape[0] and patience is not None:
+            for module in modules:
+                module.eval()
+            with torch.no_grad():
+                val = sum(float(loss_fn(validation_images[i:i + batch_size])) * min(batch_size, validation_images.shape[0] - i)
+                          for i in range(0, validation_images.shape[0], batch_size)) / validation_images.shape[0]
+            history.validation.append(val)
+            postfix["val"] = f"{val:.4g}"
+            if val < best_loss:
+                best_loss, stale, history.best_epoch = val, 0, epoch
+                best_state = [copy.deepcopy(m.state_dict()) for m in modules]
+            else:
+                stale += 1
+                if stale >= patience:
+                    history.stopped_early = True
+                    break
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(postfix)
+    if best_state is not None:
+        for module, state in zip(modules, best_state):
+            module.load_state_dict(state)
+    for module in modules:
+        module.eval()
+    return history

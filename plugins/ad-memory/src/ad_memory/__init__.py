@@ -1,0 +1,5 @@
+"""ad-memory: PatchCore and SPADE (memory-bank detectors), registered with adcore through the ``adcore`` entry point."""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]
