@@ -144,7 +144,10 @@ class ImageStream:
             yield from self._cache
             return
         count = 0
-        for item in self._source:
+        from adcore.progress import progress
+
+        total = len(self._source) if hasattr(self._source, "__len__") else None
+        for item in progress(self._source, desc=self.where, total=total):
             batch = extract_images(item)
             if batch.ndim == 3:
                 batch = batch.unsqueeze(0)
