@@ -19,6 +19,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -168,7 +169,8 @@ class BaseDetector(ABC):
             good = torch.sort(score[label == 0], descending=True).values
             allowed = int(math.floor(target_fpr * good.numel()))
             pivot = float(good[min(allowed, good.numel() - 1)])
-            threshold = math.nextafter(pivot, math.inf)
+            # the next float32 above the pivot: scores are float32, so a float64 step would round away
+            threshold = float(np.nextafter(np.float32(pivot), np.float32(np.inf)))
             achieved = float((good >= threshold).float().mean())
             self.calibration_ = {"method": "fpr", "target_fpr": target_fpr, "achieved_fpr": achieved,
                                  "images": int(good.numel())}

@@ -2,14 +2,31 @@
 
 Every item is a dict ``{"image": (3,H,W) float32 in [0,1], "label": 0|1, "mask": (H,W) float32
 {0,1}, "path": str, "defect_type": str}``. Files are converted on load, with no special cases in
-user code: grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images become 8-bit-range RGB;
-EXIF orientation is applied. An unreadable file raises :class:`~adcore.errors.ImageLoadError` naming
-it; nothing is skipped silently.
+user code (each conversion is tested in ``core/tests/reliability``):
+
+* grayscale (``L``, ``1``) is repeated to three channels; palette (``P``) and CMYK become RGB;
+* alpha (``RGBA``, ``LA``, ``PA``, transparent palettes) is dropped, keeping the stored colours;
+* 16-bit grayscale (``I;16``) is divided by 65535; 32-bit integer (``I``) by 255 when its values fit
+  in 8 bits, else by 65535; float (``F``) images must already be in [0, 1];
+* EXIF orientation is applied, so a rotated phone photo comes out upright;
+* images above ``max_pixels`` (default 100 million, or ``ADCORE_MAX_PIXELS``) are refused before
+  they are decoded: a decompression-bomb guard.
+
+Masks are binarised: colour masks use their brightest channel; a mask whose values reach half its
+range (an anti-aliased 0/255 mask) is cut at half, and a mask whose values all stay below half
+(0/1 or class-index masks, dim colours) marks every non-zero pixel as defect.
+
+An unreadable file raises :class:`~adcore.errors.ImageLoadError` naming it; a folder that does not
+have the expected layout raises :class:`~adcore.errors.DatasetLayoutError` saying what was
+expected. Nothing is skipped silently: broken symbolic links with an image extension are errors,
+and an empty folder's error lists the non-image files it did find.
 """
 
 from __future__ import annotations
 
 import os
+import struct
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +42,7 @@ from adcore.errors import DatasetLayoutError, ImageLoadError, InvalidInputError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DEFAULT_MAX_PIXELS",
+    "resolve_max_pixels",
     "load_image",
     "load_mask",
     "MVTecDataset",
@@ -34,56 +52,125 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-#: decompression-bomb guard: images with more pixels are refused (override per call or by env)
-DEFAULT_MAX_PIXELS = int(os.environ.get("ADCORE_MAX_PIXELS", 100_000_000))
+#: decompression-bomb guard: images with more pixels are refused unless ``max_pixels=`` or the
+#: ``ADCORE_MAX_PIXELS`` environment variable (read at each call) says otherwise
+DEFAULT_MAX_PIXELS = 100_000_000
+
+# Pillow has its own, process-wide bomb guard (Image.MAX_IMAGE_PIXELS, an error at twice it). adcore
+# applies its own configurable limit before decoding, so Pillow's is lifted while adcore opens a file.
+_PIL_GUARD_LOCK = threading.Lock()
+
+
+def resolve_max_pixels(max_pixels: int | None = None) -> int:
+    """``max_pixels`` if given, else ``ADCORE_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`; validated."""
+    source = "max_pixels"
+    if max_pixels is None:
+        raw = os.environ.get("ADCORE_MAX_PIXELS", "").strip().replace("_", "")
+        if not raw:
+            return DEFAULT_MAX_PIXELS
+        source = "ADCORE_MAX_PIXELS"
+        try:
+            max_pixels = int(raw)
+        except ValueError:
+            raise InvalidInputError(f"ADCORE_MAX_PIXELS must be a positive integer number of pixels, got "
+                                    f"{os.environ['ADCORE_MAX_PIXELS']!r}") from None
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise InvalidInputError(f"{source} must be a positive integer number of pixels, got {max_pixels!r}")
+    return max_pixels
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted; hidden files and other extensions ignored."""
+    """Image files directly inside ``folder``, sorted; hidden files and other extensions ignored.
+
+    A broken symbolic link or a symlink loop with an image extension is an error, not a skip.
+    """
+    folder = Path(folder)
     try:
-        entries = sorted(Path(folder).iterdir())
+        entries = sorted(folder.iterdir())
     except OSError as exc:
         raise DatasetLayoutError(f"cannot list {folder}: {exc}") from exc
-    return [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()]
+    images = []
+    for entry in entries:
+        if entry.suffix.lower() not in IMAGE_EXTENSIONS or entry.name.startswith("."):
+            continue
+        if entry.is_symlink() and not entry.exists():  # exists() follows links: False when broken or a loop
+            raise DatasetLayoutError(f"{entry} is a broken symbolic link or a symlink loop (-> {os.readlink(entry)}); "
+                                     "fix or remove it")
+        if entry.is_file():
+            images.append(entry)
+    return images
 
 
-def _open(path: Path, max_pixels: int):
+def _other_files(folder: Path) -> str:
+    """For 'no images' errors: what the folder holds instead."""
+    try:
+        others = sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith("."))
+    except OSError:
+        return ""
+    if not others:
+        return " (the folder is empty)"
+    return f" (it holds {len(others)} other entries, e.g. {', '.join(others[:3])})"
+
+
+def _open(path: Path, max_pixels: int | None):
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
-    if not path.is_file():
+    limit = resolve_max_pixels(max_pixels)
+    if path.is_symlink() and not path.exists():
+        raise ImageLoadError(f"image {path} is a broken symbolic link or a symlink loop")
+    if not path.exists():
         raise ImageLoadError(f"image {path} does not exist")
+    if not path.is_file():
+        raise ImageLoadError(f"image {path} is not a regular file")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"image {path} is empty (0 bytes)")
     try:
-        image = Image.open(path)
+        with _PIL_GUARD_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                image = Image.open(path)  # reads the header only
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
         width, height = image.size
-        if width * height > max_pixels:
-            raise ImageLoadError(f"image {path} has {width}×{height} = {width * height:,} pixels, above the limit of "
-                                 f"{max_pixels:,} (a decompression-bomb guard); raise it with max_pixels= or ADCORE_MAX_PIXELS")
         if width < 1 or height < 1:
             raise ImageLoadError(f"image {path} has no pixels ({width}×{height})")
+        if width * height > limit:
+            raise ImageLoadError(f"image {path} has {width}×{height} = {width * height:,} pixels, above the limit of "
+                                 f"{limit:,} (a decompression-bomb guard); raise it with max_pixels= or ADCORE_MAX_PIXELS")
         image.load()
         return ImageOps.exif_transpose(image)
     except ImageLoadError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error,
+            Image.DecompressionBombError) as exc:
         raise ImageLoadError(f"cannot read image {path}: {type(exc).__name__}: {exc}. Is it a corrupt, truncated or "
                              "non-image file? Remove or replace it") from exc
 
 
-def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """Read any common image file as a ``(3,H,W)`` float32 tensor in [0, 1]."""
-    image = _open(Path(path), max_pixels)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float32)
+def load_image(path: str | Path, *, max_pixels: int | None = None) -> torch.Tensor:
+    """Read any common image file as a ``(3,H,W)`` float32 tensor in [0, 1] (see the module docstring)."""
+    path = Path(path)
+    image = _open(path, max_pixels)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        gray = np.clip(array / peak, 0.0, 1.0)
+        if array.min() < 0 or array.max() > 65535:
+            raise ImageLoadError(f"image {path} is a 32-bit integer image with values {array.min():g}..{array.max():g}; "
+                                 "expected 0..255 or 0..65535. Convert it to 8- or 16-bit")
+        gray = (array / peak).astype(np.float32)
         return torch.from_numpy(np.ascontiguousarray(gray))[None].expand(3, -1, -1).contiguous()
     if image.mode == "F":
-        gray = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
-        return torch.from_numpy(np.ascontiguousarray(gray))[None].expand(3, -1, -1).contiguous()
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        array = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(array).all():
+            raise ImageLoadError(f"image {path} is a float image containing NaN or Inf values")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise ImageLoadError(f"image {path} is a float image with values {low:g}..{high:g}; expected 0..1. "
+                                 "Rescale it, or save it as 8- or 16-bit")
+        return torch.from_numpy(np.ascontiguousarray(array))[None].expand(3, -1, -1).contiguous()
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA").convert("RGB")
     else:
         image = image.convert("RGB")
@@ -91,12 +178,26 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tor
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def load_mask(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """Read a ground-truth mask as ``(H,W)`` float {0,1}. 0/255 masks split at 128; 0/1 masks at 1."""
-    image = _open(Path(path), max_pixels).convert("L")
-    array = np.asarray(image, dtype=np.uint8)
-    cut = 1 if array.max() <= 1 else 128
-    return torch.from_numpy((array >= cut).astype(np.float32))
+def load_mask(path: str | Path, *, max_pixels: int | None = None) -> torch.Tensor:
+    """Read a ground-truth mask as ``(H,W)`` float {0,1} (binarisation rule: see the module docstring)."""
+    path = Path(path)
+    image = _open(path, max_pixels)
+    if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        image = image.convert("RGB")
+    elif image.mode in ("RGBA", "LA", "RGBa", "La"):
+        image = image.convert("RGB" if image.mode.startswith("RGB") else "L")
+    array = np.asarray(image)
+    if array.dtype == bool:
+        return torch.from_numpy(array.astype(np.float32))
+    array = array.astype(np.float64)
+    if array.ndim == 3:
+        array = array.max(axis=2)  # a colour mask: any channel marks the defect
+    if not np.isfinite(array).all():
+        raise ImageLoadError(f"mask {path} contains NaN or Inf values")
+    full = 1.0 if image.mode == "F" else 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+    half = full / 2
+    binary = array >= half if array.max() >= half else array > 0
+    return torch.from_numpy(binary.astype(np.float32))
 
 
 def _resize_image(image: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:

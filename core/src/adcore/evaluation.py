@@ -17,7 +17,21 @@ from adcore.data import make_loader
 from adcore.metrics import evaluate
 from adcore.progress import progress
 
-__all__ = ["EvaluationResult", "collect_predictions", "evaluate_detector", "measure_latency", "peak_rss_mb"]
+__all__ = ["EvaluationResult", "split_calibration", "collect_predictions", "evaluate_detector", "measure_latency", "peak_rss_mb"]
+
+
+def split_calibration(dataset: Any, fraction: float, seed: int = 0) -> tuple[Any, Any]:
+    """Hold out ``fraction`` of good training images for calibration (at least one when fraction > 0).
+
+    Memory-bank detectors score their own training images near zero, so a threshold set on them
+    would flag almost everything; held-out good images give an honest one.
+    """
+    from torch.utils.data import Subset
+
+    count = len(dataset)
+    held = 0 if fraction <= 0 or count < 4 else max(1, int(round(fraction * count)))
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(dataset, sorted(order[held:])), Subset(dataset, sorted(order[:held]))
 
 
 def peak_rss_mb() -> float:
@@ -84,15 +98,17 @@ def evaluate_detector(detector: Any, train_set: Any, test_set: Any, *, batch_siz
                       latency: bool = True) -> tuple[EvaluationResult, dict[str, Any]]:
     """Fit on ``train_set`` (good images), calibrate, predict ``test_set`` and compute every metric.
 
-    The threshold comes from ``calibration_set`` (good-only by default: the training images, so
-    the test set is never used to choose it), reported with the F1 it reaches on the test set.
+    The threshold comes from ``calibration_set`` (held-out good images; when omitted, a fifth of
+    ``train_set`` is held out), so the test set never chooses it; its F1 on the test set is reported.
     """
+    if calibration_set is None:
+        train_set, calibration_set = split_calibration(train_set, 0.2)
     result = EvaluationResult(train_images=len(train_set), test_images=len(test_set))
     started = time.perf_counter()
     detector.fit(make_loader(train_set, batch_size))
     result.fit_seconds = time.perf_counter() - started
-    if hasattr(detector, "calibrate"):
-        detector.calibrate(make_loader(calibration_set or train_set, batch_size), target_fpr=target_fpr)
+    if hasattr(detector, "calibrate") and len(calibration_set):
+        detector.calibrate(make_loader(calibration_set, batch_size), target_fpr=target_fpr)
         result.threshold = getattr(detector, "threshold_", None)
     outputs = collect_predictions(detector, make_loader(test_set, batch_size))
     metrics = evaluate(outputs["labels"], outputs["scores"], outputs["masks"], outputs["maps"])
