@@ -48,6 +48,7 @@ __all__ = [
     "MVTecDataset",
     "FolderDataset",
     "make_loader",
+    "collate_items",
     "list_images",
 ]
 
@@ -162,14 +163,14 @@ def load_image(path: str | Path, *, max_pixels: int | None = None) -> torch.Tens
         gray = (array / peak).astype(np.float32)
         return torch.from_numpy(np.ascontiguousarray(gray))[None].expand(3, -1, -1).contiguous()
     if image.mode == "F":
-        array = np.asarray(image, dtype=np.float32)
+        array = np.array(image, dtype=np.float32)  # a writable copy
         if not np.isfinite(array).all():
             raise ImageLoadError(f"image {path} is a float image containing NaN or Inf values")
         low, high = float(array.min()), float(array.max())
         if low < 0.0 or high > 1.0:
             raise ImageLoadError(f"image {path} is a float image with values {low:g}..{high:g}; expected 0..1. "
                                  "Rescale it, or save it as 8- or 16-bit")
-        return torch.from_numpy(np.ascontiguousarray(array))[None].expand(3, -1, -1).contiguous()
+        return torch.from_numpy(array)[None].expand(3, -1, -1).contiguous()
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA").convert("RGB")
     else:
@@ -217,12 +218,12 @@ class _Samples(Dataset):
     """Shared item loading for both layouts: a list of (path, label, mask path, defect type)."""
 
     def __init__(self, samples: list[tuple[Path, int, Path | None, str]], image_size: int | Sequence[int] | None,
-                 max_pixels: int) -> None:
+                 max_pixels: int | None) -> None:
         from adcore.inputs import to_size
 
         self.samples = samples
         self.image_size = None if image_size is None else to_size(image_size)
-        self.max_pixels = max_pixels
+        self.max_pixels = None if max_pixels is None else resolve_max_pixels(max_pixels)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -238,6 +239,7 @@ class _Samples(Dataset):
                 if abs(ratio_image - ratio_mask) > 0.02 * ratio_image:
                     raise DatasetLayoutError(f"mask {mask_path} is {mask.shape[1]}×{mask.shape[0]} but its image {path} is "
                                              f"{width}×{height} (a different aspect ratio); they cannot belong together")
+                # same aspect ratio, other resolution (e.g. masks drawn at half size): resized, nearest-neighbour
                 mask = _resize_mask(mask, (height, width))
         else:
             mask = torch.zeros(height, width)
@@ -247,6 +249,24 @@ class _Samples(Dataset):
     @property
     def labels(self) -> list[int]:
         return [label for _, label, _, _ in self.samples]
+
+
+def _mask_index(folder: Path | None) -> dict[str, Path]:
+    """``{image stem: mask path}`` for masks named ``<stem>_mask.<ext>`` (preferred) or ``<stem>.<ext>``."""
+    if folder is None or not folder.is_dir():
+        return {}
+    index: dict[str, Path] = {}
+    for mask in reversed(list_images(folder)):  # reversed + setdefault order: .png wins over .tif for equal stems
+        if mask.stem.endswith("_mask"):
+            index[mask.stem[: -len("_mask")]] = mask
+    for mask in list_images(folder):
+        index.setdefault(mask.stem, mask)
+    return index
+
+
+def _check_missing_masks(missing_masks: str) -> None:
+    if missing_masks not in ("error", "empty"):
+        raise InvalidInputError(f"missing_masks must be 'error' or 'empty', got {missing_masks!r}")
 
 
 class MVTecDataset(_Samples):
@@ -260,15 +280,15 @@ class MVTecDataset(_Samples):
             ``None`` keeps each file's own size.
         missing_masks: ``"error"`` (default) or ``"empty"`` to treat a defect image without a mask as
             having an all-zero mask (pixel metrics then undercount it).
+        max_pixels: the decompression-bomb limit per image (default ``ADCORE_MAX_PIXELS`` or 100 M).
     """
 
     def __init__(self, root: str | Path, category: str | None = None, split: str = "train", *,
                  image_size: int | Sequence[int] | None = 256, missing_masks: str = "error",
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int | None = None) -> None:
         if split not in ("train", "test"):
             raise InvalidInputError(f"split must be 'train' or 'test', got {split!r}")
-        if missing_masks not in ("error", "empty"):
-            raise InvalidInputError(f"missing_masks must be 'error' or 'empty', got {missing_masks!r}")
+        _check_missing_masks(missing_masks)
         folder = Path(root) / category if category else Path(root)
         expected = ("expected the MVTec AD layout CATEGORY/train/good/*.png, CATEGORY/test/<type>/*.png, "
                     "CATEGORY/ground_truth/<type>/<name>_mask.png")
@@ -276,35 +296,53 @@ class MVTecDataset(_Samples):
             raise DatasetLayoutError(f"dataset folder {folder} does not exist; {expected}")
         split_dir = folder / split
         if not split_dir.is_dir():
-            found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+            found = sorted(p.name for p in folder.iterdir())
             raise DatasetLayoutError(f"{folder} has no '{split}' folder (found {found}); {expected}")
+        loose = list_images(split_dir)
+        if loose:
+            raise DatasetLayoutError(f"{split_dir} holds {len(loose)} image(s) directly (e.g. {loose[0].name}); put them "
+                                     f"in {split_dir / 'good'} or {split_dir}/<defect type>/; {expected}")
         self.root, self.category, self.split = folder, category or folder.name, split
+        self.missing_masks = missing_masks
+        if split == "train":
+            if not (split_dir / "good").is_dir():
+                raise DatasetLayoutError(f"{split_dir} has no 'good' folder of defect-free training images; {expected}")
+            types = ["good"]
+        else:
+            types = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+            _refuse_loops(split_dir, types)
         samples: list[tuple[Path, int, Path | None, str]] = []
-        types = ["good"] if split == "train" else sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-        if split == "train" and not (split_dir / "good").is_dir():
-            raise DatasetLayoutError(f"{split_dir} has no 'good' folder of defect-free training images; {expected}")
         for defect in types:
-            for image_path in list_images(split_dir / defect):
-                if defect == "good":
-                    samples.append((image_path, 0, None, defect))
-                    continue
-                mask_path = folder / "ground_truth" / defect / f"{image_path.stem}_mask.png"
-                if not mask_path.is_file():
-                    candidates = list((folder / "ground_truth" / defect).glob(f"{image_path.stem}.*")) \
-                        if (folder / "ground_truth" / defect).is_dir() else []
-                    if candidates:
-                        mask_path = candidates[0]
-                    elif missing_masks == "error":
-                        raise DatasetLayoutError(f"defect image {image_path} has no mask at {mask_path}; add it, or pass "
-                                                 "missing_masks='empty' to evaluate image-level only for it")
-                    else:
-                        mask_path = None
+            images = list_images(split_dir / defect)
+            if defect == "good":
+                samples.extend((image_path, 0, None, defect) for image_path in images)
+                continue
+            masks = _mask_index(folder / "ground_truth" / defect)
+            for image_path in images:
+                mask_path = masks.get(image_path.stem)
+                if mask_path is None:
+                    if missing_masks == "error":
+                        expected_mask = folder / "ground_truth" / defect / f"{image_path.stem}_mask.png"
+                        raise DatasetLayoutError(f"defect image {image_path} has no mask at {expected_mask}; add it, or "
+                                                 "pass missing_masks='empty' to evaluate image-level only for it")
                 samples.append((image_path, 1, mask_path, defect))
         if not samples:
-            raise DatasetLayoutError(f"no images found under {split_dir} (extensions {', '.join(IMAGE_EXTENSIONS)}); {expected}")
+            where = split_dir / "good" if split == "train" else split_dir
+            raise DatasetLayoutError(f"no images found under {where}{_other_files(where)}; image extensions are "
+                                     f"{', '.join(IMAGE_EXTENSIONS)}; {expected}")
         if split == "test":
             _warn_orphan_masks(folder, samples)
         super().__init__(samples, image_size, max_pixels)
+
+
+def _refuse_loops(split_dir: Path, types: list[str]) -> None:
+    """A defect-type folder that links back to the split folder or above would list the wrong files."""
+    resolved_split = split_dir.resolve()
+    for name in types:
+        target = (split_dir / name).resolve()
+        if target == resolved_split or target in resolved_split.parents:
+            raise DatasetLayoutError(f"{split_dir / name} is a symbolic link back to {target} (a loop); "
+                                     "defect-type folders must hold images")
 
 
 def _warn_orphan_masks(folder: Path, samples: list[tuple[Path, int, Path | None, str]]) -> None:
@@ -312,35 +350,69 @@ def _warn_orphan_masks(folder: Path, samples: list[tuple[Path, int, Path | None,
     truth = folder / "ground_truth"
     if not truth.is_dir():
         return
-    orphans = [m for d in truth.iterdir() if d.is_dir() for m in list_images(d) if m.resolve() not in used]
+    orphans = [m for d in sorted(truth.iterdir()) if d.is_dir() for m in list_images(d) if m.resolve() not in used]
     if orphans:
-        warnings.warn(f"{len(orphans)} mask(s) under {truth} have no test image, e.g. {orphans[0]}", stacklevel=3)
+        warnings.warn(f"{len(orphans)} mask(s) under {truth} have no test image, e.g. {orphans[0]}; they are not "
+                      "used", stacklevel=3)
 
 
 class FolderDataset(_Samples):
     """Generic folders: ``good_dir`` of defect-free images, optional ``defect_dirs`` and ``mask_dir``.
 
-    Masks are looked up in ``mask_dir`` as ``<stem>_mask.<ext>`` or ``<stem>.<ext>``.
+    Masks are looked up in ``mask_dir`` as ``<stem>_mask.<ext>`` or ``<stem>.<ext>``. With a
+    ``mask_dir``, a defect image without a mask is an error unless ``missing_masks="empty"``.
     """
 
     def __init__(self, good_dir: str | Path, defect_dirs: Sequence[str | Path] = (), mask_dir: str | Path | None = None,
-                 *, image_size: int | Sequence[int] | None = 256, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 *, image_size: int | Sequence[int] | None = 256, max_pixels: int | None = None,
+                 missing_masks: str = "error") -> None:
+        _check_missing_masks(missing_masks)
+        if isinstance(defect_dirs, (str, Path)):
+            defect_dirs = [defect_dirs]
+        folders = [(Path(good_dir), 0)] + [(Path(d), 1) for d in defect_dirs]
+        resolved = [folder.resolve() for folder, _ in folders]
+        if len(set(resolved)) != len(resolved):
+            raise DatasetLayoutError(f"the same folder is listed twice among good_dir and defect_dirs "
+                                     f"({[str(f) for f, _ in folders]}); each image needs one label")
+        if mask_dir is not None and not Path(mask_dir).is_dir():
+            raise DatasetLayoutError(f"mask folder {mask_dir} does not exist")
+        masks = _mask_index(None if mask_dir is None else Path(mask_dir))
         samples: list[tuple[Path, int, Path | None, str]] = []
-        for folder, label in [(Path(good_dir), 0)] + [(Path(d), 1) for d in defect_dirs]:
+        for folder, label in folders:
             if not folder.is_dir():
                 raise DatasetLayoutError(f"image folder {folder} does not exist")
             images = list_images(folder)
             if not images:
-                raise DatasetLayoutError(f"image folder {folder} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+                raise DatasetLayoutError(f"image folder {folder} contains no images{_other_files(folder)}; image "
+                                         f"extensions are {', '.join(IMAGE_EXTENSIONS)}")
             for path in images:
                 mask = None
                 if label and mask_dir is not None:
-                    found = [p for p in Path(mask_dir).glob(f"{path.stem}*") if p.stem in (path.stem, f"{path.stem}_mask")]
-                    mask = found[0] if found else None
+                    mask = masks.get(path.stem)
+                    if mask is None and missing_masks == "error":
+                        raise DatasetLayoutError(f"defect image {path} has no mask in {mask_dir} (looked for "
+                                                 f"{path.stem}_mask.* and {path.stem}.*); add it, or pass "
+                                                 "missing_masks='empty'")
                 samples.append((path, label, mask, "good" if label == 0 else folder.name))
         super().__init__(samples, image_size, max_pixels)
 
 
+def collate_items(items: list[Any]) -> Any:
+    """``default_collate`` that names the files when images of different sizes meet in one batch."""
+    from torch.utils.data import default_collate
+
+    if items and all(isinstance(item, dict) and isinstance(item.get("image"), torch.Tensor) for item in items):
+        shapes = {tuple(item["image"].shape) for item in items}
+        if len(shapes) > 1:
+            listing = ", ".join(f"{item.get('path', '?')} {tuple(item['image'].shape[-2:])}" for item in items[:4])
+            raise InvalidInputError(f"images of different sizes cannot share a batch ({listing}); build the dataset "
+                                    "with image_size=256 (the default) to resize them, or use batch_size=1")
+    return default_collate(items)
+
+
 def make_loader(dataset: Dataset, batch_size: int = 8, *, shuffle: bool = False, num_workers: int = 0) -> DataLoader:
     """A DataLoader over a dataset whose items are dicts (paths are collated as lists)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      collate_fn=collate_items)
