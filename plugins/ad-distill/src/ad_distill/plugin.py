@@ -20,8 +20,8 @@ def adcore_register_detectors(registry) -> None:
         input_size=256,
         trains=True,
         description="PDN teacher distilled offline from a pretrained backbone, student + autoencoder, quantile-normalised local/global maps",
-        quick_params={"input_size": 64, "teacher_channels": 16, "width": 0.125, "teacher_steps": 8,
-                      "teacher_batch_size": 8, "train_steps": 24, "batch_size": 4, "lr": 1e-3,
+        quick_params={"input_size": 64, "teacher_channels": 16, "width": 0.125, "teacher_steps": 4,
+                      "teacher_batch_size": 8, "train_steps": 8, "batch_size": 4, "lr": 1e-3,
                       "use_cache": False},
     )
     registry.add(
@@ -35,6 +35,6 @@ def adcore_register_detectors(registry) -> None:
         trains=True,
         description="descriptor teacher distilled offline at receptive fields 17/33/65, student ensemble, regression error + predictive variance",
         quick_params={"input_size": 64, "receptive_fields": (17,), "descriptor_dim": 16, "width": 0.125,
-                      "num_students": 2, "teacher_steps": 8, "teacher_batch_size": 8, "train_steps": 24,
+                      "num_students": 2, "teacher_steps": 4, "teacher_batch_size": 8, "train_steps": 8,
                       "batch_size": 4, "lr": 1e-3, "use_cache": False},
     )
