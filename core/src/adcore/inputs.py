@@ -116,12 +116,21 @@ class ImageStream:
     Accepts a DataLoader, a ``(N,3,H,W)`` tensor, a map-style dataset of single images, or any
     iterable of batches. A one-shot iterator (e.g. a generator) is cached on its first pass so
     that multi-epoch training can iterate again; everything else is re-read each pass, so a
-    dataset larger than memory is never loaded at once.
+    dataset larger than memory is never loaded at once. Items of a map-style dataset may have
+    different sizes: each is resized to ``size`` before batching. A batch that fails validation
+    is reported with its index and, when the items carry them, the files it came from.
     """
 
     def __init__(self, data: Any, size: tuple[int, int], *, batch_size: int = 8, where: str = "fit") -> None:
+        import os
+
         if data is None:
             raise InvalidInputError(f"{where}: no data given; pass a DataLoader or an iterable of (B,3,H,W) tensors")
+        if isinstance(data, (str, bytes, os.PathLike)):
+            raise InvalidInputError(f"{where}: got the path {data!r}, but {where}() takes images. Build a dataset first: "
+                                    "adcore.data.FolderDataset(path) or adcore.data.MVTecDataset(root, category)")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInputError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
         self.size = size
         self.where = where
         self.batch_size = batch_size
@@ -132,12 +141,17 @@ class ImageStream:
         elif _is_map_dataset(data):
             from torch.utils.data import DataLoader
 
-            self._source = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=_collate)
-        elif iter(data) is data:
-            self._source = data
-            self._cache = []
+            self._source = DataLoader(data, batch_size=batch_size, shuffle=False,
+                                      collate_fn=_ResizingCollate(size, where))
         else:
+            try:
+                one_shot = iter(data) is data
+            except TypeError:
+                raise InvalidInputError(f"{where}: expected a DataLoader, a (N,3,H,W) tensor, a dataset or an iterable "
+                                        f"of (B,3,H,W) batches, got {type(data).__name__}") from None
             self._source = data
+            if one_shot:
+                self._cache = []
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         if self._cache is not None and self._source is None:
@@ -147,11 +161,15 @@ class ImageStream:
         from adcore.progress import progress
 
         total = len(self._source) if hasattr(self._source, "__len__") else None
-        for item in progress(self._source, desc=self.where, total=total):
+        for index, item in enumerate(progress(self._source, desc=self.where, total=total)):
             batch = extract_images(item)
-            if batch.ndim == 3:
+            if isinstance(batch, torch.Tensor) and batch.ndim == 3:
                 batch = batch.unsqueeze(0)
-            batch = resize_images(validate_images(batch, where=self.where), self.size)
+            try:
+                batch = validate_images(batch, where=self.where)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{exc} (in batch {index}{_files_of(item)})") from None
+            batch = resize_images(batch, self.size)
             count += batch.shape[0]
             if self._cache is not None:
                 self._cache.append(batch)
@@ -169,13 +187,50 @@ class ImageStream:
         return sum(batch.shape[0] for batch in self)
 
 
+def _files_of(item: Any) -> str:
+    paths = item.get("path") if isinstance(item, dict) else None
+    if isinstance(paths, str):
+        paths = [paths]
+    if not isinstance(paths, (list, tuple)) or not paths:
+        return ""
+    more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+    return f", files {', '.join(map(str, paths[:3]))}{more}"
+
+
 def _is_map_dataset(data: Any) -> bool:
     from torch.utils.data import DataLoader, Dataset
 
     return isinstance(data, Dataset) and not isinstance(data, DataLoader) and hasattr(data, "__getitem__") and hasattr(data, "__len__")
 
 
-def _collate(items: list[Any]) -> Any:
-    from torch.utils.data import default_collate
+class _ResizingCollate:
+    """Batch single-image items of any size: validate and resize each image to ``size`` first."""
 
-    return default_collate(items)
+    def __init__(self, size: tuple[int, int], where: str) -> None:
+        self.size = size
+        self.where = where
+
+    def __call__(self, items: list[Any]) -> Any:
+        from torch.utils.data import default_collate
+
+        return default_collate([self._resize(item) for item in items])
+
+    def _resize(self, item: Any) -> Any:
+        image = extract_images(item)
+        if not isinstance(image, torch.Tensor) or image.ndim != 3:
+            return item  # not a single image: leave it to validate_images in ImageStream.__iter__
+        try:
+            image = validate_images(image.unsqueeze(0), where=self.where)
+        except InvalidInputError as exc:
+            origin = _files_of(item).lstrip(", ")
+            raise InvalidInputError(f"{exc} ({origin or 'one dataset item'})") from None
+        image = resize_images(image, self.size)[0]
+        if isinstance(item, dict):
+            resized = {**item, "image": image}
+            mask = item.get("mask")
+            if isinstance(mask, torch.Tensor) and mask.ndim == 2 and tuple(mask.shape) != self.size:
+                resized["mask"] = F.interpolate(mask[None, None].float(), size=self.size, mode="nearest")[0, 0]
+            return resized
+        if isinstance(item, (tuple, list)):
+            return (image, *item[1:])
+        return image

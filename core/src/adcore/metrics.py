@@ -2,7 +2,9 @@
 
 All functions take ``labels`` (1 = anomalous) and ``scores`` (higher = more anomalous) as tensors or
 arrays. A metric that is undefined for the data (e.g. AUROC on a test set with only good images)
-raises :class:`UndefinedMetricError` saying why, instead of returning NaN.
+raises :class:`UndefinedMetricError` saying why, instead of returning NaN; :func:`evaluate` turns
+that into ``None`` plus a note. NaN or Inf scores/maps raise ``ValueError`` (a detector bug, never
+averaged away). Defect regions for AUPRO are 8-connected, as in the MVTec AD evaluation code.
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ def _as_numpy(x: Any, dtype: Any = np.float64) -> np.ndarray:
 def _check(labels: np.ndarray, scores: np.ndarray, what: str) -> None:
     if labels.shape != scores.shape:
         raise ValueError(f"{what}: {labels.size} labels but {scores.size} scores")
+    if labels.size == 0:
+        raise UndefinedMetricError(f"{what} is undefined: there are no samples")
     if not np.isfinite(scores).all():
-        raise ValueError(f"{what}: scores contain NaN or Inf")
+        bad = np.flatnonzero(~np.isfinite(scores))
+        raise ValueError(f"{what}: {bad.size} score(s) are NaN or Inf (e.g. at index {bad[:5].tolist()}); "
+                         "the detector produced invalid output")
     positives = int(labels.sum())
     if positives == 0 or positives == labels.size:
         kind = "anomalous" if positives == 0 else "normal"
@@ -84,10 +90,13 @@ def pro_curve(masks: Any, maps: Any) -> tuple[np.ndarray, np.ndarray]:
     maps_np = maps_np.reshape(-1, *maps_np.shape[-2:]).astype(np.float64)
     if masks_np.shape != maps_np.shape:
         raise ValueError(f"AUPRO: masks {masks_np.shape} and anomaly maps {maps_np.shape} differ in shape")
+    if not np.isfinite(maps_np).all():
+        raise ValueError("AUPRO: anomaly maps contain NaN or Inf; the detector produced invalid output")
     region_ids = np.zeros(masks_np.shape, dtype=np.int64)
     next_id = 0
+    eight_connected = np.ones((3, 3), dtype=bool)
     for index, mask in enumerate(masks_np):
-        labelled, count = ndimage.label(mask)
+        labelled, count = ndimage.label(mask, structure=eight_connected)
         region_ids[index] = np.where(labelled > 0, labelled + next_id, 0)
         next_id += count
     if next_id == 0:
@@ -108,6 +117,8 @@ def pro_curve(masks: Any, maps: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def aupro(masks: Any, maps: Any, fpr_limit: float = 0.3) -> float:
     """Area under the PRO curve up to ``fpr_limit``, divided by ``fpr_limit`` (1.0 is perfect)."""
+    if not 0.0 < fpr_limit <= 1.0:
+        raise ValueError(f"AUPRO: fpr_limit must be in (0, 1], got {fpr_limit}")
     fpr, pro = pro_curve(masks, maps)
     keep = fpr <= fpr_limit
     x, y = fpr[keep], pro[keep]
@@ -133,8 +144,13 @@ def evaluate(labels: Any, scores: Any, masks: Any | None = None, maps: Any | Non
     attempt("image_auroc", lambda: auroc(labels, scores))
     attempt("image_f1_max", lambda: f1_max(labels, scores)[0])
     attempt("image_f1_threshold", lambda: f1_max(labels, scores)[1])
+    if (masks is None) != (maps is None):
+        raise ValueError("evaluate: pass both masks and maps for pixel metrics, or neither")
     if masks is not None and maps is not None:
-        pixel_labels = (masks.reshape(-1) > 0) if hasattr(masks, "reshape") else np.asarray(masks).reshape(-1) > 0
-        attempt("pixel_auroc", lambda: auroc(pixel_labels, maps.reshape(-1)))
-        attempt("aupro", lambda: aupro(masks, maps))
+        masks_np = masks.detach().cpu().numpy() if hasattr(masks, "detach") else np.asarray(masks)
+        maps_np = maps.detach().cpu().numpy() if hasattr(maps, "detach") else np.asarray(maps)
+        if masks_np.shape != maps_np.shape:
+            raise ValueError(f"evaluate: masks {masks_np.shape} and anomaly maps {maps_np.shape} differ in shape")
+        attempt("pixel_auroc", lambda: auroc(masks_np.reshape(-1) > 0, maps_np.reshape(-1)))
+        attempt("aupro", lambda: aupro(masks_np, maps_np))
     return results

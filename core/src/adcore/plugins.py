@@ -1,26 +1,36 @@
 """Isolated plugin loading.
 
-Every entry point in the ``adcore`` group is loaded on its own, through five stages:
-``import`` → ``register`` (pluggy validates hook signatures) → ``check`` (hook names the specs do
-not know, e.g. a typo) → ``hook`` (calling the plugin's hooks) → ``duplicate`` (names already
-taken). A failure at any stage is recorded as a :class:`PluginFailure` with the distribution, its
-version, the stage and the error, the plugin is unregistered, and every other plugin keeps
-working. pluggy's ``load_setuptools_entrypoints`` is not used: it aborts on the first failure.
+Every entry point in the ``adcore`` group is loaded on its own, through these stages:
+``discover`` (a distribution whose entry-point metadata cannot be read; two distributions claiming
+the same plugin name) → ``import`` (any exception, including ``SystemExit``) → ``register`` (pluggy
+validates hook signatures) → ``check`` (hook names the specs do not know, e.g. a typo; a hook
+function not marked with ``@hookimpl``) → ``hook`` (calling the plugin's hooks raised; nothing it
+registered is kept) → ``detector`` (a registered class that is abstract or lacks
+fit/predict/get_params; only that detector is dropped) → ``duplicate`` (names already taken). A
+failure at any stage is recorded as a :class:`PluginFailure` with the distribution, its version,
+the stage and the error, the plugin (or detector) is dropped, and every other plugin keeps
+working. pluggy's ``load_setuptools_entrypoints`` is not used: it aborts on the first failure, and
+so does ``importlib.metadata.entry_points()`` on one malformed ``entry_points.txt``.
+
+A plugin whose import takes longer than ``ADCORE_SLOW_IMPORT_SECONDS`` (default 5) still loads
+and is reported with stage ``slow-import``: a warning, which strict mode does not count.
 
 Loading is lazy: nothing happens at ``import adcore``; the first ``list_models``/``get_model``
 call loads plugins once. ``ADCORE_STRICT_PLUGINS=1`` (or ``adcore --strict``) turns any failure
 into a :class:`PluginLoadError`; ``ADCORE_DISABLE_PLUGINS=a,b`` skips plugins by entry-point or
-distribution name.
+distribution name. What cannot be isolated in-process: a plugin that hangs on import, calls
+``os._exit`` or crashes the interpreter; ``ADCORE_DISABLE_PLUGINS`` is the way out.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint, distributions
 from types import ModuleType
 from typing import Any
 
@@ -35,6 +45,8 @@ __all__ = [
     "PluginInfo",
     "PluginHost",
     "PluginLoadError",
+    "WARNING_STAGES",
+    "discover_entry_points",
     "get_host",
     "load_plugins",
     "reset_plugins",
@@ -42,13 +54,17 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "adcore"
 SLOW_IMPORT_SECONDS = 5.0
+#: failure stages that are warnings: reported, but the plugin loaded and strict mode ignores them
+WARNING_STAGES = frozenset({"slow-import"})
 _BUILTIN = "adcore.builtin"
+_DETECTOR_METHODS = ("fit", "predict", "get_params")
 
 
 class PluginLoadError(RuntimeError):
     """Raised in strict mode when any plugin failed to load."""
 
     def __init__(self, failures: list[PluginFailure]) -> None:
+        failures = [f for f in failures if f.stage not in WARNING_STAGES] or failures
         self.failures = failures
         lines = [f"{len(failures)} adcore plugin(s) failed to load (strict mode):"]
         lines += [f"  - {f.describe()}" for f in failures]
@@ -118,11 +134,62 @@ def _disabled_names() -> set[str]:
     return {part.strip().lower().replace("_", "-") for part in raw.split(",") if part.strip()}
 
 
+def _slow_import_seconds() -> float:
+    raw = os.environ.get("ADCORE_SLOW_IMPORT_SECONDS", "")
+    try:
+        return float(raw) if raw.strip() else SLOW_IMPORT_SECONDS
+    except ValueError:
+        return SLOW_IMPORT_SECONDS
+
+
+def _name_and_version(dist: Any) -> tuple[str, str]:
+    try:
+        name = dist.metadata["Name"]
+    except Exception:  # noqa: BLE001 - unreadable METADATA must not stop discovery
+        name = None
+    try:
+        version = dist.version
+    except Exception:  # noqa: BLE001
+        version = None
+    return (name or "unknown", version or "unknown")
+
+
 def _dist_of(ep: EntryPoint) -> tuple[str, str]:
     dist = getattr(ep, "dist", None)
     if dist is None:
         return ("unknown", "unknown")
-    return (dist.metadata["Name"] or "unknown", dist.version or "unknown")
+    return _name_and_version(dist)
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def discover_entry_points() -> tuple[list[EntryPoint], list[PluginFailure]]:
+    """Every ``adcore`` entry point of every installed distribution, one distribution at a time.
+
+    ``importlib.metadata.entry_points()`` raises on the first malformed ``entry_points.txt`` of any
+    installed package, which would hide every plugin; here that distribution alone is reported
+    (stage ``discover``). A distribution visible twice on ``sys.path`` counts once (the first).
+    """
+    found: list[EntryPoint] = []
+    failures: list[PluginFailure] = []
+    seen: set[str] = set()
+    for dist in distributions():
+        name, version = _name_and_version(dist)
+        key = _normalise(name)
+        if key in seen and name != "unknown":
+            continue
+        seen.add(key)
+        try:
+            eps = [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+        except Exception as exc:  # noqa: BLE001
+            path = getattr(dist, "_path", "?")
+            failures.append(PluginFailure("?", name, version, "discover",
+                                          f"cannot read the entry points of {path}: {type(exc).__name__}: {exc}"))
+            continue
+        found.extend(eps)
+    return found, failures
 
 
 class _Loader:
@@ -148,15 +215,22 @@ class _Loader:
         except Exception as exc:  # pluggy.PluginValidationError, or a name clash (ValueError)
             self.fail(plugin, dist, version, "register", exc)
             return
-        unknown = [caller.name for caller in (self.manager.get_hookcallers(module) or [])
-                   if not caller.has_spec()]
-        unknown += [name for name in dir(module) if name.startswith("adcore_")
+        known = sorted(n for n in dir(hookspecs) if n.startswith("adcore_"))
+        callers = self.manager.get_hookcallers(module) or []
+        unknown = [caller.name for caller in callers if not caller.has_spec()]
+        unknown += [name for name in dir(module) if name.startswith("adcore_") and callable(getattr(module, name))
                     and not hasattr(self.manager.hook, name)]
         if unknown:
             self.manager.unregister(module)
+            self.fail(plugin, dist, version, "check", f"unknown hook(s) {sorted(set(unknown))}; known hooks are {known}")
+            return
+        implemented = {caller.name for caller in callers}
+        unmarked = [name for name in known if name not in implemented and callable(getattr(module, name, None))
+                    and getattr(getattr(module, name), "__module__", None) == module.__name__]
+        if unmarked:
+            self.manager.unregister(module)
             self.fail(plugin, dist, version, "check",
-                      f"unknown hook(s) {sorted(set(unknown))}; known hooks are "
-                      f"{sorted(n for n in dir(hookspecs) if n.startswith('adcore_'))}")
+                      f"{', '.join(unmarked)} defined but not marked as a hook: decorate it with @adcore.hookimpl")
             return
         info = PluginInfo(plugin, dist, version, module.__name__, round(seconds, 3))
         ok = self.call_hooks(info, module)
@@ -186,6 +260,11 @@ class _Loader:
             self.detectors._staged = None
             self.detectors._source = ("unknown", "unknown", "unknown")
         for entry in staged_detectors:
+            problem = _nonconforming(entry.target)
+            if problem:
+                self.fail(info.plugin, info.distribution, info.version, "detector",
+                          f"detector {entry.name!r} ({entry.target_path}) {problem}; it was not registered")
+                continue
             try:
                 self.detectors._commit(entry)
                 info.detectors.append(entry.name)
@@ -200,6 +279,18 @@ class _Loader:
         return True
 
 
+def _nonconforming(target: Any) -> str:
+    """Why an eagerly registered class cannot be a detector ('' if it looks fine, or is lazy)."""
+    if not isinstance(target, type):
+        return ""  # a lazy "module:attr" string or a factory: checked when built (get_model)
+    missing = [name for name in _DETECTOR_METHODS if not callable(getattr(target, name, None))]
+    if missing:
+        return f"lacks {', '.join(missing)} (the AnomalyDetector protocol needs fit, predict and get_params)"
+    if inspect.isabstract(target):
+        return f"is abstract (does not implement {', '.join(sorted(target.__abstractmethods__))})"
+    return ""
+
+
 def load_plugins(*, strict: bool | None = None, entry_points_list: list[EntryPoint] | None = None) -> PluginHost:
     """Load every ``adcore`` entry point in isolation and return the resulting :class:`PluginHost`."""
     from adcore import builtin  # core's own backbone weight providers, registered like a plugin
@@ -210,13 +301,22 @@ def load_plugins(*, strict: bool | None = None, entry_points_list: list[EntryPoi
     core_version = _core_version()
     loader.load_module(_BUILTIN, "adcore", core_version, builtin, 0.0)
 
-    found = entry_points_list if entry_points_list is not None else list(entry_points(group=ENTRY_POINT_GROUP))
-    seen: set[str] = set()
+    if entry_points_list is not None:
+        found = list(entry_points_list)
+    else:
+        found, discovery_failures = discover_entry_points()
+        loader.failures.extend(discovery_failures)
+    slow = _slow_import_seconds()
+    seen: dict[str, str] = {}
     for ep in sorted(found, key=lambda e: (_dist_of(e)[0].lower(), e.name)):
         dist, version = _dist_of(ep)
-        if ep.name in seen:  # the same distribution visible twice on sys.path
-            continue
-        seen.add(ep.name)
+        if ep.name in seen:
+            if _normalise(seen[ep.name]) != _normalise(dist):
+                loader.fail(ep.name, dist, version, "discover",
+                            f"plugin name {ep.name!r} is already provided by {seen[ep.name]}; this one is skipped. "
+                            "Uninstall one of them")
+            continue  # else: the same distribution visible twice on sys.path
+        seen[ep.name] = dist
         if {ep.name.lower().replace("_", "-"), dist.lower().replace("_", "-")} & disabled:
             continue
         started = time.perf_counter()
@@ -234,12 +334,12 @@ def load_plugins(*, strict: bool | None = None, entry_points_list: list[EntryPoi
                         f"got {type(module).__name__}")
             continue
         loader.load_module(ep.name, dist, version, module, seconds)
-        if seconds > SLOW_IMPORT_SECONDS:
+        if seconds > slow:
             loader.fail(ep.name, dist, version, "slow-import",
-                        f"importing took {seconds:.1f} s (> {SLOW_IMPORT_SECONDS:.0f} s): keep heavy imports "
+                        f"importing took {seconds:.1f} s (> {slow:g} s; it still loaded): keep heavy imports "
                         "out of the hook module and register lazy 'module:Class' targets")
     host = PluginHost(loader.manager, loader.detectors, loader.backbones, loader.plugins, loader.failures)
-    if strict and host.failures:
+    if strict and any(f.stage not in WARNING_STAGES for f in host.failures):
         raise PluginLoadError(host.failures)
     return host
 
