@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Reproduce docs/ad-memory.md: bash benchmarks/ad-memory/run_all.sh [piped|bottle|magnetic|scaling|all] [OUT.jsonl]
+# Each group holds the shared benchmark lock once, so timings are not disturbed by other runs.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+GROUP=${1:-all}
+OUT=${2:-benchmarks/ad-memory/results.jsonl}
+DATA=${ADCORE_DATA:-/work/shared/data}
+RUN="env OMP_NUM_THREADS=2 ADCORE_PROGRESS=0 .venv/bin/python benchmarks/ad-memory/run.py --out $OUT"
+locked() { flock /tmp/adcore-bench.lock bash -c "$1"; }
+
+if [[ $GROUP == piped || $GROUP == all ]]; then
+  locked "for c in PA_BDP01_TL PA_BRG01_RL PA_FLR01_TL; do for m in patchcore spade; do
+            $RUN --model \$m --root $DATA/piped --category \$c; done; done"
+fi
+if [[ $GROUP == bottle || $GROUP == all ]]; then
+  locked "for m in patchcore spade; do $RUN --model \$m --root $DATA/mvtec_bottle --category bottle; done"
+fi
+if [[ $GROUP == magnetic || $GROUP == all ]]; then
+  locked "$RUN --model patchcore --root $DATA/magnetic_tile --category magnetic_tile"
+  locked "$RUN --model spade --root $DATA/magnetic_tile --category magnetic_tile"
+fi
+if [[ $GROUP == scaling || $GROUP == all ]]; then
+  # fit time and memory as the training set grows (the full 761-image fit is in the magnetic group)
+  locked "for n in 50 200; do $RUN --model patchcore --root $DATA/magnetic_tile --category magnetic_tile --train-limit \$n --fit-only; done"
+fi

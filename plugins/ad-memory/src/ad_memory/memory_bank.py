@@ -1,0 +1,371 @@
+"""Memory-bank machinery shared by PatchCore and SPADE.
+
+Everything the two detectors have in common lives here once:
+
+* :func:`pick_stages` chooses backbone stages by stride, so ``layers=None`` means "the paper's
+  stages" for any timm CNN (ResNet ``layer2``/``layer3``, EfficientNet-Lite0 ``blocks.2``/``blocks.4``).
+* :class:`FeatureCollector` gathers patch features from a stream batch by batch, optionally
+  capped by uniform reservoir sampling so a set of any size fits in a fixed amount of memory.
+* :func:`greedy_coreset` is the greedy k-center selection of PatchCore, exact but pruned with the
+  triangle inequality so it touches only the part of the data a new center can change.
+* :class:`NearestNeighbourIndex` and :func:`knn` wrap faiss (exact ``IndexFlatL2`` or approximate
+  IVF / HNSW) with Euclidean distances out and faiss' thread count tied to torch's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from adcore.errors import InvalidInputError
+
+__all__ = [
+    "INDEX_KINDS",
+    "pick_stages",
+    "last_stage",
+    "faiss_threads",
+    "knn",
+    "NearestNeighbourIndex",
+    "FeatureCollector",
+    "random_projection",
+    "CoresetStats",
+    "greedy_coreset",
+    "greedy_coreset_reference",
+]
+
+#: nearest-neighbour index kinds: exact brute force, inverted lists, graph
+INDEX_KINDS = ("flat", "ivf", "hnsw")
+
+
+# -- backbone stages ------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=32)  # building a timm model to read its stages costs ~0.3 s
+def pick_stages(backbone: str, strides: tuple[int, ...]) -> tuple[str, ...]:
+    """The deepest stage of ``backbone`` at each stride in ``strides`` (e.g. 8, 16 → layer2, layer3).
+
+    Papers name ResNet stages; picking by stride gives the same stages for ResNets and the
+    equivalent ones for other CNNs (EfficientNet-Lite0: stride 8 → ``blocks.2``, 16 → ``blocks.4``).
+    """
+    from adcore.backbones import backbone_layers
+
+    stages = backbone_layers(backbone)
+    chosen = []
+    for stride in strides:
+        matching = [s["name"] for s in stages if s["stride"] == stride]
+        if not matching:
+            offered = {s["name"]: s["stride"] for s in stages}
+            raise InvalidInputError(f"backbone {backbone!r} has no stage at stride {stride} (stages and strides: {offered}); "
+                                    "pass layers=... explicitly")
+        chosen.append(matching[-1])
+    return tuple(chosen)
+
+
+@functools.lru_cache(maxsize=32)
+def last_stage(backbone: str) -> str:
+    """The deepest stage of ``backbone`` (the one global pooling follows)."""
+    from adcore.backbones import backbone_layers
+
+    return backbone_layers(backbone)[-1]["name"]
+
+
+# -- faiss ----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def faiss_threads(count: int | None = None) -> Iterator[None]:
+    """Run faiss with ``count`` threads (default: ``torch.get_num_threads()``), restored afterwards."""
+    import faiss
+
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(int(count if count is not None else torch.get_num_threads()))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
+def _as_faiss(x: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().to(dtype=torch.float32, device="cpu").numpy())
+
+
+def _euclidean(squared: np.ndarray) -> torch.Tensor:
+    # faiss returns squared L2 from |x|²+|y|²-2xy, which can dip below zero by rounding
+    return torch.from_numpy(squared).clamp_min_(0).sqrt_()
+
+
+def knn(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact Euclidean distances ``(Q,k)`` and indices ``(Q,k)`` of the ``k`` nearest rows of ``bank``.
+
+    One-off search without keeping an index (faiss' blocked brute force); ``k`` is clamped to
+    the bank size.
+    """
+    import faiss
+
+    k = min(int(k), bank.shape[0])
+    with faiss_threads():
+        distances, indices = faiss.knn(_as_faiss(queries), _as_faiss(bank), k)
+    return _euclidean(distances), torch.from_numpy(indices)
+
+
+class NearestNeighbourIndex:
+    """A faiss index over ``bank`` rows, built lazily on the first search.
+
+    ``kind="flat"`` is exact. ``"ivf"`` (inverted lists, ``probes`` lists visited, default 8) and
+    ``"hnsw"`` (graph, ``probes`` = efSearch, default 64) are approximate and meant for banks too
+    large to search exhaustively. Building is deterministic for a given bank, so an index rebuilt
+    after loading a saved model answers exactly as the original did.
+    """
+
+    def __init__(self, bank: torch.Tensor, kind: str = "flat", probes: int | None = None, seed: int = 0) -> None:
+        if kind not in INDEX_KINDS:
+            raise InvalidInputError(f"index must be one of {INDEX_KINDS}, got {kind!r}")
+        self.bank = bank.detach().to(torch.float32).contiguous()
+        self.kind = kind
+        self.probes = probes
+        self.seed = seed
+        self._index = None
+
+    def __len__(self) -> int:
+        return int(self.bank.shape[0])
+
+    def _build(self):
+        import faiss
+
+        data = _as_faiss(self.bank)
+        count, dim = data.shape
+        if self.kind == "flat" or count < 1024:  # tiny banks: exact search is cheaper than any structure
+            index = faiss.IndexFlatL2(dim)
+            index.add(data)
+        elif self.kind == "ivf":
+            # about 4·sqrt(N) lists, at least 39 training points per list (faiss' own guidance)
+            lists = max(1, min(count // 39, int(round(4 * math.sqrt(count)))))
+            quantizer = faiss.IndexFlatL2(dim)
+            index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_L2)
+            index.cp.seed = int(self.seed)
+            index.train(data)
+            index.add(data)
+            index.nprobe = int(self.probes or 8)
+        else:
+            index = faiss.IndexHNSWFlat(dim, 32)
+            index.hnsw.efConstruction = 80
+            # graph construction order depends on thread scheduling: build single-threaded so a
+            # rebuilt index (after load) is the same graph and gives the same answers
+            with faiss_threads(1):
+                index.add(data)
+            index.hnsw.efSearch = int(self.probes or 64)
+        return index
+
+    def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Euclidean distances ``(Q,k)`` and bank indices ``(Q,k)`` of the ``k`` nearest rows."""
+        k = min(int(k), len(self))
+        with faiss_threads():
+            if self._index is None:
+                self._index = self._build()
+            distances, indices = self._index.search(_as_faiss(queries), k)
+        if self.kind != "flat" and bool((indices < 0).any()):
+            # an approximate index can come back short of k hits; fall back to exact for those rows
+            rows = torch.from_numpy((indices < 0).any(1))
+            exact_d, exact_i = knn(queries[rows], self.bank, k)
+            distances[rows.numpy()] = exact_d.square().numpy()
+            indices[rows.numpy()] = exact_i.numpy()
+        return _euclidean(distances), torch.from_numpy(indices)
+
+
+# -- streaming collection -------------------------------------------------------------------------
+class FeatureCollector:
+    """Rows (patch features) gathered batch by batch from a stream.
+
+    Without ``max_rows`` every row is kept (as the list of batches, never concatenated, so no
+    second copy is made). With ``max_rows`` it is a uniform random sample of all rows seen,
+    drawn by reservoir sampling (Vitter's algorithm R, vectorised): memory stays at
+    ``max_rows × dim`` however long the stream, and every row has the same chance to be kept.
+    """
+
+    def __init__(self, max_rows: int | None = None, generator: torch.Generator | None = None) -> None:
+        self.max_rows = max_rows
+        self.generator = generator
+        self.seen = 0
+        self._chunks: list[torch.Tensor] = []
+        self._reservoir: torch.Tensor | None = None
+
+    def add(self, rows: torch.Tensor) -> None:
+        rows = rows.detach().to(torch.float32)
+        if self.max_rows is None:
+            self._chunks.append(rows.contiguous())
+            self.seen += rows.shape[0]
+            return
+        if self._reservoir is None:
+            self._reservoir = torch.empty(self.max_rows, rows.shape[1])
+        free = max(0, self.max_rows - self.seen)
+        head = rows[:free]
+        self._reservoir[self.seen:self.seen + head.shape[0]] = head
+        rest = rows[head.shape[0]:]
+        start = self.seen + head.shape[0]
+        self.seen += rows.shape[0]
+        if rest.shape[0] == 0:
+            return
+        # row number t (0-based) replaces slot j ~ U{0..t} when j < max_rows; later rows win ties,
+        # exactly as the sequential algorithm would have it
+        position = torch.arange(start, start + rest.shape[0], dtype=torch.float64)
+        slot = (torch.rand(rest.shape[0], generator=self.generator, dtype=torch.float64) * (position + 1)).long()
+        keep = (slot < self.max_rows).nonzero().flatten()
+        if keep.numel() == 0:
+            return
+        slot = slot[keep]
+        order = torch.sort(slot, stable=True).indices
+        slot, keep = slot[order], keep[order]
+        last = torch.ones_like(slot, dtype=torch.bool)
+        last[:-1] = slot[1:] != slot[:-1]
+        self._reservoir[slot[last]] = rest[keep[last]]
+
+    def __len__(self) -> int:
+        return self.seen if self.max_rows is None else min(self.seen, self.max_rows)
+
+    def chunks(self) -> list[torch.Tensor]:
+        """The kept rows as a list of ``(n_i, dim)`` tensors (in stream order without a cap)."""
+        if self.max_rows is None:
+            return self._chunks
+        return [] if self._reservoir is None else [self._reservoir[:len(self)]]
+
+    def gather(self, indices: torch.Tensor) -> torch.Tensor:
+        """Rows at global ``indices`` (into the concatenation of :meth:`chunks`)."""
+        chunks = self.chunks()
+        offsets = torch.tensor([0] + [c.shape[0] for c in chunks]).cumsum(0)
+        out = torch.empty(indices.numel(), chunks[0].shape[1])
+        for number, chunk in enumerate(chunks):
+            inside = ((indices >= offsets[number]) & (indices < offsets[number + 1])).nonzero().flatten()
+            if inside.numel():
+                out[inside] = chunk[indices[inside] - offsets[number]]
+        return out
+
+    def project(self, matrix: torch.Tensor | None) -> torch.Tensor:
+        """All kept rows times ``matrix`` (or a plain copy), written into one preallocated tensor."""
+        chunks = self.chunks()
+        width = chunks[0].shape[1] if matrix is None else matrix.shape[1]
+        out = torch.empty(len(self), width)
+        offset = 0
+        for chunk in chunks:
+            out[offset:offset + chunk.shape[0]] = chunk if matrix is None else chunk @ matrix
+            offset += chunk.shape[0]
+        return out
+
+
+# -- coreset --------------------------------------------------------------------------------------
+def random_projection(in_dim: int, out_dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A Gaussian Johnson-Lindenstrauss projection ``(in_dim, out_dim)`` scaled by ``1/sqrt(out_dim)``."""
+    return torch.randn(in_dim, out_dim, generator=generator) / math.sqrt(out_dim)
+
+
+@dataclass
+class CoresetStats:
+    """What :func:`greedy_coreset` did: iterations, seconds, rate and how much data it touched."""
+
+    iterations: int = 0
+    seconds: float = 0.0
+    touched_fraction: float = 1.0  # mean share of points whose distances were updated per iteration
+
+    @property
+    def iterations_per_second(self) -> float:
+        return self.iterations / self.seconds if self.seconds > 0 else float("inf")
+
+
+def greedy_coreset(points: torch.Tensor, count: int, *, start: int = 0, prune: bool = True,
+                   chunk_rows: int = 65536, stats: CoresetStats | None = None, desc: str = "coreset") -> torch.Tensor:
+    """Greedy k-center selection (iterative farthest point) of ``count`` rows of ``points``.
+
+    Returns indices into ``points`` in selection order, starting with ``start``: each next row is
+    the one farthest from everything selected so far. Same picks as the textbook loop
+    (:func:`greedy_coreset_reference`, up to float-level ties), computed much faster:
+
+    * every row remembers its nearest selected center ``a`` and its distance ``|x - a|`` to it;
+    * a new center ``c`` can only bring ``x`` closer if ``|c - a| < 2 |x - a|`` (triangle
+      inequality), checked for all rows with scalar operations (the distances from ``c`` to the
+      selected centers, looked up by owner). Only the rows that pass have their features read;
+      the first picks touch every row, but once the selection covers the data a pick touches
+      only the rows around it;
+    * distances are updated vectorised in chunks of at most ``chunk_rows`` rows, never an N×N
+      matrix: memory is the points, three per-row vectors and one chunk, constant over the loop.
+
+    ``prune=False`` updates every row at every step (for comparisons).
+    """
+    from adcore.progress import progress
+
+    points = points.to(torch.float32).contiguous()
+    total, dim = points.shape
+    count = int(count)
+    if count >= total:
+        return torch.arange(total)
+    if count < 1:
+        raise InvalidInputError(f"coreset size must be >= 1, got {count}")
+    began = time.perf_counter()
+    norms = points.square().sum(1)
+    closest = torch.full((total,), math.inf)  # squared distance of each row to the selection
+    owner = torch.zeros(total, dtype=torch.int32)  # which selected center that is (int32: half the traffic)
+    centers = torch.empty(count, dim)
+    center_norms = torch.empty(count)
+    chosen = torch.empty(count, dtype=torch.long)
+    position = int(start)
+    touched = 0
+    for step in progress(range(count), desc=desc, total=count, mininterval=1.0):
+        chosen[step] = position
+        center = points[position]
+        centers[step] = center
+        center_norms[step] = norms[position]
+        if step == 0 or not prune:
+            rows = None
+        else:
+            # |x - c| >= |c - a| - |x - a| (a: x's nearest center), so x can only come closer to c if
+            # |c - a| < 2·|x - a|; every other row is skipped without touching its features
+            between = (center_norms[:step] - 2 * (centers[:step] @ center) + norms[position]).clamp_min_(0)
+            # squared half-distance, with slack so rounding can never skip a row it should not
+            reach = between.mul_(0.25 * (1 - 1e-4)).sub_(1e-6)
+            rows = (closest > reach.index_select(0, owner)).nonzero().flatten()
+        count_rows = total if rows is None else rows.numel()
+        touched += count_rows
+        for first in range(0, count_rows, chunk_rows):
+            last = min(first + chunk_rows, count_rows)
+            if rows is None:
+                block, block_norms = points[first:last], norms[first:last]
+                current, current_owner = closest[first:last], owner[first:last]
+            else:
+                part = rows[first:last]
+                # index_select/index_copy_: far faster on CPU than advanced indexing
+                block, block_norms = points.index_select(0, part), norms.index_select(0, part)
+                current, current_owner = closest.index_select(0, part), owner.index_select(0, part)
+            distance = (block_norms - 2 * (block @ center) + norms[position]).clamp_min_(0)
+            nearer = distance < current
+            updated = torch.where(nearer, distance, current)
+            updated_owner = torch.where(nearer, step, current_owner)
+            if rows is None:
+                closest[first:last] = updated
+                owner[first:last] = updated_owner
+            else:
+                closest.index_copy_(0, part, updated)
+                owner.index_copy_(0, part, updated_owner)
+        closest[position] = 0.0
+        position = int(torch.argmax(closest))
+        if float(closest[position]) <= 0.0:
+            chosen = chosen[:step + 1]  # every remaining row duplicates a selected one
+            break
+    if stats is not None:
+        stats.iterations = int(chosen.numel())
+        stats.seconds = time.perf_counter() - began
+        stats.touched_fraction = touched / max(1, chosen.numel() * total)
+    return chosen
+
+
+def greedy_coreset_reference(points: torch.Tensor, count: int, start: int = 0) -> torch.Tensor:
+    """The textbook greedy k-center loop (one full distance pass per pick); for tests and comparison."""
+    points = points.to(torch.float32)
+    norms = points.square().sum(1)
+    closest = torch.full((points.shape[0],), math.inf)
+    chosen = [start]
+    for _ in range(count - 1):
+        center = points[chosen[-1]]
+        closest = torch.minimum(closest, norms - 2 * (points @ center) + norms[chosen[-1]])
+        chosen.append(int(torch.argmax(closest)))
+    return torch.tensor(chosen)
