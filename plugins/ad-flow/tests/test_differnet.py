@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from adcore.errors import InvalidInputError
-from adcore.testing import build_registered, check_detector, make_normal_images
 from ad_flow.differnet import DifferNet, transform_images
 from ad_flow.flows import flow_nll
+from adcore.errors import InvalidInputError
+from adcore.testing import build_registered, check_detector, make_normal_images
 
 
 def test_conformance_with_registered_quick_params() -> None:
@@ -60,6 +60,15 @@ def test_score_averages_over_test_time_transforms(fitted: DifferNet) -> None:
     assert torch.allclose(many.predict(image).pred_score, expected[None], rtol=1e-5)
 
 
+def test_view_pool_trains_on_a_fixed_pool_of_augmented_views() -> None:
+    params = dict(input_size=64, epochs=4, coupling_blocks=2, fc_hidden=32, n_transforms=2, view_pool=3,
+                  n_transforms_test=1, batch_size=4)
+    detector = DifferNet(**params).fit(make_normal_images(6, (64, 64), seed=5))
+    loss = detector.history_["loss"]
+    assert len(loss) == 4 and loss[-1] < loss[0]
+    assert detector.timing_["features_s"] > 0  # the pool went through the backbone once, before the epochs
+
+
 def test_transforms_identity_rotation_and_jitter() -> None:
     images = torch.rand(2, 3, 16, 16) * 0.8 + 0.1
     one, zero = torch.ones(2), torch.zeros(2)
@@ -85,7 +94,7 @@ def test_defaults_follow_the_paper() -> None:
     ({"n_scales": 0}, "n_scales"), ({"coupling_blocks": 0}, "coupling_blocks"), ({"n_transforms_test": 0},
                                                                                   "n_transforms_test"),
     ({"rotation_degrees": 200.0}, "rotation_degrees"), ({"brightness": 1.0}, "brightness"), ({"sigma": -1.0}, "sigma"),
-    ({"fc_layers": 0}, "fc_layers"), ({"lr": 0.0}, "lr"),
+    ({"fc_layers": 0}, "fc_layers"), ({"lr": 0.0}, "lr"), ({"view_pool": -1}, "view_pool"),
 ])
 def test_invalid_parameters_are_rejected(params: dict, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from ad_flow.fastflow import FastFlow
 from adcore.errors import InvalidInputError
 from adcore.testing import build_registered, check_detector, make_normal_images
-from ad_flow.fastflow import FastFlow
 
 
 def test_conformance_with_registered_quick_params() -> None:
@@ -24,7 +24,7 @@ def fitted() -> FastFlow:
 def test_architecture_follows_the_paper(fitted: FastFlow) -> None:
     # Lite0 stages blocks.1/2/4 have strides 4/8/16 and 24/40/112 channels
     assert fitted.feature_shapes_ == [[24, 16, 16], [40, 8, 8], [112, 4, 4]]
-    for norm, shape in zip(fitted.head_.norms, fitted.feature_shapes_):
+    for norm, shape in zip(fitted.head_.norms, fitted.feature_shapes_, strict=True):
         assert isinstance(norm, nn.LayerNorm) and list(norm.normalized_shape) == shape
     for flow in fitted.head_.flows:
         assert len(flow.module_list) == 4

@@ -8,9 +8,17 @@ import pytest
 import torch
 from torch import nn
 
+from ad_flow.flows import (
+    build_conv_flow,
+    build_fc_flow,
+    conv_subnet,
+    fc_subnet,
+    flow_nll,
+    require_int,
+    require_number,
+    trainable_parameters,
+)
 from adcore.errors import InvalidInputError
-from ad_flow.flows import build_conv_flow, build_fc_flow, conv_subnet, fc_subnet, flow_nll, require_int, require_number, \
-    trainable_parameters
 
 
 def test_flow_nll_is_the_gaussian_negative_log_likelihood_up_to_a_constant() -> None:

@@ -29,14 +29,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ad_flow.flows import build_conv_flow, flow_nll, frozen_extractor, require_int, require_number, trainable_parameters
 from adcore.backbones import DEFAULT_BACKBONE, FeatureExtractor
 from adcore.base import BaseDetector
 from adcore.errors import InvalidInputError
 from adcore.inputs import ImageStream
 from adcore.ops import upsample
 from adcore.training import train_epochs
-
-from ad_flow.flows import build_conv_flow, flow_nll, require_int, require_number, trainable_parameters
 
 __all__ = ["FastFlow"]
 
@@ -140,8 +139,8 @@ class FastFlow(BaseDetector):
 
     def _get_extractor(self) -> FeatureExtractor:
         if getattr(self, "_extractor", None) is None:
-            self._extractor = FeatureExtractor(self.backbone, list(self.layers), weights=self.weights,
-                                               checkpoint_path=self.checkpoint_path)
+            self._extractor = frozen_extractor(self.backbone, tuple(self.layers), self.weights,
+                                               None if self.checkpoint_path is None else str(self.checkpoint_path))
         return self._extractor
 
 
@@ -156,5 +155,5 @@ class _FastFlowHead(nn.Module):
                                                    conv3x3_only=conv3x3_only) for shape in shapes)
 
     def forward(self, features: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [flow(norm(feature)) for feature, norm, flow in zip(features, self.norms, self.flows)]
+        return [flow(norm(feature)) for feature, norm, flow in zip(features, self.norms, self.flows, strict=True)]
 
