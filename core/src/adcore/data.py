@@ -145,7 +145,8 @@ def _open(path: Path, max_pixels: int | None):
     except ImageLoadError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error,
-            Image.DecompressionBombError) as exc:
+            Image.DecompressionBombError, IndexError, KeyError, TypeError, ZeroDivisionError, OverflowError) as exc:
+        # Pillow's format plugins raise all of these on malformed files; each means "this file is bad"
         raise ImageLoadError(f"cannot read image {path}: {type(exc).__name__}: {exc}. Is it a corrupt, truncated or "
                              "non-image file? Remove or replace it") from exc
 

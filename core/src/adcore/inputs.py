@@ -154,8 +154,18 @@ class ImageStream:
                 self._cache = []
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        for batch, _ in self._batches(with_labels=False):
+            yield batch
+
+    def with_labels(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """``(batch, labels)`` pairs; ``labels`` is a ``(B,)`` long tensor when the items carry them
+        (``(images, labels)`` tuples or ``{"label": ...}`` dicts), else ``None``. For calibration."""
+        yield from self._batches(with_labels=True)
+
+    def _batches(self, *, with_labels: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         if self._cache is not None and self._source is None:
-            yield from self._cache
+            for batch in self._cache:
+                yield batch, None
             return
         count = 0
         from adcore.progress import progress
@@ -167,13 +177,14 @@ class ImageStream:
                 batch = batch.unsqueeze(0)
             try:
                 batch = validate_images(batch, where=self.where)
+                labels = _labels_of(item, batch.shape[0], self.where) if with_labels else None
             except InvalidInputError as exc:
                 raise InvalidInputError(f"{exc} (in batch {index}{_files_of(item)})") from None
             batch = resize_images(batch, self.size)
             count += batch.shape[0]
             if self._cache is not None:
                 self._cache.append(batch)
-            yield batch
+            yield batch, labels
         if self._cache is not None:
             self._source = None  # type: ignore[assignment]
         if count == 0:
@@ -185,6 +196,16 @@ class ImageStream:
 
     def num_images(self) -> int:
         return sum(batch.shape[0] for batch in self)
+
+
+def _labels_of(item: Any, count: int, where: str) -> torch.Tensor | None:
+    try:
+        labels = extract_labels(item)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InvalidInputError(f"{where}: the labels of a data item are not numbers 0/1 ({exc})") from None
+    if labels is not None and labels.numel() != count:
+        raise InvalidInputError(f"{where}: {labels.numel()} labels for {count} images")
+    return labels
 
 
 def _files_of(item: Any) -> str:

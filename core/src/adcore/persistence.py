@@ -144,6 +144,8 @@ def _to_json(value: Any, what: str) -> Any:
         return {str(k): _to_json(v, what) for k, v in value.items()}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return _to_json(value.item(), what)  # numpy scalars, e.g. from a parameter grid
     raise ModelFileError(f"{what} of type {type(value).__name__} cannot be written to a model file; use JSON values")
 
 

@@ -161,3 +161,23 @@ def test_generators_are_cached_so_multi_epoch_training_works(normal_images):
 def test_numpy_uint8_batches_hint(mean_detector_class):
     with pytest.raises(InvalidInputError, match="cannot find images in a data item of type ndarray"):
         mean_detector_class().fit([np.zeros((1, 32, 32, 3), dtype=np.uint8)])
+
+
+def test_stream_with_labels_for_calibration(normal_images, tmp_path, write_image, rgb_array):
+    from adcore.data import FolderDataset
+    from adcore.inputs import ImageStream
+
+    for index in range(3):
+        write_image(tmp_path / "good" / f"{index}.png", rgb_array)
+    write_image(tmp_path / "bad" / "b.png", rgb_array[:10])
+    pairs = list(ImageStream(FolderDataset(tmp_path / "good", [tmp_path / "bad"], image_size=None), (32, 32),
+                             batch_size=2).with_labels())
+    assert [tuple(batch.shape) for batch, _ in pairs] == [(2, 3, 32, 32), (2, 3, 32, 32)]
+    assert torch.cat([labels for _, labels in pairs]).tolist() == [0, 0, 0, 1]
+    assert list(ImageStream(normal_images, (32, 32)).with_labels())[0][1] is None
+    with pytest.raises(InvalidInputError, match=r"calibrate: 3 labels for 2 images \(in batch 0\)"):
+        list(ImageStream([(normal_images[:2], torch.tensor([0, 1, 1]))], (32, 32), where="calibrate").with_labels())
+    with pytest.raises(InvalidInputError, match="the labels of a data item are not numbers 0/1"):
+        list(ImageStream([(normal_images[:2], ["a.png", "b.png"])], (32, 32), where="calibrate").with_labels())
+    # fit ignores what rides along with the images (e.g. paths in a tuple)
+    assert ImageStream([(normal_images[:2], ["a.png", "b.png"])], (32, 32)).num_images() == 2

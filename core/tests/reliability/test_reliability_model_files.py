@@ -359,3 +359,16 @@ def test_header_lengths_that_look_like_a_pickle_opcode_still_load(saved, tmp_pat
     cut.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ModelFileError, match=rf"is truncated \(its header claims {length} bytes, the file has 92"):
         RichDetector.load(cut)
+
+
+def test_numpy_scalar_parameters_are_saved_as_json(normal_images, tmp_path):
+    import numpy as np
+
+    detector = RichDetector(width=np.int64(3)).fit(normal_images)
+    loaded = RichDetector.load(detector.save(tmp_path / "np.safetensors"))
+    assert loaded.width == 3 and type(loaded.width) is int
+    assert torch.equal(loaded.predict(normal_images).pred_score, detector.predict(normal_images).pred_score)
+    detector.width = object()
+    with pytest.raises(ModelFileError, match="parameter 'width' of type object cannot be written to a model file"):
+        detector.save(tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()

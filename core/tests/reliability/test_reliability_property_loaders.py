@@ -126,3 +126,40 @@ def test_folder_datasets_of_mixed_sizes_batch_at_the_requested_size(sizes, targe
         stream = ImageStream(FolderDataset(root / "good", image_size=None), (16, 24), batch_size=batch)
         assert stream.num_images() == len(sizes)
         assert all(tuple(b.shape[1:]) == (3, 16, 24) for b in stream)
+
+
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".tif": "TIFF", ".bmp": "BMP", ".webp": "WEBP"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(suffix=st.sampled_from(sorted(FORMATS)), seed=st.integers(0, 2**32 - 1), cut=st.booleans())
+def test_damaged_files_load_or_raise_image_load_error_only(suffix, seed, cut):
+    """Random byte damage (and truncation) of valid files: a valid image or an ImageLoadError naming the file."""
+    import io
+    import random
+    import warnings
+
+    from PIL import Image
+
+    from adcore.errors import ImageLoadError
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(buffer, FORMATS[suffix])
+    data = bytearray(buffer.getvalue())
+    chooser = random.Random(seed)
+    for _ in range(chooser.randint(1, 8)):
+        data[chooser.randrange(len(data))] = chooser.randrange(256)
+    if cut:
+        data = data[: chooser.randrange(1, len(data))]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"damaged{suffix}"
+        path.write_bytes(bytes(data))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Pillow warns about e.g. corrupt EXIF and then decodes the pixels
+                image = load_image(path)
+        except ImageLoadError as exc:
+            assert str(path) in str(exc)
+            return
+    assert image.dtype == torch.float32 and image.shape[0] == 3 and image.ndim == 3
+    assert bool(torch.isfinite(image).all()) and 0.0 <= float(image.min()) and float(image.max()) <= 1.0
