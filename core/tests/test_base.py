@@ -121,3 +121,36 @@ def test_save_and_load_round_trip(tmp_path):
     probe = torch.rand(3, 3, 32, 32)
     assert torch.equal(loaded.predict(probe).anomaly_map, detector.predict(probe).anomaly_map)
     assert loaded.threshold_ == detector.threshold_ and loaded.seen_ == 4 and loaded.scale == 3.0
+
+
+def test_rejected_set_params_leaves_the_old_value():
+    detector = MeanDetector(scale=2.0)
+    with pytest.raises(InvalidInputError):
+        detector.set_params(scale=0, input_size=64)
+    assert detector.get_params() == {"input_size": 32, "scale": 2.0, "seed": 0}
+
+
+@pytest.mark.parametrize("seed", ["x", 1.5, True, -1, 2**70])
+def test_invalid_seeds_are_rejected_at_construction(seed):
+    with pytest.raises(InvalidInputError, match="seed must be an integer"):
+        MeanDetector(seed=seed)
+
+
+def test_a_detector_returning_nan_is_an_error_naming_it():
+    from adcore.errors import DetectorOutputError
+
+    class NanDetector(MeanDetector):
+        def _predict(self, images):
+            scores, maps = super()._predict(images)
+            return scores * float("nan"), maps
+
+    detector = NanDetector().fit(torch.rand(2, 3, 32, 32))
+    with pytest.raises(DetectorOutputError, match="NanDetector returned NaN"):
+        detector.predict(torch.rand(1, 3, 32, 32))
+
+
+def test_calibrate_accepts_a_map_style_dataset():
+    detector = MeanDetector().fit(torch.rand(4, 3, 32, 32))
+    dataset = [{"image": image, "label": 0} for image in torch.rand(10, 3, 32, 32)]
+    detector.calibrate(dataset, target_fpr=0.1)
+    assert detector.calibration_["images"] == 10

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adcore.errors import InvalidInputError, NotFittedError
-from adcore.inputs import ImageStream, extract_images, extract_labels, to_size, validate_images
+from adcore.inputs import ImageStream, to_size, validate_images
 from adcore.prediction import Prediction
 from adcore.seeding import seeded
 
@@ -75,11 +75,18 @@ class BaseDetector(ABC):
 
     def set_params(self, **params: Any) -> BaseDetector:
         valid = set(self._param_names())
+        unknown = sorted(set(params) - valid)
+        if unknown:
+            raise InvalidInputError(f"{type(self).__name__} has no parameter {unknown[0]!r}; valid: {sorted(valid)}")
+        previous = {name: getattr(self, name) for name in params}
         for name, value in params.items():
-            if name not in valid:
-                raise InvalidInputError(f"{type(self).__name__} has no parameter {name!r}; valid: {sorted(valid)}")
             setattr(self, name, value)
-        self._validate_params()
+        try:
+            self._validate_params()
+        except Exception:
+            for name, value in previous.items():  # a rejected value must not stay set
+                setattr(self, name, value)
+            raise
         return self
 
     def __repr__(self) -> str:
@@ -121,8 +128,9 @@ class BaseDetector(ABC):
                                         antialias=chunk.shape[-2] > self.image_size[0] or chunk.shape[-1] > self.image_size[1]) \
                     if tuple(chunk.shape[-2:]) != self.image_size else chunk
                 score, amap = self._predict(resized)
-                if amap.ndim == 4:
+                if amap.ndim == 4 and amap.shape[1] == 1:
                     amap = amap[:, 0]
+                self._check_output(score, amap, resized.shape[0])
                 amap = F.interpolate(amap[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[:, 0]
                 scores.append(score.detach().float().reshape(-1))
                 maps.append(amap.detach())
@@ -152,14 +160,10 @@ class BaseDetector(ABC):
         from adcore.metrics import f1_max
 
         scores, labels = [], []
-        items = [data] if isinstance(data, torch.Tensor) else data
-        for item in items:
-            batch = extract_images(item)
+        stream = ImageStream(data, self.image_size, batch_size=getattr(self, "batch_size", 8), where="calibrate")
+        for batch, found in stream.with_labels():
             scores.append(self.predict(batch).pred_score)
-            found = extract_labels(item)
             labels.append(found if found is not None else torch.zeros(batch.shape[0], dtype=torch.long))
-        if not scores:
-            raise InvalidInputError("calibrate: the data yielded no images")
         score = torch.cat(scores)
         label = torch.cat(labels)
         if bool((label == 1).any()) and bool((label == 0).any()):
@@ -241,6 +245,9 @@ class BaseDetector(ABC):
         """Reject out-of-range parameters with the allowed range; called after ``__init__``."""
         if hasattr(self, "input_size"):
             to_size(self.input_size)
+        seed = getattr(self, "seed", 0)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63):
+            raise InvalidInputError(f"seed must be an integer in [0, 2**63), got {seed!r}")
 
     @abstractmethod
     def _fit(self, stream: ImageStream) -> None:
@@ -249,6 +256,19 @@ class BaseDetector(ABC):
     @abstractmethod
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(scores (B,), maps (B,h,w))`` for images resized to ``input_size``."""
+
+    def _check_output(self, score: torch.Tensor, amap: torch.Tensor, count: int) -> None:
+        """A detector bug must surface as an error naming it, never as a silent wrong score."""
+        problem = None
+        if tuple(score.reshape(-1).shape) != (count,) or amap.ndim != 3 or amap.shape[0] != count:
+            problem = f"returned scores {tuple(score.shape)} and maps {tuple(amap.shape)} for {count} images"
+        elif not bool(torch.isfinite(score).all()) or not bool(torch.isfinite(amap).all()):
+            problem = "returned NaN or Inf scores"
+        if problem:
+            from adcore.errors import DetectorOutputError
+
+            raise DetectorOutputError(f"{type(self).__module__}.{type(self).__name__} {problem}; this is a bug in the "
+                                      "detector (or its fitted state is corrupt): report it to the plugin's authors")
 
     def _check_fitted(self, action: str) -> None:
         if not self.is_fitted:

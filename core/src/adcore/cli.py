@@ -295,12 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from adcore.errors import AdcoreError
     from adcore.plugins import PluginLoadError
-    from adcore.registry import ModelNotFoundError
+    from adcore.registry import DetectorImportError, ModelNotFoundError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.strict:
         os.environ["ADCORE_STRICT_PLUGINS"] = "1"
+    if os.environ.get("ADCORE_DETERMINISTIC", "").strip() in ("1", "true", "yes"):
+        from adcore.seeding import set_deterministic
+
+        set_deterministic(True)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -309,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PluginLoadError as exc:
         print(f"adcore: {exc}", file=sys.stderr)
         return 2
-    except (ModelNotFoundError, AdcoreError, TypeError, ValueError) as exc:
+    except (ModelNotFoundError, DetectorImportError, AdcoreError, TypeError, ValueError, OSError) as exc:
         print(f"adcore {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

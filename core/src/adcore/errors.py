@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["AdcoreError", "NotFittedError", "InvalidInputError", "ModelFileError", "ImageLoadError", "DatasetLayoutError"]
+__all__ = ["AdcoreError", "NotFittedError", "InvalidInputError", "ModelFileError", "ImageLoadError", "DatasetLayoutError",
+           "DetectorOutputError"]
 
 
 class AdcoreError(Exception):
@@ -27,3 +28,7 @@ class ImageLoadError(AdcoreError, OSError):
 
 class DatasetLayoutError(AdcoreError, FileNotFoundError):
     """A dataset folder that does not have the expected layout."""
+
+
+class DetectorOutputError(AdcoreError, RuntimeError):
+    """A detector returned scores or maps of the wrong shape, or NaN/Inf: a bug in that detector."""

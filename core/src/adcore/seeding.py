@@ -32,7 +32,7 @@ def seeded(seed: int | None) -> Iterator[None]:
 
 
 def set_deterministic(enabled: bool = True) -> None:
-    """Switch torch to deterministic algorithms (also via ``ADCORE_DETERMINISTIC=1``).
+    """Switch torch to deterministic algorithms (the CLI does this when ``ADCORE_DETERMINISTIC=1``).
 
     CPU kernels used by adcore are deterministic already; this matters on GPUs, where it may be
     slower and raises for operations without a deterministic implementation.
