@@ -554,7 +554,7 @@ def build_plan(args: argparse.Namespace) -> BenchmarkPlan:
 
 
 def _command_line() -> str:
-    argv = list(sys.argv)
+    argv = [a for a in sys.argv if a not in ("--report-only", "--dry-run")]
     program = Path(argv[0]).name if argv else "adcore"
     head = "adcore" if program == "adcore" else "python -m adcore.benchmark" if program in ("benchmark.py", "-m") else program
     return " ".join([head, *argv[1:]])
@@ -755,9 +755,12 @@ def _finish(running: _Running, timed_out: bool) -> dict[str, Any]:
             record = None
     if record is None:
         record = _base_record(running.run)
+        stage_path = running.result_path.with_suffix(".stage")
+        stage = stage_path.read_text().strip() if stage_path.is_file() else "startup"
+        stage_path.unlink(missing_ok=True)
         if timed_out:
             record.update(status="timeout", error={
-                "type": "TimeLimitExceeded", "stage": "unknown",
+                "type": "TimeLimitExceeded", "stage": stage,
                 "message": f"killed after {wall:.0f} s: over its time limit of {running.run.time_limit:g} s",
                 "output_tail": running.tail_text()})
         else:
@@ -765,13 +768,14 @@ def _finish(running: _Running, timed_out: bool) -> dict[str, Any]:
             reason = f"killed by signal {-code} ({signal.Signals(-code).name})" if code is not None and code < 0 else \
                 f"exited with status {code}"
             hint = " (SIGKILL without a time-out is usually the kernel's out-of-memory killer)" if code == -9 else ""
-            record.update(status="crashed", error={"type": "WorkerCrashed", "stage": "unknown",
+            record.update(status="crashed", error={"type": "WorkerCrashed", "stage": stage,
                                                    "message": f"the worker process {reason} without a result{hint}",
                                                    "output_tail": running.tail_text()})
     record.update(wall_seconds=round(wall, 2), started_at=running.started_at, finished_at=_now(),
                   time_limit=running.run.time_limit)
     running.spec_path.unlink(missing_ok=True)
     running.result_path.unlink(missing_ok=True)
+    running.result_path.with_suffix(".stage").unlink(missing_ok=True)
     return record
 
 
@@ -882,16 +886,16 @@ def _summary_line(record: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 # The worker (runs in its own process)
 # ---------------------------------------------------------------------------------------------
-def _stage_from_traceback(tb: Any) -> str:
+def _stage_from_traceback(tb: Any, tracked: str = "evaluate") -> str:
     names = [frame.name for frame in traceback.extract_tb(tb)]
     files = [Path(frame.filename).name for frame in traceback.extract_tb(tb)]
-    for marker, stage in (("measure_latency", "latency"), ("calibrate", "calibrate"), ("collect_predictions", "predict"),
+    for marker, stage in (("measure_latency", "latency"), ("collect_predictions", "predict"), ("calibrate", "calibrate"),
                           ("fit", "fit")):
         if marker in names:
             return stage
     if "metrics.py" in files:
         return "metrics"
-    return "setup"
+    return tracked or "evaluate"
 
 
 def _build_detector(name: str, params: dict[str, Any]) -> Any:
@@ -973,11 +977,41 @@ def _save_artifacts(path: Path, test_set: Any, outputs: dict[str, Any], threshol
     _atomic_write(path, buffer.getvalue())
 
 
+def _track_stages(detector: Any, stage_path: Path) -> None:
+    """Write the current stage (fit → calibrate → evaluate) to ``stage_path`` so a killed run can say where it was."""
+
+    def mark(stage: str) -> None:
+        try:
+            stage_path.write_text(stage)
+        except OSError:
+            pass
+
+    for name, after in (("fit", None), ("calibrate", "evaluate")):
+        original = getattr(detector, name, None)
+        if original is None:
+            continue
+
+        def wrapped(*args: Any, _original: Any = original, _name: str = name, _after: str | None = after,
+                    **kwargs: Any) -> Any:
+            mark(_name)
+            result = _original(*args, **kwargs)
+            if _after:
+                mark(_after)
+            return result
+
+        try:
+            setattr(detector, name, wrapped)
+        except AttributeError:
+            return
+
+
 def _worker(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     record: dict[str, Any] = dict(spec["record"])
     run = spec["run"]
     stage = "setup"
+    stage_path = Path(spec["result_path"]).with_suffix(".stage")
+    stage_path.write_text("startup")
     started = time.perf_counter()
     try:
         import torch
@@ -997,9 +1031,11 @@ def _worker(spec_path: str) -> int:
         size = to_size(effective.get("input_size", record.get("input_size") or 256))
         record["input_size"] = size[0] if size[0] == size[1] else list(size)
         stage = "data"
+        stage_path.write_text(stage)
         dataset = DatasetSpec(**{**run["dataset"], "defects": tuple(run["dataset"].get("defects", ()))})
         train, test = dataset.load(size)
         stage = "evaluate"
+        _track_stages(detector, stage_path)
         from adcore.evaluation import evaluate_detector
 
         result, outputs = evaluate_detector(detector, train, test, batch_size=int(run["batch_size"]))
@@ -1011,7 +1047,7 @@ def _worker(spec_path: str) -> int:
         record["status"] = "ok"
     except Exception as exc:  # noqa: BLE001 - every failure of a detector is data for the table
         if stage == "evaluate":
-            stage = _stage_from_traceback(exc.__traceback__)
+            stage = _stage_from_traceback(exc.__traceback__, stage_path.read_text().strip())
         record["status"] = "error"
         record["error"] = {"type": type(exc).__name__, "message": str(exc)[:2000], "stage": stage,
                            "traceback": "".join(traceback.format_exception(exc))[-4000:]}
@@ -1242,8 +1278,33 @@ def write_report(plan: BenchmarkPlan, rows: list[dict[str, Any]], figures: list[
             for figure in members:
                 relative = os.path.relpath(figure, path.parent)
                 lines += [f"![{figure.stem}]({relative})", "", f"*{figure_caption(figure.stem)}*", ""]
+    lines += [USAGE_MARKDOWN]
     _atomic_write(path, "\n".join(lines))
     return path
+
+
+USAGE_MARKDOWN = """## Running `adcore benchmark` yourself
+
+```bash
+adcore benchmark --model patchcore padim --param patchcore.coreset_ratio=0.05 \\
+    --dataset /data/mvtec:bottle /data/mvtec:cable --time-limit 900 --out results/mine
+adcore benchmark --model all --quick --dataset /data/mvtec --input-size 128     # smoke run, every category
+adcore benchmark --config benchmarks/config.json --report-only                  # redraw tables and figures
+```
+
+- Detectors: names, `all`, a category (`memory_based`), a glob (`*_ae`) or an importable `package.module:Class`.
+  Parameters: `--param DETECTOR.KEY=VALUE` (JSON values) or `KEY=VALUE` for all; in a JSON/TOML `--config`,
+  `params` maps `DETECTOR`, `*`, `DETECTOR@DATASET` or `*@DATASET` to parameters.
+- Data sets: `ROOT:CATEGORY`, a category folder, a parent of category folders (every category), or
+  `folder:train=DIR,good=DIR,defect=DIR,masks=DIR` for generic folders; `--data-root` anchors relative paths.
+- Every pair runs in its own process (`--time-limit SECONDS` or `DETECTOR=SECONDS`, start-up included); a
+  failure or time-out is recorded and the rest continue. Each finished run is added to `OUT/results.jsonl`
+  at once; running the same command again skips recorded pairs (`--retry-failed`, `--fresh`).
+- Outputs: `OUT/results.md|csv|json`, `OUT/figures/*.png` (or `--figures`), `--report PAGE.md`, and per run
+  `OUT/runs/*.npz` (scores, labels, threshold, sample maps) from which the figures are drawn.
+- `--lock FILE` takes a file lock around each run so other measurements on a shared machine interleave
+  between runs instead of during one; `--jobs N` runs N pairs at once (timings are then not comparable).
+"""
 
 
 def _limits_text(limits: dict[str, float]) -> str:

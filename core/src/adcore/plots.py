@@ -42,9 +42,21 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Any, path: Path, *, palette: bool = False) -> Path:
+    """Write ``fig`` as PNG; ``palette`` quantises photo-like figures to 256 colours (about 4× smaller files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI)
+    if not palette:
+        fig.savefig(path, dpi=_DPI)
+        return path
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=_DPI, format="png")
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
     return path
 
 
@@ -269,9 +281,8 @@ def plot_heatmap_grid(rows: list[dict[str, Any]], dataset: str, detectors: Seque
                       path: Path) -> Path | None:
     """Rows: the same test images; columns: image, ground truth, then each detector's map over the image.
 
-    Each detector's maps share one colour scale from the detector's calibrated threshold (upper
-    edge of the 'normal' range, drawn as half the scale) to the highest value over the shown images,
-    so a map that stays dark means "below threshold", and the scales stay comparable across images.
+    Each detector's maps share one colour scale (its lowest to highest value over the shown images),
+    so within a column the rows compare directly, including the defect-free image at the bottom.
     """
     panels = []
     reference = None
@@ -302,17 +313,15 @@ def plot_heatmap_grid(rows: list[dict[str, Any]], dataset: str, detectors: Seque
         axes[i][1].contour(masks[i].astype(float), levels=[0.5], colors="lime", linewidths=0.9)
     for j, (_, data) in enumerate(panels):
         maps = data["sample_maps"].astype(np.float32)
-        threshold = float(data["threshold"]) if np.isfinite(data["threshold"]) else None
-        low = float(np.nanmin(maps))
-        high = float(np.nanmax(maps))
-        if threshold is not None and low < threshold < high:
-            # scale so that the threshold sits in the middle of the colour map
-            low = max(low, 2 * threshold - high)
-        span = max(high - low, 1e-12)
+        # one scale per detector over all shown images (not per image), so the good image's map shows
+        # how much the detector reacts to nothing; image thresholds are not on the maps' scale for every
+        # method (SPADE, DifferNet, autoencoders score images differently), so they are not used here
+        low, high = float(np.nanmin(maps)), float(np.nanmax(maps))
+        scaled = (maps - low) / max(high - low, 1e-12)
         for i in range(count):
             ax = axes[i][2 + j]
             ax.imshow(data["sample_images"][i])
-            ax.imshow(np.clip((maps[i] - low) / span, 0, 1), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            ax.imshow(np.clip(scaled[i], 0, 1), cmap="jet", alpha=0.5, vmin=0, vmax=1)
     titles = ["image", "ground truth"] + [name for name, _ in panels]
     for j, title in enumerate(titles):
         axes[0][j].set_title(title, fontsize=8)
@@ -321,9 +330,9 @@ def plot_heatmap_grid(rows: list[dict[str, Any]], dataset: str, detectors: Seque
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(_wrap(f"{dataset}: anomaly maps on the same test images (red = more anomalous; one colour scale "
-                       "per detector, its threshold at mid-scale; green = ground truth)", 1.45 * columns + 0.3, 9),
+                       "per detector over its column; green outline = ground truth)", 1.45 * columns + 0.3, 9),
                  fontsize=9)
-    return _save(fig, path)
+    return _save(fig, path, palette=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +345,8 @@ _CAPTIONS = {
     "roc": "Image-level ROC curves, AUROC in the legend.",
     "scores": "Scores of good (blue) and defective (red) test images; dashed: the threshold calibrated on held-out "
               "good training images at a 1 % false-positive target.",
-    "heatmaps": "The same test images under every detector's anomaly map (green outline: ground truth).",
+    "heatmaps": "The same test images under every detector's anomaly map, one colour scale per detector over its "
+                "column (green outline: ground truth; the last row is a defect-free image).",
 }
 
 
