@@ -142,7 +142,7 @@ class PatchCore(BaseDetector):
             points = collector.project(projection)
             start = int(torch.randint(total, (1,), generator=generator))
             stats = CoresetStats()
-            chosen = greedy_coreset(points, size, start=start, stats=stats, desc="patchcore coreset")
+            chosen = greedy_coreset(points, size, start=start, overwrite=True, stats=stats, desc="patchcore coreset")
             del points
             self.memory_bank_ = collector.gather(chosen)
             self.projection_ = projection if projection is not None else torch.empty(dim, 0)
