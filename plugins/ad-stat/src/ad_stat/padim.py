@@ -1,0 +1,206 @@
+"""PaDiM: Defard et al., "PaDiM: a Patch Distribution Modeling Framework for Anomaly Detection and
+Localization", ICPR 2021.
+
+Every patch position (i, j) of the training images gets a multivariate Gaussian over its embedding
+vectors; a test patch's anomaly is its Mahalanobis distance to the Gaussian of its position.
+
+As in the paper:
+- embeddings are the features of the first three backbone stages (strides 4/8/16; ResNet layer1–3,
+  for EfficientNet-Lite0 ``blocks.1``/``blocks.2``/``blocks.4``), the coarser ones upsampled to the
+  finest grid and concatenated (176 channels for Lite0);
+- a random subset of ``n_features`` channels is kept (default 100, the paper's d for ResNet18);
+  the subset is drawn once under ``seed`` and saved with the model;
+- per position: mean μ and covariance Σ = (1/(N−1)) Σ (x−μ)(x−μ)ᵀ + εI with ε = 0.01;
+- the anomaly map is the Mahalanobis distance √((x−μ)ᵀ Σ⁻¹ (x−μ)) per position, upsampled
+  bilinearly to the input size and smoothed by a Gaussian of σ = 4; the image score is its maximum.
+
+Deliberate deviations (none changes the model's numbers beyond float rounding):
+- Statistics are streamed: per batch only the sums Σx and Σxxᵀ per position are added (float64,
+  centred on the first batch's mean for numerical stability; Σxxᵀ is symmetric, so only its lower
+  triangle is kept), so memory is O(positions·d²/2) whatever the number of training images,
+  instead of stacking all N embeddings as the reference code does.
+- Channels are selected *before* upsampling (upsampling acts per channel, so this is the same
+  embedding), which avoids building the full 176-channel tensor.
+- The inverse is stored as the whitening matrix W = L⁻¹ of the Cholesky factor Σ = LLᵀ, computed
+  once at fit in float64. Then (x−μ)ᵀ Σ⁻¹ (x−μ) = ‖W(x−μ)‖², which costs the same as with Σ⁻¹,
+  is never negative through rounding and needs no clamping.
+- Coarser levels are upsampled with nearest-neighbour interpolation, as in the authors' code
+  (the paper only says "upsampled").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from adcore.backbones import FeatureExtractor
+from adcore.base import BaseDetector
+from adcore.errors import InvalidInputError
+from adcore.inputs import ImageStream
+from adcore.ops import gaussian_blur, upsample
+from adcore.progress import progress
+
+from ad_stat.features import build_extractor, resolve_layers, validate_layers
+
+__all__ = ["Padim"]
+
+
+class Padim(BaseDetector):
+    """PaDiM: a Gaussian per patch position over concatenated multi-scale features.
+
+    Args:
+        backbone: timm CNN name; the default ships offline with ImageNet weights.
+        layers: three stage names, or ``None`` for the stages at strides 4/8/16.
+        n_features: channels kept from the concatenation (random subset, drawn under ``seed``).
+        epsilon: the ridge εI added to every covariance.
+        sigma: Gaussian smoothing of the upsampled map (0 turns it off).
+        input_size: images are resized to this side (or ``(h, w)``) before the backbone.
+        batch_size: images per forward pass while fitting.
+        position_chunk: positions per Mahalanobis batch; bounds the temporary memory of predict.
+        seed: draws the channel subset.
+    """
+
+    def __init__(self, *, backbone: str = "tf_efficientnet_lite0", layers: Sequence[str] | None = None,
+                 n_features: int = 100, epsilon: float = 0.01, sigma: float = 4.0, input_size: int = 256,
+                 batch_size: int = 16, position_chunk: int = 256, seed: int = 0) -> None:
+        self.backbone = backbone
+        self.layers = layers
+        self.n_features = n_features
+        self.epsilon = epsilon
+        self.sigma = sigma
+        self.input_size = input_size
+        self.batch_size = batch_size
+        self.position_chunk = position_chunk
+        self.seed = seed
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        validate_layers(self.layers)
+        for name in ("n_features", "batch_size", "position_chunk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")
+        if not (isinstance(self.epsilon, (int, float)) and self.epsilon > 0):
+            raise InvalidInputError(f"epsilon must be > 0 (the covariance ridge; the paper uses 0.01), got {self.epsilon!r}")
+        if not (isinstance(self.sigma, (int, float)) and self.sigma >= 0):
+            raise InvalidInputError(f"sigma must be >= 0 (0 disables smoothing), got {self.sigma!r}")
+
+    # -- fit ------------------------------------------------------------------------------------
+    def _fit(self, stream: ImageStream) -> None:
+        extractor = self._get_extractor()
+        total = sum(extractor.channels.values())
+        if self.n_features > total:
+            raise InvalidInputError(f"n_features={self.n_features} exceeds the {total} channels of layers "
+                                    f"{extractor.layer_names} of {self.backbone}; choose 1..{total}")
+        generator = torch.Generator().manual_seed(self.seed)
+        self.channel_index_ = torch.randperm(total, generator=generator)[: self.n_features].sort().values
+        self._split_index = None
+
+        shift = sum_x = None
+        packed: list[torch.Tensor] = []  # per position chunk: Σxxᵀ, lower triangle only (float64)
+        count = 0
+        with torch.no_grad():
+            for batch in progress(stream, desc="padim: statistics", total=None):
+                embedding = self._embed(batch)  # (B, d, h, w)
+                self.feature_size_ = list(embedding.shape[-2:])
+                x = embedding.flatten(2).permute(2, 0, 1).double()  # (P, B, d)
+                if shift is None:
+                    # centring on a first estimate of the mean keeps Σxxᵀ − N μμᵀ free of cancellation
+                    shift = x.mean(1)
+                    sum_x = torch.zeros_like(shift)
+                    lower = _lower_triangle(x.shape[2])
+                    packed = [torch.zeros(len(range(start, min(start + self.position_chunk, x.shape[0]))),
+                                          lower.numel(), dtype=torch.float64)
+                              for start in range(0, x.shape[0], self.position_chunk)]
+                x = x - shift[:, None]
+                sum_x += x.sum(1)
+                for chunk, start in zip(packed, range(0, x.shape[0], self.position_chunk)):
+                    part = x[start:start + self.position_chunk]
+                    outer = torch.bmm(part.transpose(1, 2), part)  # Σ over the batch of x xᵀ, per position
+                    chunk += outer.flatten(1).index_select(1, lower)
+                count += x.shape[1]
+        self.n_train_images_ = count
+        mean_shifted = sum_x / count
+        self.mean_ = (mean_shifted + shift).float()  # (P, d)
+        self.whitening_ = self._whitening(packed, mean_shifted, count)
+
+    # -- predict --------------------------------------------------------------------------------
+    def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self._embed(images)
+        batch, dims, height, width = embedding.shape
+        x = embedding.flatten(2).permute(2, 0, 1)  # (P, B, d)
+        squared = torch.empty(x.shape[0], batch, dtype=x.dtype)
+        for start in range(0, x.shape[0], self.position_chunk):
+            stop = start + self.position_chunk
+            delta = x[start:stop] - self.mean_[start:stop, None]
+            # (P, B, d) @ (P, d, d)ᵀ: row b of the result is W_p (x_b − μ_p)
+            whitened = torch.bmm(delta, self.whitening_[start:stop].transpose(1, 2))
+            squared[start:stop] = whitened.pow(2).sum(-1)
+        distance = squared.sqrt().T.reshape(batch, height, width)
+        maps = upsample(distance, tuple(images.shape[-2:]))
+        maps = gaussian_blur(maps, self.sigma)
+        return maps.flatten(1).amax(1), maps
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _get_extractor(self) -> FeatureExtractor:
+        if getattr(self, "_extractor", None) is None:
+            self._extractor = build_extractor(self.backbone, resolve_layers(self.backbone, self.layers))
+            self._split_index = None
+        return self._extractor
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The kept channels of the concatenated, upsampled multi-level features: ``(B, d, h, w)``."""
+        extractor = self._get_extractor()
+        features = extractor(images)
+        levels = list(features.values())
+        size = levels[0].shape[-2:]
+        parts = []
+        for level, index in zip(levels, self._level_indices(extractor)):
+            if index.numel() == 0:
+                continue
+            chosen = level.index_select(1, index)
+            parts.append(chosen if chosen.shape[-2:] == size else F.interpolate(chosen, size=size, mode="nearest"))
+        return torch.cat(parts, dim=1)
+
+    def _level_indices(self, extractor: FeatureExtractor) -> list[torch.Tensor]:
+        """``channel_index_`` split into per-level local indices (concatenation order is kept)."""
+        if getattr(self, "_split_index", None) is None:
+            bounds = torch.tensor([0] + list(extractor.channels.values())).cumsum(0)
+            index = self.channel_index_
+            self._split_index = [index[(index >= lo) & (index < hi)] - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
+        return self._split_index
+
+    def _whitening(self, packed: list[torch.Tensor], mean: torch.Tensor, count: int) -> torch.Tensor:
+        """W = L⁻¹ with LLᵀ = Σ + εI per position, in float64, one position chunk at a time.
+
+        Each chunk's packed sums are released as soon as its whitening is written, so the float64
+        statistics and the float32 result never coexist in full.
+        """
+        dims = mean.shape[1]
+        lower, upper = _lower_triangle(dims), _lower_triangle(dims, transposed=True)
+        identity = torch.eye(dims, dtype=torch.float64)
+        out = torch.empty(mean.shape[0], dims, dims, dtype=torch.float32)
+        denominator = max(count - 1, 1)
+        start = 0
+        while packed:
+            sums = packed.pop(0)
+            stop = start + sums.shape[0]
+            cov = torch.empty(sums.shape[0], dims * dims, dtype=torch.float64)
+            cov[:, lower] = sums
+            cov[:, upper] = sums
+            del sums
+            cov = cov.view(-1, dims, dims)
+            cov.sub_(count * mean[start:stop, :, None] * mean[start:stop, None, :]).div_(denominator)
+            cov.add_(self.epsilon * identity)
+            factor = torch.linalg.cholesky(cov)
+            out[start:stop] = torch.linalg.solve_triangular(factor, identity.expand_as(factor), upper=False)
+            start = stop
+        return out
+
+
+def _lower_triangle(dims: int, *, transposed: bool = False) -> torch.Tensor:
+    """Flat indices of the lower triangle of a ``dims``×``dims`` matrix (of the upper one if ``transposed``)."""
+    rows, cols = torch.tril_indices(dims, dims)
+    return cols * dims + rows if transposed else rows * dims + cols

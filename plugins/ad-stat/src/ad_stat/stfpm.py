@@ -1,0 +1,189 @@
+"""STFPM: Wang et al., "Student-Teacher Feature Pyramid Matching for Anomaly Detection", BMVC 2021.
+
+A student network with the teacher's architecture, randomly initialised, learns to reproduce the
+frozen pretrained teacher's feature pyramid on good images only. Where a test image differs from
+what the student saw, the two pyramids disagree.
+
+As in the paper:
+- teacher: the pretrained backbone, frozen; student: the same architecture from scratch
+  (``FeatureExtractor(weights=None, trainable=True)``); three levels (strides 4/8/16; ResNet
+  layer1–3, for EfficientNet-Lite0 ``blocks.1``/``blocks.2``/``blocks.4``);
+- both features are L2-normalised along channels; the level loss is the mean over positions of
+  ½‖t̂ − ŝ‖², and the loss sums the levels (all weights α_l = 1);
+- SGD with learning rate 0.4, momentum 0.9, weight decay 1e-4, batch size 32, 100 epochs, no data
+  augmentation;
+- the anomaly map is the product of the per-level maps ½‖t̂ − ŝ‖² upsampled bilinearly to the
+  input size (``map_combination="sum"`` adds them instead); the image score is the map's maximum.
+
+Deliberate deviations:
+- The batch loss *sums* the per-image losses, as the authors' code does (``MSELoss(reduction="sum")``
+  scaled by ½/(h·w)); the paper's learning rate of 0.4 belongs to that scaling. It is computed as
+  that sum divided by ``batch_size`` with SGD's learning rate multiplied and weight decay divided by
+  ``batch_size``, which gives exactly the same updates but logs a per-image loss.
+- The frozen teacher's normalised features of the training images are computed once and cached
+  (no augmentation, so each epoch would recompute the same tensors); this removes a quarter of the
+  work per epoch at the cost of memory about the size of the training images themselves.
+- Optional early stopping on a held-out fraction of the good images (``validation_fraction``,
+  ``patience``) restores the student weights with the lowest validation loss; off by default, as in
+  the paper, which trains a fixed number of epochs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from adcore.backbones import FeatureExtractor
+from adcore.base import BaseDetector
+from adcore.errors import InvalidInputError
+from adcore.inputs import ImageStream
+from adcore.ops import upsample
+from adcore.training import split_holdout, train_epochs
+
+from ad_stat.features import build_extractor, resolve_layers, validate_layers
+
+__all__ = ["Stfpm", "level_distances"]
+
+_COMBINATIONS = ("product", "sum")
+_SCALARS_KEY = "__scalar_tensors__"
+
+
+def level_distances(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Per level, ½‖t̂ − ŝ‖² at every position, ``(B, h_l, w_l)``; ``teacher`` is already normalised."""
+    return [0.5 * (t - F.normalize(s, p=2, dim=1)).pow(2).sum(1) for t, s in zip(teacher, student)]
+
+
+class Stfpm(BaseDetector):
+    """STFPM: a student regresses the normalised feature pyramid of a frozen pretrained teacher.
+
+    Args:
+        backbone: timm CNN name for both networks; the teacher's weights ship offline for the default.
+        layers: three stage names, or ``None`` for the stages at strides 4/8/16.
+        epochs: training epochs over the good images (the paper: 100).
+        batch_size: images per SGD step (the paper: 32).
+        learning_rate, momentum, weight_decay: SGD settings (the paper: 0.4, 0.9, 1e-4).
+        map_combination: ``"product"`` (the paper) or ``"sum"`` of the upsampled level maps.
+        validation_fraction: share of the good images held out for early stopping (0 = off).
+        patience: epochs without a lower validation loss before stopping (with a held-out share).
+        input_size: images are resized to this side (or ``(h, w)``).
+        seed: student initialisation, batch order and the held-out split.
+    """
+
+    def __init__(self, *, backbone: str = "tf_efficientnet_lite0", layers: Sequence[str] | None = None,
+                 epochs: int = 100, batch_size: int = 32, learning_rate: float = 0.4, momentum: float = 0.9,
+                 weight_decay: float = 1e-4, map_combination: str = "product", validation_fraction: float = 0.0,
+                 patience: int = 10, input_size: int = 256, seed: int = 0) -> None:
+        self.backbone = backbone
+        self.layers = layers
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.map_combination = map_combination
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.input_size = input_size
+        self.seed = seed
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        validate_layers(self.layers)
+        for name in ("epochs", "batch_size", "patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            raise InvalidInputError(f"learning_rate must be > 0 (the paper uses 0.4), got {self.learning_rate!r}")
+        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
+            raise InvalidInputError(f"momentum must be in [0, 1) (the paper uses 0.9), got {self.momentum!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise InvalidInputError(f"weight_decay must be >= 0 (the paper uses 1e-4), got {self.weight_decay!r}")
+        if self.map_combination not in _COMBINATIONS:
+            raise InvalidInputError(f"map_combination must be one of {_COMBINATIONS}, got {self.map_combination!r}")
+        if not (isinstance(self.validation_fraction, (int, float)) and 0 <= self.validation_fraction < 1):
+            raise InvalidInputError(f"validation_fraction must be in [0, 1) (0 disables early stopping), "
+                                    f"got {self.validation_fraction!r}")
+
+    # -- fit ------------------------------------------------------------------------------------
+    def _fit(self, stream: ImageStream) -> None:
+        teacher = self._get_teacher()
+        images = stream.materialize()
+        with torch.no_grad():
+            targets = [torch.cat(level) for level in zip(*(
+                [F.normalize(f, p=2, dim=1) for f in teacher(images[i:i + self.batch_size]).values()]
+                for i in range(0, images.shape[0], self.batch_size)))]
+        self._build_modules()
+        student = self.student_
+
+        def loss_fn(index: torch.Tensor) -> torch.Tensor:
+            predicted = student(images[index]).values()
+            distances = level_distances([t[index] for t in targets], list(predicted))
+            # per image: mean over positions, summed over levels. The authors sum over the batch;
+            # dividing that sum by the nominal batch size (and scaling the optimiser below to
+            # match) gives identical updates while the logged loss reads as a per-image mean.
+            return sum(d.flatten(1).mean(1).sum() for d in distances) / self.batch_size
+
+        # train_epochs shuffles and slices the tensor it is given; handing it image *indices* lets
+        # the loss look up the cached teacher targets for the same images
+        train_index, held_out = split_holdout(torch.arange(images.shape[0]), self.validation_fraction, self.seed) \
+            if self.validation_fraction > 0 else (torch.arange(images.shape[0]), None)
+        optimizer = self._make_optimizer(student.parameters())
+        history = train_epochs(loss_fn, train_index, optimizer, epochs=self.epochs, batch_size=self.batch_size,
+                               seed=self.seed, modules=[student], validation_images=held_out,
+                               patience=self.patience if held_out is not None else None, desc="stfpm: student")
+        student.eval()
+        self.history_ = history.as_dict()
+
+    # -- predict --------------------------------------------------------------------------------
+    def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        teacher = [F.normalize(f, p=2, dim=1) for f in self._get_teacher()(images).values()]
+        student = list(self.student_(images).values())
+        size = tuple(images.shape[-2:])
+        maps = None
+        for distance in level_distances(teacher, student):
+            level = upsample(distance, size)
+            if maps is None:
+                maps = level
+            elif self.map_combination == "product":
+                maps = maps * level
+            else:
+                maps = maps + level
+        return maps.flatten(1).amax(1), maps
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _make_optimizer(self, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.SGD:
+        """SGD for the loss (Σ over the batch)/batch_size that updates exactly as SGD(lr, wd) on the sum."""
+        return torch.optim.SGD(parameters, lr=self.learning_rate * self.batch_size, momentum=self.momentum,
+                               weight_decay=self.weight_decay / self.batch_size)
+
+    def _layer_names(self) -> list[str]:
+        return resolve_layers(self.backbone, self.layers)
+
+    def _get_teacher(self) -> FeatureExtractor:
+        if getattr(self, "_teacher", None) is None:
+            self._teacher = build_extractor(self.backbone, self._layer_names())
+        return self._teacher
+
+    def _get_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        # adcore 0.1's model-file checksum cannot hash 0-dim tensors (batch norm's
+        # ``num_batches_tracked``): they travel as shape (1,) and are restored in _set_state
+        tensors, meta = super()._get_state()
+        tensors = {name: tensor.contiguous() for name, tensor in tensors.items()}  # channels-last weights
+        scalars = sorted(name for name, tensor in tensors.items() if tensor.ndim == 0)
+        for name in scalars:
+            tensors[name] = tensors[name].reshape(1)
+        meta[_SCALARS_KEY] = scalars
+        return tensors, meta
+
+    def _set_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        for name in meta.pop(_SCALARS_KEY, ()):
+            tensors[name] = tensors[name].reshape(())
+        super()._set_state(tensors, meta)
+
+    def _build_modules(self) -> None:
+        """The untrained student (``student_``), same architecture and stages as the teacher."""
+        self.student_ = build_extractor(self.backbone, self._layer_names(), weights=None, trainable=True)

@@ -1,0 +1,127 @@
+"""STFPM: conformance, loss and maps as in the paper, frozen teacher, optimiser settings, early stopping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adcore.errors import InvalidInputError
+from adcore.ops import upsample
+from adcore.testing import build_registered, check_detector, make_normal_images, paste_defects
+from adcore.backbones import FeatureExtractor
+from ad_stat.features import build_extractor
+from ad_stat.stfpm import Stfpm, level_distances
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return make_normal_images(8, (SIZE, SIZE), seed=3)
+
+
+@pytest.fixture(scope="module")
+def fitted(images: torch.Tensor) -> Stfpm:
+    return Stfpm(input_size=SIZE, epochs=4, batch_size=4, seed=1).fit(images)
+
+
+def test_conformance_with_quick_params() -> None:
+    check_detector(lambda: build_registered("stfpm"))
+
+
+def test_level_distance_is_half_squared_distance_of_normalised_features() -> None:
+    generator = torch.Generator().manual_seed(0)
+    teacher, student = torch.randn(2, 5, 3, 4, generator=generator), torch.randn(2, 5, 3, 4, generator=generator)
+    (distance,) = level_distances([F.normalize(teacher, dim=1)], [student])
+    t = teacher / teacher.norm(dim=1, keepdim=True)
+    s = student / student.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(distance, 0.5 * ((t - s) ** 2).sum(1))
+    assert bool((distance >= 0).all()) and bool((distance <= 2 + 1e-6).all())  # unit vectors: ½‖a−b‖² ≤ 2
+    (same,) = level_distances([F.normalize(teacher, dim=1)], [3.0 * teacher])  # scale-free by design
+    assert float(same.abs().max()) < 1e-6
+
+
+def test_teacher_is_pretrained_and_frozen_student_trained_from_scratch(fitted: Stfpm, images: torch.Tensor) -> None:
+    teacher = fitted._get_teacher()
+    assert teacher.weights_source.startswith("offline:") and not teacher.trainable
+    assert all(not p.requires_grad for p in teacher.parameters())
+    untouched = build_extractor("tf_efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"])
+    for (name, weight), (_, original) in zip(teacher.model.state_dict().items(), untouched.model.state_dict().items()):
+        assert torch.equal(weight, original), f"training changed the teacher's {name}"
+    student = fitted.student_
+    assert student.weights_source == "random" and student.trainable
+    assert list(student.channels) == ["blocks.1", "blocks.2", "blocks.4"]
+    pretrained = FeatureExtractor("tf_efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"]).model.state_dict()
+    trained = student.model.state_dict()
+    # the same architecture (up to the last used stage)...
+    assert all(k in pretrained and pretrained[k].shape == v.shape for k, v in trained.items())
+    same = [k for k, v in trained.items() if v.is_floating_point() and torch.equal(v, pretrained[k])]
+    assert not [k for k in same if k.endswith("weight")]  # ...but its own weights
+
+
+def test_training_lowers_the_loss(fitted: Stfpm) -> None:
+    losses = fitted.history_["loss"]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+
+
+def test_map_is_product_or_sum_of_upsampled_level_maps(fitted: Stfpm, images: torch.Tensor) -> None:
+    probe, _ = paste_defects(images[:2], seed=2)
+    with torch.no_grad():
+        teacher = [F.normalize(f, dim=1) for f in fitted._get_teacher()(probe).values()]
+        levels = [upsample(d, (SIZE, SIZE)) for d in level_distances(teacher, list(fitted.student_(probe).values()))]
+    product = fitted.predict(probe)
+    torch.testing.assert_close(product.anomaly_map, levels[0] * levels[1] * levels[2])
+    torch.testing.assert_close(product.pred_score, product.anomaly_map.flatten(1).amax(1))
+    fitted.map_combination = "sum"
+    try:
+        summed = fitted.predict(probe)
+    finally:
+        fitted.map_combination = "product"
+    torch.testing.assert_close(summed.anomaly_map, levels[0] + levels[1] + levels[2])
+
+
+def test_optimiser_matches_paper_sgd_on_the_batch_sum() -> None:
+    """SGD(lr·B, wd/B) on Σloss/B must step exactly like the paper's SGD(0.4, 0.9, 1e-4) on Σloss."""
+    detector = Stfpm(batch_size=8)
+    torch.manual_seed(0)
+    ours, paper = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    paper.load_state_dict(ours.state_dict())
+    optimiser_ours = detector._make_optimizer(ours.parameters())
+    optimiser_paper = torch.optim.SGD(paper.parameters(), lr=0.4, momentum=0.9, weight_decay=1e-4)
+    data = torch.randn(8, 4)
+    for _ in range(3):
+        for model, optimiser, scale in ((ours, optimiser_ours, 1 / 8), (paper, optimiser_paper, 1.0)):
+            optimiser.zero_grad()
+            (model(data).pow(2).sum() * scale).backward()
+            optimiser.step()
+    for a, b in zip(ours.parameters(), paper.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_early_stopping_uses_a_held_out_share(images: torch.Tensor) -> None:
+    detector = Stfpm(input_size=SIZE, epochs=3, batch_size=4, validation_fraction=0.25, patience=1, seed=0).fit(images)
+    history = detector.history_
+    assert len(history["validation"]) == len(history["loss"]) >= 1
+    assert history["best_epoch"] is not None
+    assert history["validation"][history["best_epoch"]] == min(history["validation"])
+
+
+def test_paper_defaults() -> None:
+    params = Stfpm().get_params()
+    assert (params["learning_rate"], params["momentum"], params["weight_decay"]) == (0.4, 0.9, 1e-4)
+    assert (params["epochs"], params["batch_size"], params["map_combination"]) == (100, 32, "product")
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"epochs": 0}, "epochs"),
+    ({"learning_rate": 0.0}, "learning_rate"),
+    ({"momentum": 1.0}, "momentum"),
+    ({"weight_decay": -1e-4}, "weight_decay"),
+    ({"map_combination": "max"}, "map_combination"),
+    ({"validation_fraction": 1.0}, "validation_fraction"),
+    ({"layers": []}, "layers"),
+])
+def test_invalid_parameters_are_rejected(params: dict, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        Stfpm(**params)
