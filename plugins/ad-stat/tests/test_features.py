@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adcore.backbones import FeatureExtractor
 from ad_stat.features import build_extractor, resolve_layers
+from adcore.backbones import FeatureExtractor
 
 LAYERS = ["blocks.1", "blocks.2", "blocks.4"]
 

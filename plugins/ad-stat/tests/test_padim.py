@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from ad_stat.padim import Padim
 from adcore.errors import InvalidInputError
 from adcore.ops import gaussian_blur, upsample
 from adcore.testing import build_registered, check_detector, make_normal_images, paste_defects
-from ad_stat.padim import Padim
 
 SIZE = 64
 

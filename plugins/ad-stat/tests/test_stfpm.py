@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ad_stat.features import build_extractor
+from ad_stat.stfpm import Stfpm, level_distances
+from adcore.backbones import FeatureExtractor
 from adcore.errors import InvalidInputError
 from adcore.ops import upsample
 from adcore.testing import build_registered, check_detector, make_normal_images, paste_defects
-from adcore.backbones import FeatureExtractor
-from ad_stat.features import build_extractor
-from ad_stat.stfpm import Stfpm, level_distances
 
 SIZE = 64
 
@@ -47,7 +47,7 @@ def test_teacher_is_pretrained_and_frozen_student_trained_from_scratch(fitted: S
     assert teacher.weights_source.startswith("offline:") and not teacher.trainable
     assert all(not p.requires_grad for p in teacher.parameters())
     untouched = build_extractor("tf_efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"])
-    for (name, weight), (_, original) in zip(teacher.model.state_dict().items(), untouched.model.state_dict().items()):
+    for (name, weight), (_, original) in zip(teacher.model.state_dict().items(), untouched.model.state_dict().items(), strict=True):
         assert torch.equal(weight, original), f"training changed the teacher's {name}"
     student = fitted.student_
     assert student.weights_source == "random" and student.trainable
@@ -95,7 +95,7 @@ def test_optimiser_matches_paper_sgd_on_the_batch_sum() -> None:
             optimiser.zero_grad()
             (model(data).pow(2).sum() * scale).backward()
             optimiser.step()
-    for a, b in zip(ours.parameters(), paper.parameters()):
+    for a, b in zip(ours.parameters(), paper.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 

@@ -35,14 +35,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ad_stat.features import build_extractor, resolve_layers, validate_layers
 from adcore.backbones import FeatureExtractor
 from adcore.base import BaseDetector
 from adcore.errors import InvalidInputError
 from adcore.inputs import ImageStream
 from adcore.ops import gaussian_blur, upsample
 from adcore.progress import progress
-
-from ad_stat.features import build_extractor, resolve_layers, validate_layers
 
 __all__ = ["Padim"]
 
@@ -57,10 +56,14 @@ class Padim(BaseDetector):
         epsilon: the ridge εI added to every covariance.
         sigma: Gaussian smoothing of the upsampled map (0 turns it off).
         input_size: images are resized to this side (or ``(h, w)``) before the backbone.
-        batch_size: images per forward pass while fitting.
+        batch_size: at most this many images per backbone pass while fitting (larger batches from
+            the caller's loader are split), which bounds activation memory.
         position_chunk: positions per Mahalanobis batch; bounds the temporary memory of predict.
         seed: draws the channel subset.
     """
+
+    #: images per backbone pass in predict: per-image speed is flat beyond this, memory is not
+    predict_batch_size = 8
 
     def __init__(self, *, backbone: str = "tf_efficientnet_lite0", layers: Sequence[str] | None = None,
                  n_features: int = 100, epsilon: float = 0.01, sigma: float = 4.0, input_size: int = 256,
@@ -102,25 +105,26 @@ class Padim(BaseDetector):
         packed: list[torch.Tensor] = []  # per position chunk: Σxxᵀ, lower triangle only (float64)
         count = 0
         with torch.no_grad():
-            for batch in progress(stream, desc="padim: statistics", total=None):
-                embedding = self._embed(batch)  # (B, d, h, w)
-                self.feature_size_ = list(embedding.shape[-2:])
-                x = embedding.flatten(2).permute(2, 0, 1).double()  # (P, B, d)
-                if shift is None:
-                    # centring on a first estimate of the mean keeps Σxxᵀ − N μμᵀ free of cancellation
-                    shift = x.mean(1)
-                    sum_x = torch.zeros_like(shift)
-                    lower = _lower_triangle(x.shape[2])
-                    packed = [torch.zeros(len(range(start, min(start + self.position_chunk, x.shape[0]))),
-                                          lower.numel(), dtype=torch.float64)
-                              for start in range(0, x.shape[0], self.position_chunk)]
-                x = x - shift[:, None]
-                sum_x += x.sum(1)
-                for chunk, start in zip(packed, range(0, x.shape[0], self.position_chunk)):
-                    part = x[start:start + self.position_chunk]
-                    outer = torch.bmm(part.transpose(1, 2), part)  # Σ over the batch of x xᵀ, per position
-                    chunk += outer.flatten(1).index_select(1, lower)
-                count += x.shape[1]
+            for images in progress(stream, desc="padim: statistics", total=None):
+                for batch in images.split(self.batch_size):  # bounds the backbone's activation memory
+                    embedding = self._embed(batch)  # (B, d, h, w)
+                    self.feature_size_ = list(embedding.shape[-2:])
+                    x = embedding.flatten(2).permute(2, 0, 1).double()  # (P, B, d)
+                    positions = x.shape[0]
+                    if shift is None:
+                        # centring on a first estimate of the mean keeps Σxxᵀ − N μμᵀ free of cancellation
+                        shift = x.mean(1)
+                        sum_x = torch.zeros_like(shift)
+                        lower = _lower_triangle(x.shape[2])
+                        packed = [torch.zeros(min(self.position_chunk, positions - start), lower.numel(),
+                                              dtype=torch.float64) for start in range(0, positions, self.position_chunk)]
+                    x = x - shift[:, None]
+                    sum_x += x.sum(1)
+                    for chunk, start in zip(packed, range(0, positions, self.position_chunk), strict=True):
+                        part = x[start:start + self.position_chunk]
+                        outer = torch.bmm(part.transpose(1, 2), part)  # Σ over the batch of x xᵀ, per position
+                        chunk += outer.flatten(1).index_select(1, lower)
+                    count += x.shape[1]
         self.n_train_images_ = count
         mean_shifted = sum_x / count
         self.mean_ = (mean_shifted + shift).float()  # (P, d)
@@ -157,7 +161,7 @@ class Padim(BaseDetector):
         levels = list(features.values())
         size = levels[0].shape[-2:]
         parts = []
-        for level, index in zip(levels, self._level_indices(extractor)):
+        for level, index in zip(levels, self._level_indices(extractor), strict=True):
             if index.numel() == 0:
                 continue
             chosen = level.index_select(1, index)
@@ -169,7 +173,7 @@ class Padim(BaseDetector):
         if getattr(self, "_split_index", None) is None:
             bounds = torch.tensor([0] + list(extractor.channels.values())).cumsum(0)
             index = self.channel_index_
-            self._split_index = [index[(index >= lo) & (index < hi)] - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
+            self._split_index = [index[(index >= lo) & (index < hi)] - lo for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
         return self._split_index
 
     def _whitening(self, packed: list[torch.Tensor], mean: torch.Tensor, count: int) -> torch.Tensor:

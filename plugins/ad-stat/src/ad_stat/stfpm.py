@@ -31,11 +31,11 @@ Deliberate deviations:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ad_stat.features import build_extractor, resolve_layers, validate_layers
 from adcore.backbones import FeatureExtractor
 from adcore.base import BaseDetector
 from adcore.errors import InvalidInputError
@@ -43,17 +43,14 @@ from adcore.inputs import ImageStream
 from adcore.ops import upsample
 from adcore.training import split_holdout, train_epochs
 
-from ad_stat.features import build_extractor, resolve_layers, validate_layers
-
 __all__ = ["Stfpm", "level_distances"]
 
 _COMBINATIONS = ("product", "sum")
-_SCALARS_KEY = "__scalar_tensors__"
 
 
 def level_distances(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Per level, ½‖t̂ − ŝ‖² at every position, ``(B, h_l, w_l)``; ``teacher`` is already normalised."""
-    return [0.5 * (t - F.normalize(s, p=2, dim=1)).pow(2).sum(1) for t, s in zip(teacher, student)]
+    return [0.5 * (t - F.normalize(s, p=2, dim=1)).pow(2).sum(1) for t, s in zip(teacher, student, strict=True)]
 
 
 class Stfpm(BaseDetector):
@@ -71,6 +68,9 @@ class Stfpm(BaseDetector):
         input_size: images are resized to this side (or ``(h, w)``).
         seed: student initialisation, batch order and the held-out split.
     """
+
+    #: images per forward pass of both networks in predict (bounds activation memory)
+    predict_batch_size = 8
 
     def __init__(self, *, backbone: str = "tf_efficientnet_lite0", layers: Sequence[str] | None = None,
                  epochs: int = 100, batch_size: int = 32, learning_rate: float = 0.4, momentum: float = 0.9,
@@ -114,8 +114,8 @@ class Stfpm(BaseDetector):
         images = stream.materialize()
         with torch.no_grad():
             targets = [torch.cat(level) for level in zip(*(
-                [F.normalize(f, p=2, dim=1) for f in teacher(images[i:i + self.batch_size]).values()]
-                for i in range(0, images.shape[0], self.batch_size)))]
+                [F.normalize(f, p=2, dim=1) for f in teacher(images[i:i + self.predict_batch_size]).values()]
+                for i in range(0, images.shape[0], self.predict_batch_size)), strict=True)]
         self._build_modules()
         student = self.student_
 
@@ -167,22 +167,6 @@ class Stfpm(BaseDetector):
         if getattr(self, "_teacher", None) is None:
             self._teacher = build_extractor(self.backbone, self._layer_names())
         return self._teacher
-
-    def _get_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        # adcore 0.1's model-file checksum cannot hash 0-dim tensors (batch norm's
-        # ``num_batches_tracked``): they travel as shape (1,) and are restored in _set_state
-        tensors, meta = super()._get_state()
-        tensors = {name: tensor.contiguous() for name, tensor in tensors.items()}  # channels-last weights
-        scalars = sorted(name for name, tensor in tensors.items() if tensor.ndim == 0)
-        for name in scalars:
-            tensors[name] = tensors[name].reshape(1)
-        meta[_SCALARS_KEY] = scalars
-        return tensors, meta
-
-    def _set_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        for name in meta.pop(_SCALARS_KEY, ()):
-            tensors[name] = tensors[name].reshape(())
-        super()._set_state(tensors, meta)
 
     def _build_modules(self) -> None:
         """The untrained student (``student_``), same architecture and stages as the teacher."""
