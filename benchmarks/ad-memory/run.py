@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=None, help="fit on the first N training images only")
     parser.add_argument("--fit-only", action="store_true", help="skip the test split (fit time/memory scaling runs)")
     parser.add_argument("--batch", type=int, default=8, help="batch size for prediction and the batched latency")
+    parser.add_argument("--extra-indexes", default="", help="PatchCore: also evaluate these index kinds on the same bank, e.g. hnsw,ivf")
     parser.add_argument("--out", default=None, help="append a JSON line with the results here")
     args = parser.parse_args()
 
@@ -71,6 +72,17 @@ def main() -> None:
         backbone1, backbone_batched = _backbone_latency(detector._extractor, sample, args.batch)
         record["backbone_ms_batch1"], record["backbone_ms_batched"] = round(backbone1, 1), round(backbone_batched, 1)
         record["backbone_layers"] = list(detector._extractor.layer_names)
+        for kind in filter(None, args.extra_indexes.split(",")):
+            # same memory bank, other faiss index: accuracy and latency of approximate search
+            other = type(detector)(**{**detector.get_params(), "index": kind})
+            other.memory_bank_, other.fitted_ = detector.memory_bank_, True
+            other._extractor = detector._extractor
+            outputs = collect_predictions(other, make_loader(test, args.batch))
+            scores = evaluate(outputs["labels"], outputs["scores"], outputs["masks"], outputs["maps"])
+            latency = measure_latency(other, sample, batch_size=args.batch, repeats=5)
+            record[f"index_{kind}"] = {"image_auroc": round(scores["image_auroc"], 4), "pixel_auroc": round(scores["pixel_auroc"], 4),
+                                       "aupro": round(scores["aupro"], 4), "ms_per_image_batch1": round(latency[0], 1),
+                                       "ms_per_image_batched": round(latency[1], 1)}
     record["peak_rss_mb"] = round(peak_rss_mb(), 1)
     line = json.dumps(record)
     print(line)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,10 +76,25 @@ def last_stage(backbone: str) -> str:
 
 
 # -- faiss ----------------------------------------------------------------------------------------
+def _faiss():
+    """Import faiss with its OpenMP runtime set to sleep, not spin, between parallel regions.
+
+    faiss wheels bundle their own OpenMP runtime (and an OpenMP OpenBLAS) next to torch's. Two
+    runtimes whose idle threads busy-wait steal the few cores from each other: on a 2-core
+    machine the backbone forward after a faiss search ran up to 20x slower. The policy is read
+    when the runtime loads, so it is set (unless the user chose one) just before faiss is imported.
+    Setting ``OMP_WAIT_POLICY=PASSIVE`` before starting Python also calms torch's own runtime.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import faiss
+
+    return faiss
+
+
 @contextlib.contextmanager
 def faiss_threads(count: int | None = None) -> Iterator[None]:
     """Run faiss with ``count`` threads (default: ``torch.get_num_threads()``), restored afterwards."""
-    import faiss
+    faiss = _faiss()
 
     previous = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(int(count if count is not None else torch.get_num_threads()))
@@ -103,8 +119,7 @@ def knn(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor
     One-off search without keeping an index (faiss' blocked brute force); ``k`` is clamped to
     the bank size.
     """
-    import faiss
-
+    faiss = _faiss()
     k = min(int(k), bank.shape[0])
     with faiss_threads():
         distances, indices = faiss.knn(_as_faiss(queries), _as_faiss(bank), k)
@@ -133,7 +148,7 @@ class NearestNeighbourIndex:
         return int(self.bank.shape[0])
 
     def _build(self):
-        import faiss
+        faiss = _faiss()
 
         data = _as_faiss(self.bank)
         count, dim = data.shape
