@@ -12,6 +12,9 @@ import csv
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -225,23 +228,68 @@ def test_retry_failed_and_fresh_select_the_right_pairs(first_run, monkeypatch):
     assert launched == ["example_gaussian"]
 
 
-def test_resume_after_an_interrupted_run_redoes_only_the_missing_pairs(workspace, tmp_path):
+def _worker_pids(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "--worker" in command and marker in command:
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds worker processes through /proc")
+def test_killing_the_benchmark_mid_run_keeps_finished_pairs_and_the_rerun_resumes(workspace, tmp_path, monkeypatch):
     root, env = workspace
-    args = _args(model=["bench_dummies:MeanDetector"], dataset=["widget", "gadget"], data_root=str(root / "data"),
-                 out=str(tmp_path / "out"), input_size=32, time_limit=["40"])
-    plan = bench.build_plan(args)
-    first, second = plan.runs
-    # an interrupted earlier invocation: the first pair finished, then a torn line was left behind
-    earlier = {**bench._base_record(first), "status": "ok", "image_auroc": 0.5, "finished_at": "earlier"}
-    plan.out.mkdir(parents=True)
-    plan.results_path.write_text(json.dumps(earlier) + "\n" + '{"key": "abc", "status": "o')
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "adcore.benchmark", "--model", "bench_dummies:MeanDetector",
+               "bench_dummies:SlowDetector", "--dataset", "widget", "--data-root", str(root / "data"), "--out", str(out),
+               "--input-size", "32", "--time-limit", "120", "--no-plots", "--jobs", "2"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # until the first pair is recorded and the slow one is inside fit
+        stages = list((out / "runs").glob("bench_dummies-SlowDetector*.stage")) if (out / "runs").is_dir() else []
+        if stages and stages[0].read_text() == "fit" and (out / "results.jsonl").is_file():
+            break
+        time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail(f"the slow run never reached fit: {process.stderr.read().decode()[-2000:]}")
+    assert _worker_pids(str(out))  # the slow worker is running
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 130
+    time.sleep(0.5)
+    assert _worker_pids(str(out)) == []  # killed with its parent, not left running
+    (record,) = bench.ResultStore(out / "results.jsonl").records()
+    assert record["detector"] == "bench_dummies:MeanDetector" and record["status"] == "ok"
+    assert record["image_auroc"] == pytest.approx(1.0)
+
+    plan = bench.build_plan(_args(model=["bench_dummies:MeanDetector", "bench_dummies:SlowDetector"], dataset=["widget"],
+                                  data_root=str(root / "data"), out=str(out), input_size=32))
+    launched: list[str] = []
+
+    def fake_launch(run, plan, env, echo):
+        launched.append(run.detector)
+        raise KeyboardInterrupt  # we only want to know what the rerun would start
+
+    monkeypatch.setattr(bench, "_launch", fake_launch)
+    outcome = bench.run_benchmark(plan, echo=False)
+    assert outcome.skipped == [record["key"]] and launched == ["bench_dummies:SlowDetector"]
+
+
+def test_result_store_skips_a_torn_line_and_rewrites_the_file_clean(tmp_path):
+    store = bench.ResultStore(tmp_path / "results.jsonl")
+    store.path.write_text(json.dumps({"key": "a", "status": "ok"}) + "\n" + '{"key": "b", "status": "o')
     with pytest.warns(UserWarning, match="damaged"):
-        outcome = bench.run_benchmark(plan, env=env, echo=False)
-    assert outcome.skipped == [first.key] and outcome.launched == [second.key]
-    records = bench.ResultStore(plan.results_path).records()  # no warning: the rewrite dropped the torn line
-    assert [(r["dataset"], r["finished_at"] == "earlier") for r in records] == [("widget", True), ("gadget", False)]
-    assert records[1]["status"] == "ok" and records[1]["image_auroc"] == pytest.approx(1.0)
-    assert bench.run_benchmark(plan, env=env, echo=False).launched == []
+        assert [r["key"] for r in store.records()] == ["a"]
+    store.append({"key": "c", "status": "error"})
+    assert [r["key"] for r in store.records()] == ["a", "c"]  # no warning any more: the torn line is gone
+    store.append({"key": "a", "status": "timeout"})
+    assert store.latest()["a"]["status"] == "timeout"  # the newest record of a pair wins
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_a_crashing_worker_is_recorded_as_crashed(tmp_path, workspace, monkeypatch):

@@ -813,6 +813,13 @@ def run_benchmark(plan: BenchmarkPlan, *, fresh: bool = False, retry_failed: boo
     queue = list(pending)
     running: list[_Running] = []
     number = total - len(pending)
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        # `kill PID` (SIGTERM) of the benchmark must not leave a worker running on its own: treat it as Ctrl-C
+        def on_term(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        previous_handler = signal.signal(signal.SIGTERM, on_term)
     try:
         while queue or running:
             while queue and len(running) < (1 if plan.lock else max(1, plan.jobs)):
@@ -856,6 +863,8 @@ def run_benchmark(plan: BenchmarkPlan, *, fresh: bool = False, retry_failed: boo
         say("adcore benchmark: interrupted; finished runs are kept in "
             f"{plan.results_path}, run the same command again to resume")
     finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
         if bar is not None:
             bar.close()
     return outcome
