@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="append a JSON line with the results here")
     parser.add_argument("--figure", default=None, help="write a PNG of input / reconstruction / error map here")
     parser.add_argument("--figure-count", type=int, default=3)
+    parser.add_argument("--variant", action="append", default=[],
+                        help="also score the fitted model with NAME=JSON_VALUE changed (map/score settings such as "
+                             "error=\"ssim\" or image_score=\"max\"; no refit)")
     args = parser.parse_args()
 
     from adcore.data import MVTecDataset, make_loader
@@ -61,15 +64,18 @@ def main() -> None:
     fit_seconds = time.perf_counter() - started
     rss_after_fit = peak_rss_mb()
 
-    scores, maps, labels, masks = [], [], [], []
-    for batch in make_loader(test, args.batch):
-        prediction = detector.predict(batch["image"])
-        scores.append(prediction.pred_score)
-        maps.append(prediction.anomaly_map)
-        labels.append(torch.as_tensor(batch["label"]))
-        masks.append(batch["mask"])
-    scores_t, maps_t, labels_t, masks_t = torch.cat(scores), torch.cat(maps), torch.cat(labels), torch.cat(masks)
-    metrics = evaluate(labels_t, scores_t, masks_t, maps_t)
+    def score_test_set() -> tuple[dict, torch.Tensor, torch.Tensor]:
+        scores, maps, labels, masks = [], [], [], []
+        for batch in make_loader(test, args.batch):
+            prediction = detector.predict(batch["image"])
+            scores.append(prediction.pred_score)
+            maps.append(prediction.anomaly_map)
+            labels.append(torch.as_tensor(batch["label"]))
+            masks.append(batch["mask"])
+        scores_t, maps_t = torch.cat(scores), torch.cat(maps)
+        return evaluate(torch.cat(labels), scores_t, torch.cat(masks), maps_t), scores_t, maps_t
+
+    metrics, scores_t, maps_t = score_test_set()
 
     sample = torch.stack([test[i]["image"] for i in range(min(args.batch, len(test)))])
     detector.predict(sample[:1])  # warm-up
@@ -81,6 +87,15 @@ def main() -> None:
     detector.predict(sample)
     batched = (time.perf_counter() - started) * 1000 / sample.shape[0]
 
+    variants = {}
+    for item in args.variant:  # same fitted weights, other map/score settings
+        name, _, value = item.partition("=")
+        original = getattr(detector, name)
+        detector.set_params(**{name: json.loads(value)})
+        found = score_test_set()[0]
+        variants[item] = {key: found.get(key) for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")}
+        detector.set_params(**{name: original})
+
     history = getattr(detector, "history_", {}) or {}
     result = {
         "model": args.model, "category": args.category, "size": args.size, "threads": torch.get_num_threads(),
@@ -89,7 +104,7 @@ def main() -> None:
         "image_f1_max": metrics["image_f1_max"], "fit_seconds": fit_seconds,
         "epochs_run": len(history.get("loss", [])) or None, "final_loss": (history.get("loss") or [None])[-1],
         "ms_batch1": batch1, "ms_batched": batched, "batched_size": sample.shape[0],
-        "peak_rss_mb_fit": rss_after_fit, "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb_fit": rss_after_fit, "peak_rss_mb": peak_rss_mb(), "variants": variants,
     }
     line = json.dumps(result)
     print(line)

@@ -8,12 +8,12 @@ import re
 import pytest
 import torch
 
-from adcore.errors import InvalidInputError
-from adcore.factory import get_model
-from adcore.testing import make_normal_images, paste_defects
 from ad_recon.common import image_score, reconstruction_error, ssim_map
 from ad_recon.vae import kl_divergence, reparameterize
 from ad_recon.wae import mmd_penalty
+from adcore.errors import InvalidInputError
+from adcore.factory import get_model
+from adcore.testing import make_normal_images, paste_defects
 
 TINY = {"input_size": 32, "depth": 3, "base_channels": 4, "batch_size": 8}
 
@@ -118,7 +118,7 @@ def test_unet_skips_only_from_the_coarse_levels() -> None:
     widths = [4, 8, 16, 32]
     assert fuse_inputs == [2 * widths[2], 2 * widths[1], widths[0]]
     plain = get_model("unet_ae", input_size=64, depth=4, base_channels=4, skip_levels=0)._make_network()
-    assert plain.skips == [] and all(b["fuse"][0].in_channels == w for b, w in zip(plain.levels, [16, 8, 4]))
+    assert plain.skips == [] and all(b["fuse"][0].in_channels == w for b, w in zip(plain.levels, [16, 8, 4], strict=True))
 
 
 def test_unet_skip_changes_the_output_through_the_coarse_features() -> None:
@@ -149,9 +149,25 @@ def test_training_lowers_the_loss_and_localises_a_defect() -> None:
     detector = get_model("vanilla_ae", latent_dim=16, epochs=15, learning_rate=3e-3, **TINY).fit(images)
     loss = detector.history_["loss"]
     assert loss[-1] < 0.5 * loss[0]
+    # evaluation mode reconstructs as well as training mode did (batch-norm statistics recomputed)
+    eval_error = float((detector.reconstruct(images) - images).pow(2).mean())
+    assert eval_error < 1.5 * loss[-1]
     defective, masks = paste_defects(make_normal_images(4, (32, 32), seed=3))
     maps = detector.predict(defective).anomaly_map
     assert float(maps[masks > 0].mean()) > 2 * float(maps[masks == 0].mean())
+
+
+def test_batchnorm_statistics_are_recomputed_from_the_final_weights() -> None:
+    from torch import nn
+
+    images = make_normal_images(16, (32, 32))
+    detector = get_model("unet_ae", epochs=3, latent_channels=8, **TINY).fit(images)
+    layer = detector.network_.encoder.levels[0][0][1]
+    assert isinstance(layer, nn.BatchNorm2d) and layer.momentum == 0.1
+    with torch.no_grad():
+        activations = detector.network_.encoder.levels[0][0][0](images)
+    assert torch.allclose(layer.running_mean, activations.mean((0, 2, 3)), atol=1e-5)
+    assert int(layer.num_batches_tracked) == 2  # one pass of 16 images in batches of 8
 
 
 def test_early_stopping_uses_held_out_good_images() -> None:

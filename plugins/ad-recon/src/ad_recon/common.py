@@ -17,9 +17,11 @@ Design choices shared by every model (and why):
 * Upsampling is bilinear resize followed by a 3×3 convolution rather than a transposed
   convolution, which avoids checkerboard artefacts (Odena et al., Distill 2016); such artefacts
   would show up as a regular error pattern over the whole anomaly map.
-* Batch norm uses a cumulative average (``momentum=None``) for its running statistics, so even a
-  very short training run leaves evaluation statistics equal to the average of the batches seen
-  (exponential averaging would still be close to its initial mean 0 / variance 1).
+* Batch-norm statistics are recomputed after training from the final weights ("precise BN",
+  Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021): one pass over the training images with
+  a cumulative average. Running averages collected during training mix statistics of weights
+  that no longer exist; after a short run they make evaluation-mode reconstructions (and thus
+  every anomaly map) wrong even though the training loss is low.
 * The decoder ends in a sigmoid because inputs are images in [0, 1].
 """
 
@@ -56,6 +58,7 @@ __all__ = [
     "reconstruction_loss",
     "image_score",
     "flip_augment",
+    "recompute_batchnorm",
     "ReconstructionDetector",
     "coarse_grid",
     "to_output",
@@ -72,8 +75,7 @@ IMAGE_SCORES = ("max", "topk")
 
 # -- layers -------------------------------------------------------------------------------------
 def _norm(channels: int) -> nn.BatchNorm2d:
-    # cumulative running statistics: correct evaluation statistics after any number of batches
-    return nn.BatchNorm2d(channels, momentum=None)
+    return nn.BatchNorm2d(channels)
 
 
 class ConvBlock(nn.Sequential):
@@ -305,6 +307,29 @@ def flip_augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return out
 
 
+def recompute_batchnorm(network: nn.Module, forward: Any, images: torch.Tensor, batch_size: int) -> None:
+    """Reset every trainable batch-norm layer of ``network`` and re-estimate its statistics as the
+    exact average over ``images`` with the final weights (everything else stays in eval mode, so
+    dropout is off). Frozen layers (a frozen backbone) are left untouched.
+    """
+    layers = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+              and any(p.requires_grad for p in m.parameters())]
+    if not layers or images.shape[0] == 0:
+        return
+    network.eval()
+    saved = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over the pass
+        layer.train()
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            forward(images[start:start + batch_size])
+    for layer, momentum in zip(layers, saved, strict=True):
+        layer.momentum = momentum
+    network.eval()
+
+
 # -- the shared detector ------------------------------------------------------------------------
 class ReconstructionDetector(BaseDetector):
     """Base of the reconstruction family: train a network to reconstruct good images, score by
@@ -322,6 +347,8 @@ class ReconstructionDetector(BaseDetector):
 
     #: name on the progress bar
     progress_name: str = "autoencoder"
+    #: values ``error`` may take for this model
+    errors: tuple[str, ...] = ERRORS
 
     def _validate_params(self) -> None:
         super()._validate_params()
@@ -334,7 +361,7 @@ class ReconstructionDetector(BaseDetector):
              "a number in [0, 1) (0 switches early stopping off)"),
             ("patience", is_int(self.patience) and self.patience >= 1, "an int >= 1"),
             ("augment", isinstance(self.augment, bool), "True or False"),
-            ("error", self.error in ERRORS, f"one of {ERRORS}"),
+            ("error", self.error in self.errors, f"one of {self.errors}"),
             ("sigma", is_number(self.sigma) and self.sigma >= 0, "a number >= 0 (0 = no smoothing)"),
             ("image_score", self.image_score in IMAGE_SCORES, f"one of {IMAGE_SCORES}"),
             ("topk_fraction", is_number(self.topk_fraction) and 0 < self.topk_fraction <= 1, "a number in (0, 1]"),
@@ -360,6 +387,7 @@ class ReconstructionDetector(BaseDetector):
             validation_images=held_out if held_out.shape[0] else None,
             patience=self.patience if held_out.shape[0] else None, desc=f"{self.progress_name} fit",
         )
+        recompute_batchnorm(self.network_, self._reconstruct, train, self.batch_size)
         self.network_.eval()
         self.history_: dict[str, Any] = history.as_dict()
 
@@ -370,8 +398,12 @@ class ReconstructionDetector(BaseDetector):
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.network_.eval()
         reconstructions = self._reconstruct(images)
-        maps = gaussian_blur(reconstruction_error(images, reconstructions, self.error), self.sigma)
+        maps = gaussian_blur(self._error_map(images, reconstructions), self.sigma)
         return image_score(maps, self.image_score, self.topk_fraction), maps
+
+    def _error_map(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+        """Per-pixel error ``(B,H,W)`` before smoothing (models may add error kinds)."""
+        return reconstruction_error(images, reconstructions, self.error)
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """Reconstructions of a ``(B,3,H,W)`` batch in [0, 1] at ``input_size`` (for figures)."""

@@ -17,6 +17,11 @@ EfficientNet-Lite0) → 1×1 conv bottleneck to ``latent_channels`` (the informa
 decoder cannot copy the stage wholesale) → ``log2(stride)`` resize-convolution levels
 (:class:`ad_recon.common.ConvDecoder`) → RGB through a sigmoid.
 
+Besides the pixel errors, ``error="feature"`` compares the input and its reconstruction in the
+encoder's own feature space (a perceptual error, as in the perceptual losses of Johnson et al.,
+ECCV 2016): blur of the reconstruction, which dominates pixel errors on edges and fine texture,
+costs little there, while a defect that the decoder replaced by normal appearance does.
+
 ``fine_tune=False`` (default): the backbone is frozen, kept out of the saved file and rebuilt from
 its parameters; only the decoder trains. ``fine_tune=True``: the backbone trains too (with
 ``encoder_learning_rate``) and is saved with the decoder.
@@ -29,8 +34,8 @@ import math
 import torch
 from torch import nn
 
-from adcore.backbones import DEFAULT_BACKBONE, FeatureExtractor
 from ad_recon.common import (
+    ERRORS,
     ConvBlock,
     ConvDecoder,
     ReconstructionDetector,
@@ -40,6 +45,8 @@ from ad_recon.common import (
     is_number,
     reconstruction_loss,
 )
+from adcore.backbones import DEFAULT_BACKBONE, FeatureExtractor
+from adcore.ops import upsample
 
 __all__ = ["ResNetAE", "PretrainedEncoderAE"]
 
@@ -74,12 +81,16 @@ class ResNetAE(ReconstructionDetector):
         latent_channels: channels of the 1×1 bottleneck after the stage.
         base_channels: channels of the finest decoder level (doubling towards the coarse end).
         residual: add a residual block after every decoder level.
-        loss, error, epochs, batch_size, learning_rate, weight_decay, validation_fraction,
+        error: ``"l2"``, ``"ssim"`` or ``"feature"`` (perceptual: squared distance between the
+            encoder's features of the input and of the reconstruction, upsampled; an addition to
+            the pixel errors, see the module docstring).
+        loss, epochs, batch_size, learning_rate, weight_decay, validation_fraction,
             patience, augment, sigma, image_score, topk_fraction: as for
             :class:`ad_recon.vanilla_ae.VanillaAE`.
     """
 
     progress_name = "resnet_ae"
+    errors = (*ERRORS, "feature")
 
     def __init__(self, *, input_size: int = 256, backbone: str = DEFAULT_BACKBONE, layer: str | int = "blocks.4",
                  weights: str | None = "pretrained", checkpoint_path: str | None = None, fine_tune: bool = False,
@@ -157,6 +168,16 @@ class ResNetAE(ReconstructionDetector):
             with torch.no_grad():  # frozen: no graph through the backbone
                 features = encoder(images)[encoder.layer_names[0]]
         return self.network_(features)
+
+    def _error_map(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+        if self.error != "feature":
+            return super()._error_map(images, reconstructions)
+        # perceptual error: squared distance between the encoder's features of the input and of its
+        # reconstruction, averaged over channels and upsampled to the image
+        encoder = self._encoder()
+        name = encoder.layer_names[0]
+        distance = (encoder(images)[name] - encoder(reconstructions)[name]).pow(2).mean(1)
+        return upsample(distance, tuple(images.shape[-2:]))
 
     # -- helpers ------------------------------------------------------------------------------------
     def _encoder(self) -> FeatureExtractor:

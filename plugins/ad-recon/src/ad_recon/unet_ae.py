@@ -60,7 +60,7 @@ class UNet(nn.Module):
         self.bottleneck = ConvBlock(widths[-1], latent_channels, kernel_size=1)
         # decoder level i upsamples to the resolution of encoder level depth-2-i (1/16, 1/8, ...)
         skip_from = list(range(depth - 2, -1, -1))
-        self.skips = [level for level in skip_from[:skip_levels]]
+        self.skips = skip_from[:skip_levels]
         self.skip_dropout = nn.Dropout2d(skip_dropout) if skip_dropout > 0 else nn.Identity()
         levels, previous = [], latent_channels
         for level in skip_from:
@@ -76,7 +76,7 @@ class UNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.encoder(images)
         x = self.bottleneck(features[-1])
-        for level, block in zip(self.skip_from, self.levels):
+        for level, block in zip(self.skip_from, self.levels, strict=True):
             x = block["up"](x)
             if level in self.skips:
                 skip = features[level]

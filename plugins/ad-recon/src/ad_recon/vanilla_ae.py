@@ -25,7 +25,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ad_recon.common import DenseAutoencoder, ReconstructionDetector, check_choice, reconstruction_loss, validate_dense_params
+from ad_recon.common import (
+    DenseAutoencoder,
+    ReconstructionDetector,
+    check_choice,
+    reconstruction_loss,
+    validate_dense_params,
+)
 
 __all__ = ["VanillaAE"]
 
