@@ -37,7 +37,13 @@ def main() -> None:
     parser.add_argument("--reference-steps", type=int, default=300)
     args = parser.parse_args()
 
-    from ad_memory.memory_bank import CoresetStats, FeatureCollector, greedy_coreset, greedy_coreset_reference, random_projection
+    from ad_memory.memory_bank import (
+        CoresetStats,
+        FeatureCollector,
+        greedy_coreset,
+        greedy_coreset_reference,
+        random_projection,
+    )
     from ad_memory.patchcore import PatchCore
     from adcore.data import MVTecDataset, make_loader
     from adcore.evaluation import peak_rss_mb

@@ -84,7 +84,7 @@ def test_coreset_stops_at_duplicates_and_handles_edges() -> None:
 def test_reservoir_is_uniform_and_bounded() -> None:
     generator = torch.Generator().manual_seed(0)
     hits = torch.zeros(1000)
-    for trial in range(200):
+    for _ in range(200):
         collector = FeatureCollector(max_rows=100, generator=generator)
         for start in range(0, 1000, 37):  # uneven batches
             stop = min(start + 37, 1000)

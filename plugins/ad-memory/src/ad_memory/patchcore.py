@@ -41,13 +41,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from adcore.backbones import DEFAULT_BACKBONE, FeatureExtractor
-from adcore.base import BaseDetector
-from adcore.errors import InvalidInputError
-from adcore.inputs import ImageStream
-from adcore.ops import average_pool_neighbourhood, gaussian_blur, upsample
-from adcore.progress import progress
-
 from ad_memory.memory_bank import (
     INDEX_KINDS,
     CoresetStats,
@@ -57,6 +50,12 @@ from ad_memory.memory_bank import (
     pick_stages,
     random_projection,
 )
+from adcore.backbones import DEFAULT_BACKBONE, FeatureExtractor
+from adcore.base import BaseDetector
+from adcore.errors import InvalidInputError
+from adcore.inputs import ImageStream
+from adcore.ops import average_pool_neighbourhood, gaussian_blur, upsample
+from adcore.progress import progress
 
 __all__ = ["PatchCore"]
 
@@ -147,7 +146,7 @@ class PatchCore(BaseDetector):
             self.memory_bank_ = collector.gather(chosen)
             self.projection_ = projection if projection is not None else torch.empty(dim, 0)
             self.coreset_stats_.update(iterations=stats.iterations, seconds=round(stats.seconds, 3),
-                                       iterations_per_second=round(stats.iterations_per_second, 1),
+                                       iterations_per_second=round(stats.iterations_per_second, 1) if stats.seconds > 0 else None,
                                        touched_fraction=round(stats.touched_fraction, 4))
         self.feature_grid_ = grid
         self._search = None
@@ -179,7 +178,7 @@ class PatchCore(BaseDetector):
         match = nearest[rows, top]  # (B,) its nearest bank feature m*
         _, support = index.search(self.memory_bank_[match], k=neighbours + 1)
         # N_b(m*): m* first, then its nearest bank neighbours other than itself
-        others = torch.stack([row[row != m][: neighbours - 1] for row, m in zip(support, match)])
+        others = torch.stack([row[row != m][: neighbours - 1] for row, m in zip(support, match, strict=True)])
         support = torch.cat([match[:, None], others], 1)
         to_support = (self.memory_bank_[support] - test_patch[:, None]).norm(dim=2)  # (B, b)
         weight = 1.0 - torch.softmax(to_support, dim=1)[:, 0]

@@ -30,14 +30,13 @@ from typing import Any
 
 import torch
 
+from ad_memory.memory_bank import knn, last_stage, pick_stages
 from adcore.backbones import DEFAULT_BACKBONE, FeatureExtractor
 from adcore.base import BaseDetector
 from adcore.errors import InvalidInputError
 from adcore.inputs import ImageStream
 from adcore.ops import gaussian_blur, upsample
 from adcore.progress import progress
-
-from ad_memory.memory_bank import knn, last_stage, pick_stages
 
 __all__ = ["SPADE"]
 
