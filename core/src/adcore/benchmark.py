@@ -1259,6 +1259,8 @@ def write_report(plan: BenchmarkPlan, rows: list[dict[str, Any]], figures: list[
         lines += [f"- `{name}`: {entry['source']}" + (f" ({entry['note']})" if entry.get("note") else "")
                   for name, entry in sources]
         lines.append("")
+    lines += ["## Image AUROC per data set", "", _pivot(rows, plan, "image_auroc"), "",
+              "Pixel AUROC:", "", _pivot(rows, plan, "pixel_auroc"), ""]
     lines += ["## All runs", "", markdown_table(rows), ""]
     failed = [r for r in rows if r.get("status") not in ("ok",)]
     if failed:
@@ -1314,6 +1316,20 @@ adcore benchmark --config benchmarks/config.json --report-only                  
 - `--lock FILE` takes a file lock around each run so other measurements on a shared machine interleave
   between runs instead of during one; `--jobs N` runs N pairs at once (timings are then not comparable).
 """
+
+
+def _pivot(rows: list[dict[str, Any]], plan: BenchmarkPlan, key: str) -> str:
+    """Detectors × data sets of one metric (unfinished runs by their status)."""
+    lookup = {(r["detector"], r["dataset"]): r for r in rows}
+    names = [d.name for d in plan.datasets]
+    lines = ["| detector | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for detector in plan.detectors:
+        cells = []
+        for name in names:
+            row = lookup.get((detector, name), {})
+            cells.append(_fmt(row.get(key), ".3f") if row.get("status") == "ok" else (row.get("status") or "—"))
+        lines.append(f"| {detector} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _limits_text(limits: dict[str, float]) -> str:
