@@ -9,7 +9,8 @@ GROUP=${1:-all}
 OUT=${2:-benchmarks/ad-memory/results.jsonl}
 DATA=${ADCORE_DATA:-/work/shared/data}
 RUN="env OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE ADCORE_PROGRESS=0 .venv/bin/python benchmarks/ad-memory/run.py --out $OUT"
-locked() { flock /tmp/adcore-bench.lock bash -c "$1"; }
+# ADMEM_LOCKED=1: the caller already holds the lock (to run several groups in one turn)
+locked() { if [[ ${ADMEM_LOCKED:-0} == 1 ]]; then bash -c "$1"; else flock /tmp/adcore-bench.lock bash -c "$1"; fi; }
 
 if [[ $GROUP == piped || $GROUP == all ]]; then
   locked "for c in PA_BDP01_TL PA_BRG01_RL PA_FLR01_TL; do for m in patchcore spade; do
