@@ -136,14 +136,28 @@ class DifferNet(BaseDetector):
     # -- fit ------------------------------------------------------------------------------------
     def _fit(self, stream: ImageStream) -> None:
         images = stream.materialize()
-        # standardise each descriptor dimension with the good images' statistics: a fixed affine map
-        # in front of the flow (the likelihood changes by a constant), so the flow starts near N(0, I)
+        # Augmented views through the frozen backbone once: ``view_pool`` per image (the training pool),
+        # or one per image only to standardise. Standardising each descriptor dimension with the
+        # statistics of augmented good views is a fixed affine map in front of the flow (the
+        # likelihood changes by a constant) that starts the flow near N(0, I); the statistics must
+        # come from augmented views, since a channel that is constant on the untransformed images
+        # can vary under rotation and would otherwise be divided by a vanishing deviation.
+        started = time.perf_counter()
+        per_image = self.view_pool or 1
+        generator = torch.Generator().manual_seed(self.seed + 1)
+        raw = []
         with torch.no_grad():
-            raw = torch.cat([self._raw_descriptors(images[i:i + self.batch_size])
-                             for i in range(0, images.shape[0], self.batch_size)])
-        self.feature_dim_ = int(raw.shape[1])
-        self.feature_mean_ = raw.mean(0)
-        self.feature_std_ = raw.std(0, unbiased=False).clamp_min(1e-6) if raw.shape[0] > 1 else torch.ones_like(raw[0])
+            for start in progress(range(0, images.shape[0], self.batch_size), desc="differnet views",
+                                  total=-(-images.shape[0] // self.batch_size)):
+                views = images[start:start + self.batch_size].repeat_interleave(per_image, dim=0)
+                raw.append(self._raw_descriptors(transform_images(views, *self._draw_transforms(views.shape[0],
+                                                                                               generator))))
+        raw_views = torch.cat(raw)
+        self.feature_dim_ = int(raw_views.shape[1])
+        self.feature_mean_ = raw_views.mean(0)
+        std = raw_views.std(0, unbiased=False)
+        self.feature_std_ = std.clamp_min(max(1e-3 * float(std.mean()), 1e-6))
+        features_seconds = time.perf_counter() - started
         self._build_modules()
         flow = self.flow_
 
@@ -157,23 +171,10 @@ class DifferNet(BaseDetector):
 
         started = time.perf_counter()
         if self.view_pool:
-            # a fixed pool of augmented views per image, through the backbone once; the flow then trains on it
-            generator = torch.Generator().manual_seed(self.seed + 1)
-            pool = []
-            with torch.no_grad():
-                for start in progress(range(0, images.shape[0], self.batch_size), desc="differnet views",
-                                      total=-(-images.shape[0] // self.batch_size)):
-                    views = images[start:start + self.batch_size].repeat_interleave(self.view_pool, dim=0)
-                    pool.append(self._descriptors(transform_images(views, *self._draw_transforms(views.shape[0],
-                                                                                               generator))))
-            features_seconds = time.perf_counter() - started
-            started = time.perf_counter()
-            history = train_epochs(nll, torch.cat(pool), optimizer, epochs=self.epochs,
-                                   batch_size=self.batch_size * self.n_transforms, seed=self.seed, modules=[flow],
-                                   desc="differnet")
+            pool = (raw_views - self.feature_mean_) / self.feature_std_
+            history = train_epochs(nll, pool, optimizer, epochs=self.epochs, batch_size=self.batch_size * self.n_transforms,
+                                   seed=self.seed, modules=[flow], desc="differnet")
         else:
-            features_seconds = 0.0
-
             def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
                 views = batch.repeat_interleave(self.n_transforms, dim=0)
                 return transform_images(views, *self._draw_transforms(views.shape[0], generator))
