@@ -344,6 +344,7 @@ def greedy_coreset(points: torch.Tensor, count: int, *, start: int = 0, prune: b
     reach = torch.empty(count)
     chosen = torch.empty(count, dtype=torch.long)
     cells = _CellLists(total)
+    cells_invalid, full_until, backoff = True, 0, 1
     position = int(start)
     touched = 0
     for step in progress(range(count), desc=desc, total=count, mininterval=1.0):
@@ -352,9 +353,12 @@ def greedy_coreset(points: torch.Tensor, count: int, *, start: int = 0, prune: b
         center_norm = norms[position]
         centers[step], centers_low[step] = center, center[:low]
         center_norms[step], center_low_norms[step] = center_norm, center[:low].square().sum()
-        if step == 0 or not prune:
+        if step == 0 or not prune or step < full_until:
             rows = None
         else:
+            if cells_invalid:
+                cells.rebuild(owner[:total], step)
+                cells_invalid = False
             # cells whose rows c might reach: a lower bound of |c - a| from the leading axes first ...
             bound = (center_low_norms[:step] - 2 * (centers_low[:step] @ center[:low]) + center_low_norms[step])
             maybe = (bound < radius[:step].mul(4 * (1 + 1e-4)).add_(1e-4)).nonzero().flatten()
@@ -364,6 +368,13 @@ def greedy_coreset(points: torch.Tensor, count: int, *, start: int = 0, prune: b
             reach[:step] = math.inf
             reach.index_copy_(0, maybe, between.clamp_min_(0).mul_(0.25 * (1 - 1e-4)).sub_(1e-6))
             rows = cells.candidates(maybe, closest, owner, reach)
+            if rows.numel() > total // 3:
+                # most rows qualify (the data is not yet covered, or too uniform to prune): plain
+                # contiguous passes are cheaper, for a number of steps that doubles while it lasts
+                rows = None
+                full_until, backoff = step + backoff, min(2 * backoff, 256)
+            else:
+                backoff = 1
         count_rows = total if rows is None else rows.numel()
         touched += count_rows
         for first in range(0, count_rows, chunk_rows):
@@ -388,7 +399,9 @@ def greedy_coreset(points: torch.Tensor, count: int, *, start: int = 0, prune: b
                 owner.index_copy_(0, part, updated_owner)
                 cells.moved(part[nearer])
         closest[position] = 0.0
-        if prune and (rows is None or cells.stale()):
+        if rows is None:
+            cells_invalid = True  # owners changed outside the cell lists; rebuilt when pruning resumes
+        elif cells.stale():
             cells.rebuild(owner[:total], step + 1)
         if rows is None or step % 256 == 0:
             # exact radii now and then (cheap, and keeps the bounds tight), else only the new cell's
