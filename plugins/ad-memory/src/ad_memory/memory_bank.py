@@ -368,8 +368,8 @@ def greedy_coreset(points: torch.Tensor, count: int, *, start: int = 0, prune: b
             reach[:step] = math.inf
             reach.index_copy_(0, maybe, between.clamp_min_(0).mul_(0.25 * (1 - 1e-4)).sub_(1e-6))
             rows = cells.candidates(maybe, closest, owner, reach)
-            if rows.numel() > total // 3:
-                # most rows qualify (the data is not yet covered, or too uniform to prune): plain
+            if rows.numel() > total // 8:
+                # many rows qualify (the data is not yet covered, or too uniform to prune): plain
                 # contiguous passes are cheaper, for a number of steps that doubles while it lasts
                 rows = None
                 full_until, backoff = step + backoff, min(2 * backoff, 256)
