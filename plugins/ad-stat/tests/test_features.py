@@ -28,7 +28,8 @@ def test_truncated_extractor_returns_the_same_features_with_fewer_blocks() -> No
         expected, got = full(images), cut(images)
     assert list(got) == LAYERS
     for name in LAYERS:
-        assert torch.equal(expected[name], got[name])
+        # same weights, same ops; with several threads the conv reduction order may differ in the last bit
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
 
 
 def test_frozen_extractor_folds_batch_norms_without_changing_features() -> None:
