@@ -34,22 +34,21 @@ def main() -> None:
     for axis, model in zip(axes[0], models, strict=True):
         for record in (r for r in records if r["model"] == model):
             loss = record["loss"]
-            axis.plot(range(1, len(loss) + 1), loss, marker="o", markersize=3, label=record["category"])
+            label = f"{record['category']} (batch {record['params']['batch_size']})"
+            axis.plot(range(1, len(loss) + 1), loss, marker="o", markersize=3, label=label)
         axis.set_title(f"{model}: training loss per epoch")
         axis.set_xlabel("epoch")
         axis.set_ylabel("NLL" + (" per feature dimension" if model == "differnet" else " (sum over levels)"))
-        if model == "fastflow":
-            axis.set_yscale("symlog")
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
     Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.plot, dpi=110)
 
-    print("| set | model | epochs | img AUROC | px AUROC | AUPRO | F1-max | fit s (s/epoch) | ms/img bs1 / batched | peak RSS MB |")
+    print("| set | model | epochs (batch) | img AUROC | px AUROC | AUPRO | F1-max | fit s (s/epoch) | ms/img bs1 / batched | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(records, key=lambda r: (r["category"], r["model"])):
-        print(f"| {r['category']} ({r['train_images']} train) | {r['model']} | {r['epochs']} | {_fmt(r['image_auroc'])} | "
+        print(f"| {r['category']} ({r['train_images']} train) | {r['model']} | {r['epochs']} ({r['params']['batch_size']}) | {_fmt(r['image_auroc'])} | "
               f"{_fmt(r['pixel_auroc'])} | {_fmt(r['aupro'])} | {_fmt(r['image_f1_max'])} | "
               f"{r['fit_s']:.1f} ({r['train_s_per_epoch']:.1f}) | {r['ms_per_image_bs1']:.0f} / "
               f"{r['ms_per_image_batched']:.0f} | {r['peak_rss_mb']:.0f} |")
