@@ -28,8 +28,9 @@ def test_truncated_extractor_returns_the_same_features_with_fewer_blocks() -> No
         expected, got = full(images), cut(images)
     assert list(got) == LAYERS
     for name in LAYERS:
-        # same weights, same ops; with several threads the conv reduction order may differ in the last bit
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
+        # same weights, same ops; with several threads oneDNN may pick another conv kernel (~1e-5 apart)
+        scale = float(expected[name].abs().max())
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_frozen_extractor_folds_batch_norms_without_changing_features() -> None:
