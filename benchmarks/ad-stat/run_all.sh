@@ -10,8 +10,8 @@ RUN="env OMP_NUM_THREADS=2 ADCORE_PROGRESS=0 $PWD/.venv/bin/python benchmarks/ad
 group() { flock /tmp/adcore-bench.lock bash -c "$1" || echo "FAILED: $1" >&2; }
 
 group "$RUN --model padim --root $DATA/mvtec_bottle --category bottle
+       $RUN --model stfpm --root $DATA/mvtec_bottle --category bottle --epochs 30 --eval-every 10
        for c in PA_BDP01_TL PA_BRG01_RL PA_FLR01_TL; do $RUN --model padim --root $DATA/piped --category \$c; done"
-group "$RUN --model stfpm --root $DATA/mvtec_bottle --category bottle --epochs 40 --eval-every 10"
 group "for c in PA_BDP01_TL PA_BRG01_RL PA_FLR01_TL; do $RUN --model stfpm --root $DATA/piped --category \$c --epochs 50; done"
 group "$RUN --model padim --root $DATA/magnetic_tile --category magnetic_tile"
 group "$RUN --model stfpm --root $DATA/magnetic_tile --category magnetic_tile --epochs 10"
