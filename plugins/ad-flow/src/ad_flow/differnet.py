@@ -21,6 +21,9 @@ Deliberate deviations from the paper:
 * Backbone: adcore's shared extractor, default offline EfficientNet-Lite0 at its last stage
   ``blocks.6`` (320 channels, stride 32; 960-d descriptor over three scales) instead of AlexNet's
   last convolutional stage (256 channels, 768-d); 256 px instead of 448 px input.
+* Descriptors are standardised per dimension with the mean and deviation of augmented good views
+  before the flow (a fixed affine map; the likelihood changes by a constant). The paper feeds raw
+  features; without it the flow starts far from N(0, I) and needs far more epochs than a CPU has.
 * The test-time transformations are one fixed set drawn from ``seed`` and used for every image
   (the paper draws them at random per image), so predictions are reproducible and identical
   after save/load.
