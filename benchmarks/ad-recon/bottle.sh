@@ -3,13 +3,13 @@
 # benchmark lock for the batch. Training budget: input_size 128 (maps are upsampled to 256 px for the
 # metrics), base_channels 16, 12 epochs, batch 8, Adam lr 2e-3; everything else at the defaults.
 # Each fitted model is also scored with error="ssim" and image_score="max" (no refit), resnet_ae also
-# with error="feature".   Usage: benchmarks/ad-recon/bottle.sh [OUT_DIR] [THREADS]
+# with error="feature".   Usage: benchmarks/ad-recon/bottle.sh [OUT_DIR] [THREADS]   (LOCK=" " skips the lock)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-benchmarks/ad-recon/results}
 THREADS=${2:-1}
 mkdir -p "$OUT"
-exec flock /tmp/adcore-bench.lock bash -c '
+exec ${LOCK:-flock /tmp/adcore-bench.lock} bash -c '
 OUT=$0; THREADS=$1
 BUDGET=(--param input_size=128 --param base_channels=16 --param epochs=12 --param batch_size=8 --param learning_rate=0.002)
 for model in vanilla_ae unet_ae vae beta_vae wae resnet_ae; do
