@@ -1219,7 +1219,8 @@ def write_report(plan: BenchmarkPlan, rows: list[dict[str, Any]], figures: list[
     versions = _plugin_versions()
     counts = collections.Counter(r.get("status") for r in rows)
     lines = [f"# {plan.title}", ""]
-    lines += [*plan.notes, ""] if plan.notes else []
+    for note in plan.notes:
+        lines += [note, ""]
     lines += ["## How it was run", "", "```bash", plan.settings.get("command", ""), "```", "",
               f"- Machine: {machine.get('cpu', 'unknown CPU')}, {machine.get('usable_cores', machine.get('cpu_count'))} "
               f"usable cores, {machine.get('memory_gb', '?')} GB RAM; {machine.get('platform')}; Python "
@@ -1231,7 +1232,12 @@ def write_report(plan: BenchmarkPlan, rows: list[dict[str, Any]], figures: list[
               f"{_limits_text(plan.settings.get('time_limits', {}))}; batch size {plan.settings.get('batch_size')}; "
               f"input size {plan.settings.get('input_size') or 'each detector default'}; seed "
               f"{plan.settings.get('seed') if plan.settings.get('seed') is not None else 'each detector default (0)'}.",
-              f"- Runs: {len(rows)} planned; " + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s]) + ".", ""]
+              f"- Runs: {len(rows)} planned; " + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s]) + "."]
+    started = sorted(r["started_at"] for r in rows if r.get("started_at"))
+    finished = sorted(r["finished_at"] for r in rows if r.get("finished_at"))
+    if started and finished:
+        lines.append(f"- Run window: first run started {started[0]}, last run finished {finished[-1]} (UTC).")
+    lines.append("")
     params = plan.settings.get("params", {})
     if params:
         lines += ["Parameters per detector (everything else at the detector's defaults):", ""]
