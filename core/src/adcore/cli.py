@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # torch and faiss each bring an OpenMP runtime; busy-waiting threads of one stall the other.
+    # Only effective before either is imported, which adcore's CLI guarantees (imports are lazy).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from adcore.errors import AdcoreError
     from adcore.plugins import PluginLoadError
     from adcore.registry import DetectorImportError, ModelNotFoundError
