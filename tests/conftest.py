@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -39,21 +38,11 @@ def tiny_mvtec(tmp_path: Path) -> Path:
     return root
 
 
-def write_fake_distribution(site: Path, name: str, version: str, modules: dict[str, str], entry_points: dict[str, str]) -> None:
-    """A minimal installed distribution (``*.dist-info`` + modules) that importlib.metadata discovers."""
-    site.mkdir(parents=True, exist_ok=True)
-    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    lines = ["[adcore]"] + [f"{key} = {value}" for key, value in entry_points.items()]
-    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
-    for module, source in modules.items():
-        (site / f"{module}.py").write_text(textwrap.dedent(source))
-
-
 @pytest.fixture
 def broken_plugins_site(tmp_path: Path) -> Path:
     """A folder holding one healthy and four broken fake plugin distributions."""
+    from adcore.testing import write_fake_distribution
+
     site = tmp_path / "site"
     healthy = """
         from adcore import hookimpl
@@ -61,26 +50,27 @@ def broken_plugins_site(tmp_path: Path) -> Path:
         def adcore_register_detectors(registry):
             registry.add("healthy_detector", "ad_example.gaussian:GaussianPatchDetector", category="example")
     """
-    write_fake_distribution(site, "ad-healthy", "1.0", {"ad_healthy": healthy}, {"ad_healthy": "ad_healthy"})
-    write_fake_distribution(site, "ad-import-error", "0.1", {"ad_import_error": "import not_a_real_module_xyz\n"},
-                            {"ad_import_error": "ad_import_error"})
-    write_fake_distribution(site, "ad-bad-signature", "0.2", {"ad_bad_signature": """
+    write_fake_distribution(site, "ad-healthy", "1.0", modules={"ad_healthy": healthy},
+                            entry_points={"ad_healthy": "ad_healthy"})
+    write_fake_distribution(site, "ad-import-error", "0.1", modules={"ad_import_error": "import not_a_real_module_xyz\n"},
+                            entry_points={"ad_import_error": "ad_import_error"})
+    write_fake_distribution(site, "ad-bad-signature", "0.2", modules={"ad_bad_signature": """
         from adcore import hookimpl
         @hookimpl
         def adcore_register_detectors(registry, unknown_argument):
             pass
-    """}, {"ad_bad_signature": "ad_bad_signature"})
-    write_fake_distribution(site, "ad-raising", "0.3", {"ad_raising": """
+    """}, entry_points={"ad_bad_signature": "ad_bad_signature"})
+    write_fake_distribution(site, "ad-raising", "0.3", modules={"ad_raising": """
         from adcore import hookimpl
         @hookimpl
         def adcore_register_detectors(registry):
             registry.add("half_registered", "x.y:Z", category="example")
             raise RuntimeError("boom in hook")
-    """}, {"ad_raising": "ad_raising"})
-    write_fake_distribution(site, "ad-duplicate", "0.4", {"ad_duplicate": """
+    """}, entry_points={"ad_raising": "ad_raising"})
+    write_fake_distribution(site, "ad-duplicate", "0.4", modules={"ad_duplicate": """
         from adcore import hookimpl
         @hookimpl
         def adcore_register_detectors(registry):
             registry.add("healthy_detector", "x.y:Z", category="example")
-    """}, {"ad_duplicate": "ad_duplicate"})
+    """}, entry_points={"ad_duplicate": "ad_duplicate"})
     return site

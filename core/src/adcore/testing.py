@@ -13,14 +13,21 @@ Checks: the protocol; ``get_params`` round-trips through the constructor; ``pred
 of one); finite scores; a pasted defect scores higher than clean images and its map is higher
 inside the defect; ``calibrate`` yields boolean labels; save/load gives bit-identical predictions;
 two fits under the same seed give bit-identical predictions.
+
+:func:`write_fake_distribution` writes an installed-looking distribution into a folder, so a test
+can check how a plugin loads (``adcore.plugins.load_plugins``) without ``pip install``.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+import re
 import tempfile
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +36,7 @@ import torch
 from adcore.prediction import AnomalyDetector, Prediction
 
 __all__ = ["ConformanceError", "ConformanceReport", "check_detector", "make_normal_images", "paste_defects",
-           "registered_detector_params", "build_registered"]
+           "registered_detector_params", "build_registered", "write_fake_distribution"]
 
 
 class ConformanceError(AssertionError):
@@ -233,3 +240,86 @@ def registered_detector_params(pattern: str = "*") -> list[Any]:
     from adcore.factory import list_models
 
     return [pytest.param(name, id=name) for name in list_models(pattern)]
+
+
+def write_fake_distribution(site: str | PathLike[str], name: str, version: str = "0.1.0", *,
+                            modules: Mapping[str, str] | None = None,
+                            entry_points: Mapping[str, str] | None = None,
+                            entry_points_text: str | None = None) -> Path:
+    """Write a minimal installed distribution into the folder ``site``; return its ``*.dist-info`` folder.
+
+    With ``site`` on ``sys.path``, ``importlib.metadata`` finds the distribution exactly as it finds
+    a pip-installed one, so :func:`adcore.plugins.load_plugins` discovers its entry points and
+    imports its modules through the real loading path (discovery, import, hook registration,
+    checks). Plugin authors can use it to test how their plugin loads, or how it fails::
+
+        from adcore.plugins import load_plugins
+        from adcore.testing import write_fake_distribution
+
+        def test_hook_registers(tmp_path, monkeypatch):
+            write_fake_distribution(tmp_path, "ad-mine-test", "1.0", modules={"ad_mine_test_hooks": '''
+                from adcore import hookimpl
+
+                @hookimpl
+                def adcore_register_detectors(registry):
+                    registry.add("mine_test", "ad_mine.model:MyDetector", category="example")
+            '''}, entry_points={"ad_mine_test": "ad_mine_test_hooks"})
+            monkeypatch.syspath_prepend(str(tmp_path))
+            host = load_plugins()
+            assert not [f for f in host.failures if f.distribution == "ad-mine-test"], host.failures
+            assert "mine_test" in host.detectors
+
+    What is written:
+
+    * ``<name>-<version>.dist-info/METADATA`` with ``Name`` and ``Version`` (the distribution and
+      version that :class:`adcore.plugins.PluginFailure` reports);
+    * ``<name>-<version>.dist-info/entry_points.txt``: one line ``<key> = <value>`` per item of
+      ``entry_points`` in adcore's group (``[adcore]``); a value is ``"module"`` (the hook module,
+      as adcore expects) or ``"module:attr"``. ``entry_points_text`` instead writes the file
+      verbatim, e.g. a malformed one or other groups. With neither, the group is empty.
+    * one file per item of ``modules`` (``{import name: source}``, source dedented): ``mod`` →
+      ``site/mod.py``; dotted names become packages (``pkg.sub`` → ``site/pkg/sub.py``, with an
+      empty ``pkg/__init__.py`` unless ``pkg`` itself is given).
+
+    Import caches are invalidated, so the new files are found even when ``site`` is already on
+    ``sys.path``. Notes for tests: ``sys.modules`` is process-wide, so give the modules of each test
+    names no other test imports (or remove them from ``sys.modules`` afterwards); use distribution
+    and entry-point names that no installed package uses, or ``load_plugins`` reports the
+    duplicate; ``adcore.plugins.reset_plugins()`` makes the process-wide host reload, for code
+    under test that calls ``adcore.list_models``/``get_model``.
+
+    Raises ``ValueError`` for an invalid module name or when both ``entry_points`` and
+    ``entry_points_text`` are given, and ``FileExistsError`` when that distribution version is
+    already in ``site``.
+    """
+    from adcore.plugins import ENTRY_POINT_GROUP
+
+    if entry_points is not None and entry_points_text is not None:
+        raise ValueError("give entry_points or entry_points_text, not both")
+    modules = dict(modules or {})
+    for module in modules:
+        if not all(part.isidentifier() for part in module.split(".")):
+            raise ValueError(f"not an importable module name: {module!r}")
+    root = Path(site)
+    root.mkdir(parents=True, exist_ok=True)
+    info = root / f"{re.sub(r'[-_.]+', '_', name)}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", encoding="utf-8")
+    if entry_points_text is None:
+        lines = [f"[{ENTRY_POINT_GROUP}]"] + [f"{key} = {value}" for key, value in (entry_points or {}).items()]
+        entry_points_text = "\n".join(lines) + "\n"
+    (info / "entry_points.txt").write_text(entry_points_text, encoding="utf-8")
+
+    packages = {".".join(module.split(".")[:depth]) for module in modules for depth in range(1, module.count(".") + 1)}
+    for module, source in modules.items():
+        parts = module.split(".")
+        path = root.joinpath(*parts, "__init__.py") if module in packages else root.joinpath(*parts[:-1], parts[-1] + ".py")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(source), encoding="utf-8")
+    for package in packages - set(modules):
+        init = root.joinpath(*package.split("."), "__init__.py")
+        if not init.exists():
+            init.parent.mkdir(parents=True, exist_ok=True)
+            init.write_text("", encoding="utf-8")
+    importlib.invalidate_caches()
+    return info

@@ -1,7 +1,8 @@
 """Fixtures for the reliability suite: image writers, fake plugin distributions, tiny detectors.
 
 ``fake_dist`` builds installed-looking distributions (``*.dist-info`` with METADATA and
-entry_points.txt, plus module files) in a temporary site folder on ``sys.path``, so
+entry_points.txt, plus module files, written by :func:`adcore.testing.write_fake_distribution`)
+in a temporary site folder on ``sys.path``, so
 ``adcore.plugins.load_plugins()`` discovers them through ``importlib.metadata`` exactly as it
 discovers a pip-installed plugin. Module names are made unique per test so nothing leaks between
 tests through ``sys.modules``.
@@ -111,19 +112,16 @@ class FakeDistributions:
         ``hook_source`` may use ``{mod}`` for the hook module's own name and ``{extra_name}`` for
         the unique name of each ``extra_modules`` key (e.g. a lazy target module).
         """
+        from adcore.testing import write_fake_distribution
+
         module = self.unique(dist.replace("-", "_"))
         renames = {key: self.unique(key) for key in (extra_modules or {})}
         fill = {"mod": module, **renames}
-        info = self.site / f"{dist.replace('-', '_')}-{version}.dist-info"
-        info.mkdir(parents=True)
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-        ep_name = entry_point_name or module
-        text = entry_points_text if entry_points_text is not None else f"[adcore]\n{ep_name} = {module}\n"
-        (info / "entry_points.txt").write_text(text)
-        (self.site / f"{module}.py").write_text(_fill(hook_source, fill))
-        for key, source in (extra_modules or {}).items():
-            (self.site / f"{renames[key]}.py").write_text(_fill(source, fill))
-        importlib.invalidate_caches()
+        sources = {module: _fill(hook_source, fill)}
+        sources.update({renames[key]: _fill(source, fill) for key, source in (extra_modules or {}).items()})
+        entry_points = None if entry_points_text is not None else {entry_point_name or module: module}
+        write_fake_distribution(self.site, dist, version, modules=sources, entry_points=entry_points,
+                                entry_points_text=entry_points_text)
         return FakePlugin(dist, version, module, self.site)
 
     def cleanup(self) -> None:
