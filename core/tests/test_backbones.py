@@ -97,3 +97,29 @@ def test_checkpoint_path_safetensors_and_missing_tensors(tmp_path):
     save_file(partial, str(tmp_path / "partial.safetensors"))
     with pytest.raises(BackboneWeightsError, match="lacks"):
         FeatureExtractor("resnet18", ("layer2",), checkpoint_path=tmp_path / "partial.safetensors")
+
+
+def test_building_a_pretrained_backbone_leaves_the_global_rng_alone():
+    # A detector seeds the global RNG, builds its backbone, then initialises its own layers. If the
+    # first backbone of a process (which fills the stage-name and weight-remap caches) drew random
+    # numbers, the first model fitted in a process would differ from every later one: a resnet_ae
+    # fitted twice under one seed gave different weights before this was fixed.
+    from adcore import backbones
+
+    backbones._stage_names.cache_clear()
+    backbones._STATE_CACHE.clear()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    FeatureExtractor("tf_efficientnet_lite0", ["blocks.2"], weights="pretrained")
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_random_init_backbone_follows_the_seed():
+    torch.manual_seed(5)
+    first = FeatureExtractor("tf_efficientnet_lite0", ["blocks.2"], weights=None)
+    torch.manual_seed(5)
+    second = FeatureExtractor("tf_efficientnet_lite0", ["blocks.2"], weights=None)
+    third = FeatureExtractor("tf_efficientnet_lite0", ["blocks.2"], weights=None)
+    first_weight = next(first.parameters())
+    assert torch.equal(first_weight, next(second.parameters()))
+    assert not torch.equal(first_weight, next(third.parameters()))

@@ -40,8 +40,11 @@ def backbone_layers(name: str) -> list[dict[str, Any]]:
 
 @functools.lru_cache(maxsize=32)
 def _stage_names(name: str) -> tuple[str, ...]:
-    # building a timm model takes seconds on a busy CPU: look each architecture's stages up once
-    return tuple(_create_timm(name, out_indices=None).feature_info.module_name())
+    # building a timm model takes seconds on a busy CPU: look each architecture's stages up once.
+    # The probe must not draw from the global RNG, or the first detector built in a process would
+    # initialise its own layers differently from every later one under the same seed.
+    with torch.random.fork_rng(devices=[]):
+        return tuple(_create_timm(name, out_indices=None).feature_info.module_name())
 
 
 def _create_timm(name: str, out_indices: Sequence[int] | None) -> nn.Module:
@@ -92,7 +95,12 @@ class FeatureExtractor(nn.Module):
         if not indices:
             raise InvalidInputError("layers must name at least one backbone stage")
         self.layer_names = [names[i] for i in indices]
-        self.model = _create_timm(backbone, out_indices=indices)
+        if weights is None and checkpoint_path is None:
+            self.model = _create_timm(backbone, out_indices=indices)  # random init: part of the seeded stream
+        else:
+            # the initial values are overwritten by the weights: leave the caller's RNG stream untouched
+            with torch.random.fork_rng(devices=[]):
+                self.model = _create_timm(backbone, out_indices=indices)
         info = self.model.feature_info
         self.channels = dict(zip(self.layer_names, info.channels()))
         self.strides = dict(zip(self.layer_names, info.reduction()))
@@ -157,7 +165,8 @@ def _load_from_hub(model: nn.Module, name: str) -> str:
     import timm
 
     try:
-        full = timm.create_model(name, pretrained=True)
+        with torch.random.fork_rng(devices=[]):
+            full = timm.create_model(name, pretrained=True)
     except Exception as exc:
         raise BackboneWeightsError(
             f"could not download pretrained weights for {name!r} ({type(exc).__name__}: {exc}). Offline, use "
@@ -189,7 +198,8 @@ def _rename_by_order(state: dict[str, torch.Tensor], name: str, source: str) -> 
     """Weight packages use other key names but the same tensor order as timm's full model."""
     import timm
 
-    reference = timm.create_model(name, pretrained=False).state_dict()
+    with torch.random.fork_rng(devices=[]):  # cached once per process: must not shift seeded streams
+        reference = timm.create_model(name, pretrained=False).state_dict()
     if len(reference) != len(state):
         raise BackboneWeightsError(f"{source} has {len(state)} tensors but timm's {name} has {len(reference)}; "
                                    "the weights do not belong to this architecture")

@@ -196,25 +196,32 @@ class DifferNet(BaseDetector):
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed + _TEST_TRANSFORM_SEED_OFFSET)
         params = self._draw_transforms(self.n_transforms_test, generator)
+        # Views of several images share one pass (the flow's large weights are read once per pass
+        # instead of once per image); a view depends only on its own image, so the gradient of the
+        # summed NLL still splits exactly into each image's own gradient.
+        views_per_pass = 32  # bounds the memory of the backbone's activations kept for backward
+        transforms_per_pass = min(self.n_transforms_test, views_per_pass)
+        images_per_pass = max(1, views_per_pass // transforms_per_pass)
         scores, gradients = [], []
-        chunk = 16  # views per backward pass: bounds the memory of the backbone's activations
         with torch.enable_grad():
-            for image in images:
-                pixels = image[None].detach().clone().requires_grad_(True)
-                score = torch.zeros(())
+            for first in range(0, images.shape[0], images_per_pass):
+                pixels = images[first:first + images_per_pass].detach().clone().requires_grad_(True)
+                count = pixels.shape[0]
+                score = torch.zeros(count)
                 gradient = torch.zeros_like(pixels)
-                for start in range(0, self.n_transforms_test, chunk):
-                    part = [p[start:start + chunk] for p in params]
-                    views = transform_images(pixels.expand(part[0].shape[0], -1, -1, -1), *part)
+                for start in range(0, self.n_transforms_test, transforms_per_pass):
+                    part = [p[start:start + transforms_per_pass] for p in params]
+                    per_image = part[0].shape[0]
+                    views = transform_images(pixels.repeat_interleave(per_image, 0), *[p.repeat(count) for p in part])
                     z, log_jac = self.flow_(self._descriptors(views))
                     # paper eq. 5: score = E_T[-log p_Z(z)]; localisation: gradient of the NLL L(y)
-                    score = score + 0.5 * z.detach().pow(2).sum() / self.feature_dim_
+                    score += 0.5 * z.detach().pow(2).sum(1).view(count, per_image).sum(1) / self.feature_dim_
                     nll = flow_nll(z, log_jac).sum() / (self.n_transforms_test * self.feature_dim_)
                     gradient += torch.autograd.grad(nll, pixels)[0]
                 scores.append(score / self.n_transforms_test)
                 gradients.append(gradient)
         maps = torch.cat(gradients).abs().sum(1)
-        return torch.stack(scores), gaussian_blur(maps, self.sigma)
+        return torch.cat(scores), gaussian_blur(maps, self.sigma)
 
     # -- helpers --------------------------------------------------------------------------------
     def _descriptors(self, images: torch.Tensor) -> torch.Tensor:
