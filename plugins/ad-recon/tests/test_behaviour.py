@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ad_recon.common import image_score, reconstruction_error, ssim_map
-from ad_recon.vae import kl_divergence, reparameterize
+from ad_recon.vae import gaussian_reconstruction_nll, kl_divergence, reparameterize
 from ad_recon.wae import mmd_penalty
 from adcore.errors import InvalidInputError
 from adcore.factory import get_model
@@ -58,6 +58,27 @@ def test_kl_matches_torch_distributions() -> None:
     assert torch.allclose(kl_divergence(mean, logvar), torch.distributions.kl_divergence(q, p).sum(1), atol=1e-5)
 
 
+def test_fixed_decoder_nll_is_the_sum_of_squared_errors() -> None:
+    images, reconstructions = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 0.5)
+    assert torch.allclose(gaussian_reconstruction_nll(images, reconstructions, "fixed"), torch.full((2,), 48 * 0.25))
+
+
+def test_calibrated_decoder_uses_the_likelihood_maximising_variance() -> None:
+    # sigma-VAE: the shared variance is the batch MSE, the maximiser of the Gaussian likelihood, so
+    # any other variance gives a larger NLL; the NLL then grows like D/2 * log(MSE)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 8, 8, generator=generator)
+    reconstructions = images + 0.1 * torch.randn(4, 3, 8, 8, generator=generator)
+    nll = gaussian_reconstruction_nll(images, reconstructions, "calibrated").sum()
+    squared = (images - reconstructions).pow(2)
+    values = squared[0].numel()
+    for variance in (0.5 * squared.mean(), 2.0 * squared.mean()):
+        other = (0.5 * squared.flatten(1).sum(1) / variance + 0.5 * values * torch.log(variance)).sum()
+        assert float(nll) < float(other)
+    better = gaussian_reconstruction_nll(images, images + 0.5 * (reconstructions - images), "calibrated").sum()
+    assert float(better - nll) == pytest.approx(4 * 0.5 * values * math.log(0.25), rel=1e-4)
+
+
 def test_reparameterisation_has_the_posterior_moments_and_carries_gradients() -> None:
     torch.manual_seed(0)
     mean = torch.tensor([[1.5, -2.0]]).repeat(20000, 1).requires_grad_()
@@ -96,6 +117,7 @@ def test_seed_style_construction_through_the_factory() -> None:
 @pytest.mark.parametrize(("name", "params", "fragment"), [
     ("beta_vae", {"beta": 1.0}, "beta must be a number > 1"),
     ("vae", {"beta": 0.0}, "beta must be a number > 0"),
+    ("beta_vae", {"decoder": "bernoulli"}, "decoder must be one of"),
     ("wae", {"kernel": "laplace"}, "kernel must be one of"),
     ("vanilla_ae", {"input_size": 16, "depth": 5}, "at least 2**depth = 32"),
     ("vanilla_ae", {"error": "l1"}, "error must be one of"),

@@ -7,9 +7,9 @@ ICLR 2017. Same model as :class:`ad_recon.vae.VAE`; the objective is reconstruct
 stronger bottleneck means the decoder has less room to reproduce what it never saw; it also blurs
 reconstructions, so a larger β trades sharpness for that.
 
-Deviations: those of :mod:`ad_recon.vae` (fixed-variance Gaussian decoder, mean reconstruction at
-test time, conv network). The paper's β is normalised against latent and input size (β_norm);
-here β multiplies the KL of the summed-over-pixels ELBO directly, as in the paper's unnormalised
+Deviations: those of :mod:`ad_recon.vae` (calibrated Gaussian decoder by default, mean
+reconstruction at test time, conv network). The paper's β is normalised against latent and input
+size (β_norm); here β multiplies the KL of the summed-over-pixels ELBO directly, as in the paper's unnormalised
 form.
 """
 
@@ -26,12 +26,14 @@ class BetaVAE(VAE):
 
     progress_name = "beta_vae"
 
-    def __init__(self, *, input_size: int = 256, latent_dim: int = 100, beta: float = 4.0, base_channels: int = 32,
-                 depth: int = 5, residual: bool = False, error: str = "l2", epochs: int = 50, batch_size: int = 16,
+    def __init__(self, *, input_size: int = 256, latent_dim: int = 100, beta: float = 4.0,
+                 decoder: str = "calibrated", base_channels: int = 32, depth: int = 5, residual: bool = False,
+                 error: str = "l2", epochs: int = 50, batch_size: int = 16,
                  learning_rate: float = 1e-3, weight_decay: float = 1e-5, validation_fraction: float = 0.0,
                  patience: int = 5, augment: bool = False, sigma: float = 4.0, image_score: str = "topk",
                  topk_fraction: float = 0.01, seed: int = 0) -> None:
-        super().__init__(input_size=input_size, latent_dim=latent_dim, beta=beta, base_channels=base_channels,
+        super().__init__(input_size=input_size, latent_dim=latent_dim, beta=beta, decoder=decoder,
+                         base_channels=base_channels,
                          depth=depth, residual=residual, error=error, epochs=epochs, batch_size=batch_size,
                          learning_rate=learning_rate, weight_decay=weight_decay,
                          validation_fraction=validation_fraction, patience=patience, augment=augment, sigma=sigma,

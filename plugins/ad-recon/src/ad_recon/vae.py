@@ -9,10 +9,15 @@ ELBO, reconstruction error plus ``beta`` times KL(q(z|x) || N(0, I)) in closed f
 
 Deliberate deviations:
 
-* Gaussian decoder with a fixed variance: the reconstruction term is the sum of squared errors
-  over pixels (variance 1/2), not a Bernoulli likelihood or a learned variance. The logged loss is
-  divided by the number of pixels so it reads like a mean squared error; the ratio between the
-  reconstruction and KL terms is that of the summed ELBO.
+* Gaussian decoder. Default ``decoder="calibrated"``: its variance is the optimal shared σ² of
+  the batch, i.e. the mean squared error (Rybkin, Daniilidis, Levine, "Simple and Effective VAE
+  Training with Calibrated Decoders", ICML 2021, "σ-VAE"), which turns the reconstruction term
+  into ``D/2 · log(MSE)``. ``decoder="fixed"``: variance 1/2, the reconstruction term is the sum
+  of squared errors. Why calibrated by default: with a fixed variance of that size on [0, 1]
+  images the KL term outweighs the reconstruction and the decoder settles on an average, blurred
+  image; on MVTec bottle that cost the pixel map 0.07 AUROC against the plain AE
+  (docs/ad-recon.md). The calibrated decoder weighs the two terms by the ELBO itself instead of
+  an arbitrary variance. The logged loss is divided by the number of pixels.
 * At test time the image is reconstructed from the posterior mean (no sampling), so scores are
   deterministic; An & Cho average the reconstruction probability over L samples instead. The
   anomaly map is the per-pixel L2 or 1 - SSIM error of that reconstruction, smoothed.
@@ -33,12 +38,33 @@ from ad_recon.common import (
     validate_dense_params,
 )
 
-__all__ = ["VAE", "kl_divergence", "reparameterize"]
+__all__ = ["VAE", "DECODERS", "gaussian_reconstruction_nll", "kl_divergence", "reparameterize"]
+
+#: decoder likelihoods: variance fitted to the batch (σ-VAE) or fixed at 1/2
+DECODERS = ("calibrated", "fixed")
+
+# σ² never goes below this: a perfect reconstruction of a flat batch would otherwise give log(0)
+_MIN_VARIANCE = 1e-6
 
 
 def reparameterize(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """``mean + sigma * eps`` with ``eps ~ N(0, I)`` drawn from torch's (seeded) generator."""
     return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+
+
+def gaussian_reconstruction_nll(images: torch.Tensor, reconstructions: torch.Tensor, decoder: str) -> torch.Tensor:
+    """Per-sample Gaussian negative log-likelihood of ``images`` under the decoder, constants dropped.
+
+    ``"fixed"``: variance 1/2, so the sum of squared errors. ``"calibrated"``: one variance for the
+    whole batch set to its maximiser, the mean squared error, giving ``D/2 · log(MSE)`` per sample
+    (D = values per image).
+    """
+    squared_error = (images - reconstructions).pow(2).flatten(1)
+    if decoder == "fixed":
+        return squared_error.sum(1)
+    variance = squared_error.mean().clamp_min(_MIN_VARIANCE)
+    per_sample = 0.5 * squared_error.sum(1) / variance + 0.5 * squared_error.shape[1] * variance.log()
+    return per_sample
 
 
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -52,6 +78,7 @@ class VAE(ReconstructionDetector):
     Args:
         latent_dim: dimension of z.
         beta: weight of the KL term (1 = the ELBO; see :class:`ad_recon.beta_vae.BetaVAE`).
+        decoder: ``"calibrated"`` (variance = the batch's MSE, σ-VAE) or ``"fixed"`` (variance 1/2).
         base_channels, depth, residual: the conv encoder/decoder (as in ``VanillaAE``).
         error, epochs, batch_size, learning_rate, weight_decay, validation_fraction, patience,
             augment, sigma, image_score, topk_fraction: as for :class:`ad_recon.vanilla_ae.VanillaAE`.
@@ -59,14 +86,15 @@ class VAE(ReconstructionDetector):
 
     progress_name = "vae"
 
-    def __init__(self, *, input_size: int = 256, latent_dim: int = 100, beta: float = 1.0, base_channels: int = 32,
-                 depth: int = 5, residual: bool = False, error: str = "l2", epochs: int = 50, batch_size: int = 16,
+    def __init__(self, *, input_size: int = 256, latent_dim: int = 100, beta: float = 1.0, decoder: str = "calibrated",
+                 base_channels: int = 32, depth: int = 5, residual: bool = False, error: str = "l2", epochs: int = 50, batch_size: int = 16,
                  learning_rate: float = 1e-3, weight_decay: float = 1e-5, validation_fraction: float = 0.0,
                  patience: int = 5, augment: bool = False, sigma: float = 4.0, image_score: str = "topk",
                  topk_fraction: float = 0.01, seed: int = 0) -> None:
         self.input_size = input_size
         self.latent_dim = latent_dim
         self.beta = beta
+        self.decoder = decoder
         self.base_channels = base_channels
         self.depth = depth
         self.residual = residual
@@ -88,6 +116,7 @@ class VAE(ReconstructionDetector):
         validate_dense_params(self)
         check_choice(self, "residual", isinstance(self.residual, bool), "True or False")
         check_choice(self, "beta", is_number(self.beta) and self.beta > 0, "a number > 0")
+        check_choice(self, "decoder", self.decoder in DECODERS, f"one of {DECODERS}")
 
     def _make_network(self) -> nn.Module:
         # the code layer outputs mean and log-variance side by side
@@ -97,8 +126,8 @@ class VAE(ReconstructionDetector):
     def _training_loss(self, images: torch.Tensor) -> torch.Tensor:
         mean, logvar = self._posterior(images)
         reconstructions = self.network_.decode(reparameterize(mean, logvar))
-        squared_error = (images - reconstructions).pow(2).flatten(1).sum(1)
-        elbo_terms = squared_error + self.beta * kl_divergence(mean, logvar)
+        reconstruction_nll = gaussian_reconstruction_nll(images, reconstructions, self.decoder)
+        elbo_terms = reconstruction_nll + self.beta * kl_divergence(mean, logvar)
         return elbo_terms.mean() / images[0].numel()
 
     def _reconstruct(self, images: torch.Tensor) -> torch.Tensor:
