@@ -981,7 +981,7 @@ def _save_artifacts(path: Path, test_set: Any, outputs: dict[str, Any], threshol
         sample_index=np.array(indices, dtype=np.int64),
         sample_images=(stack(images, (0, 3, side, side)).transpose(0, 2, 3, 1) * 255).round().clip(0, 255).astype(np.uint8),
         sample_masks=stack(masks, (0, side, side)) > 0.5,
-        sample_maps=stack(maps, (0, side, side)).astype(np.float16),
+        sample_maps=stack(maps, (0, side, side)).astype(np.float32),
     )
     _atomic_write(path, buffer.getvalue())
 

@@ -69,12 +69,14 @@ def collect_predictions(detector: Any, loader: Any, *, desc: str = "predict") ->
     for batch in progress(loader, desc=desc, total=len(loader) if hasattr(loader, "__len__") else None):
         prediction = detector.predict(batch["image"])
         scores.append(prediction.pred_score)
-        maps.append(prediction.anomaly_map.to(torch.float16))  # halves memory for large test sets
+        # float32, not float16: half precision overflowed to Inf on maps with large raw values
+        # (DifferNet's input gradients) and its 11-bit mantissa ties neighbouring pixel scores
+        maps.append(prediction.anomaly_map.float())
         labels.append(torch.as_tensor(batch["label"]))
         masks.append(batch["mask"].to(torch.bool))
         paths.extend(batch["path"])
     return {"scores": torch.cat(scores), "labels": torch.cat(labels), "masks": torch.cat(masks),
-            "maps": torch.cat(maps).float(), "paths": paths}
+            "maps": torch.cat(maps), "paths": paths}
 
 
 def measure_latency(detector: Any, images: torch.Tensor, *, batch_size: int = 8, repeats: int = 3) -> tuple[float, float]:
