@@ -59,6 +59,6 @@ def adcore_register_detectors(registry) -> None:
         paradigm="frozen or fine-tuned pretrained backbone encoder + trained decoder, reconstruction error",
         default_backbone="tf_efficientnet_lite0",
         description="Autoencoder decoding images from a pretrained backbone stage (EfficientNet-Lite0 offline)",
-        quick_params={"input_size": 64, "epochs": 12, "batch_size": 8, "base_channels": 8, "latent_channels": 16,
+        quick_params={"input_size": 64, "epochs": 6, "batch_size": 8, "base_channels": 8, "latent_channels": 16,
                       "residual": False, "learning_rate": 3e-3},
     )
