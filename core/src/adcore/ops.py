@@ -51,9 +51,15 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[:, 0] if squeeze else x
 
 
-def average_pool_neighbourhood(features: torch.Tensor, patch_size: int = 3) -> torch.Tensor:
-    """Average each position with its ``patch_size``×``patch_size`` neighbourhood (same size out)."""
-    return F.avg_pool2d(features, kernel_size=patch_size, stride=1, padding=patch_size // 2, count_include_pad=False)
+def average_pool_neighbourhood(features: torch.Tensor, patch_size: int = 3, *, zero_padding: bool = False) -> torch.Tensor:
+    """Average each position with its ``patch_size``×``patch_size`` neighbourhood (same size out).
+
+    ``zero_padding=False`` averages only the positions inside the map; ``True`` counts the padding
+    outside it as zeros, so border features shrink towards the origin (what PatchCore's reference
+    code does by unfolding zero-padded neighbourhoods).
+    """
+    return F.avg_pool2d(features, kernel_size=patch_size, stride=1, padding=patch_size // 2,
+                        count_include_pad=zero_padding)
 
 
 def knn_distances(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
