@@ -176,20 +176,33 @@ def discover_entry_points() -> tuple[list[EntryPoint], list[PluginFailure]]:
     failures: list[PluginFailure] = []
     seen: set[str] = set()
     for dist in distributions():
-        name, version = _name_and_version(dist)
-        key = _normalise(name)
-        if key in seen and name != "unknown":
+        # Parsing every distribution's METADATA costs seconds per process in a large environment;
+        # the dist-info folder name already gives the normalised name, so METADATA is read only
+        # where that is missing or the distribution has something to report.
+        key = _folder_key(dist)
+        if key is None:
+            name, version = _name_and_version(dist)
+            key = _normalise(name) if name != "unknown" else None
+        if key is not None and key in seen:
             continue
-        seen.add(key)
+        if key is not None:
+            seen.add(key)
         try:
             eps = [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
         except Exception as exc:  # noqa: BLE001
+            name, version = _name_and_version(dist)
             path = getattr(dist, "_path", "?")
             failures.append(PluginFailure("?", name, version, "discover",
                                           f"cannot read the entry points of {path}: {type(exc).__name__}: {exc}"))
             continue
         found.extend(eps)
     return found, failures
+
+
+def _folder_key(dist: Any) -> str | None:
+    """Normalised project name from the ``.dist-info``/``.egg-info`` folder name, without reading METADATA."""
+    name = getattr(dist, "_normalized_name", None)
+    return _normalise(name) if isinstance(name, str) and name else None
 
 
 class _Loader:

@@ -52,7 +52,7 @@ from ad_recon.common import (
     is_number,
     reconstruction_loss,
 )
-from adcore.backbones import DEFAULT_BACKBONE, FeatureExtractor
+from adcore.backbones import DEFAULT_BACKBONE, FeatureExtractor, backbone_layers
 from adcore.ops import upsample
 
 __all__ = ["ResNetAE", "PretrainedEncoderAE"]
@@ -179,12 +179,14 @@ class ResNetAE(ReconstructionDetector):
     def _error_map(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
         if self.error != "feature":
             return super()._error_map(images, reconstructions)
-        # perceptual error: squared distance between the encoder's features of the input and of its
-        # reconstruction, averaged over channels and upsampled to the image
-        encoder = self._encoder()
-        name = encoder.layer_names[0]
-        distance = (encoder(images)[name] - encoder(reconstructions)[name]).pow(2).mean(1)
-        return upsample(distance, tuple(images.shape[-2:]))
+        # perceptual error (Johnson et al.): per stage, the squared distance between the features of
+        # the input and of its reconstruction, averaged over channels; the stages at stride 4 and 8
+        # resolve small defects that the decoded stride-16 stage alone blurs away
+        extractor = self._perceptual_extractor()
+        size = tuple(images.shape[-2:])
+        original, rebuilt = extractor(images), extractor(reconstructions)
+        levels = [upsample((original[name] - rebuilt[name]).pow(2).mean(1), size) for name in extractor.layer_names]
+        return torch.stack(levels).mean(0)
 
     # -- helpers ------------------------------------------------------------------------------------
     def _encoder(self) -> FeatureExtractor:
@@ -196,6 +198,19 @@ class ResNetAE(ReconstructionDetector):
             self._extractor = self._create_encoder(pretrained=True)
             self._extractor_key = key
         return self._extractor
+
+    def _perceptual_extractor(self) -> FeatureExtractor:
+        """The frozen pretrained backbone at its deepest stages of stride 4 and 8 plus ``layer``."""
+        key = (self.backbone, self.layer, self.weights, self.checkpoint_path)
+        if getattr(self, "_perceptual", None) is None or getattr(self, "_perceptual_key", None) != key:
+            stages = backbone_layers(self.backbone)
+            decoded = stages[self.layer]["name"] if is_int(self.layer) else self.layer
+            names = [next((s["name"] for s in reversed(stages) if s["stride"] == stride), None) for stride in (4, 8)]
+            names = [n for n in names if n is not None and n != decoded] + [decoded]
+            self._perceptual = FeatureExtractor(self.backbone, names, weights=self.weights,
+                                                checkpoint_path=self.checkpoint_path)
+            self._perceptual_key = key
+        return self._perceptual
 
     def _create_encoder(self, pretrained: bool) -> FeatureExtractor:
         return FeatureExtractor(self.backbone, [self.layer], weights=self.weights if pretrained else None,
