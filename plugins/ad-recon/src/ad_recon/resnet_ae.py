@@ -18,16 +18,19 @@ decoder cannot copy the stage wholesale) → ``log2(stride)`` resize-convolution
 (:class:`ad_recon.common.ConvDecoder`) → RGB through a sigmoid.
 
 Besides the pixel errors, ``error="feature"`` compares the input and its reconstruction in the
-encoder's own feature space (a perceptual error, as in the perceptual losses of Johnson et al.,
-ECCV 2016): blur of the reconstruction, which dominates pixel errors on edges and fine texture,
-costs little there, while a defect that the decoder replaced by normal appearance does.
+pretrained backbone's feature space (a perceptual error, as in the perceptual losses of Johnson et
+al., ECCV 2016: the frozen, pretrained backbone at its deepest stages of stride 4 and 8 and the
+decoded stage, per-stage squared distance averaged over channels, upsampled and averaged): blur of
+the reconstruction, which dominates pixel errors on edges and fine texture, costs little there,
+while a defect that the decoder replaced by normal appearance does.
 
 Why ``error="ssim"`` is the default here: a decoder from a stride-16 stage cannot redraw fine
 texture, so the plain L2 error mostly measures that blur (bottle: image AUROC 0.864 with ``"l2"``
 against 0.912 with ``"ssim"`` on the same fitted model, docs/ad-recon.md). ``"feature"`` ranks
-bottle's large defects best (0.957) but its map has the stage's stride-16 resolution and misses
-small ones (PIPED PA_BDP01_TL at 128 px: 0.706 against 1.000 with ``"ssim"``), so it is an
-option, not the default.
+bottle's large defects best (0.96). Computed on the decoded stride-16 stage alone it missed small
+defects (PIPED PA_BDP01_TL at 128 px: 0.706 against 1.000 with ``"ssim"``); it now also compares
+the stride-4 and stride-8 stages of the same frozen backbone (0.997 there), but it has been measured
+on fewer sets than the pixel errors, so it stays an option.
 
 ``fine_tune=False`` (default): the backbone is frozen, kept out of the saved file and rebuilt from
 its parameters; only the decoder trains. ``fine_tune=True``: the backbone trains too (with
