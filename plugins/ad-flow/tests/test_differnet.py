@@ -60,6 +60,19 @@ def test_score_averages_over_test_time_transforms(fitted: DifferNet) -> None:
     assert torch.allclose(many.predict(image).pred_score, expected[None], rtol=1e-5)
 
 
+def test_images_scored_together_equal_images_scored_one_by_one(fitted: DifferNet) -> None:
+    # several images' views share one backward pass; each image's gradient must stay its own
+    many = DifferNet(**{**fitted.get_params(), "n_transforms_test": 5, "rotation_degrees": 45.0})
+    for name in ("feature_dim_", "feature_mean_", "feature_std_", "flow_", "fitted_", "threshold_"):
+        setattr(many, name, getattr(fitted, name))
+    images = make_normal_images(3, (64, 64), seed=13)
+    together = many.predict(images)
+    alone = [many.predict(images[i:i + 1]) for i in range(3)]
+    assert torch.allclose(together.pred_score, torch.cat([p.pred_score for p in alone]), rtol=1e-5)
+    assert torch.allclose(together.anomaly_map, torch.cat([p.anomaly_map for p in alone]), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(together.anomaly_map[0], together.anomaly_map[1])  # not one shared map
+
+
 def test_view_pool_trains_on_a_fixed_pool_of_augmented_views() -> None:
     params = dict(input_size=64, epochs=4, coupling_blocks=2, fc_hidden=32, n_transforms=2, view_pool=3,
                   n_transforms_test=1, batch_size=4)
