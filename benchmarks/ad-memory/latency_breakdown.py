@@ -5,10 +5,16 @@
 
 Prints one JSON line with the stage timings (ms, mean of 5 after a warm-up) and one with the metrics.
 """
-import time, torch, json
-torch.set_num_threads(2)
-from adcore.data import MVTecDataset
+import json
+import time
+
+import torch
+
 from ad_memory.patchcore import PatchCore
+from adcore.data import MVTecDataset
+from adcore.metrics import evaluate
+
+torch.set_num_threads(2)
 ds = MVTecDataset('/work/shared/data/mvtec_bottle', 'bottle', split='train', image_size=256)
 x = torch.stack([ds[i]['image'] for i in range(len(ds))])
 t = time.perf_counter(); d = PatchCore().fit(x); fit = time.perf_counter() - t
@@ -35,8 +41,6 @@ with torch.inference_mode():
     out["predict_bs8_ms_per_img"] = timed(lambda: d.predict(test), reps=3) / 8
 print(json.dumps(out))
 # accuracy of the same fitted model on the bottle test set (256 px)
-import numpy as np
-from adcore.metrics import evaluate
 te = MVTecDataset('/work/shared/data/mvtec_bottle', 'bottle', split='test', image_size=256)
 items = [te[i] for i in range(len(te))]
 images = torch.stack([it['image'] for it in items])
