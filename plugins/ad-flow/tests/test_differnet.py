@@ -69,7 +69,10 @@ def test_images_scored_together_equal_images_scored_one_by_one(fitted: DifferNet
     together = many.predict(images)
     alone = [many.predict(images[i:i + 1]) for i in range(3)]
     assert torch.allclose(together.pred_score, torch.cat([p.pred_score for p in alone]), rtol=1e-5)
-    assert torch.allclose(together.anomaly_map, torch.cat([p.anomaly_map for p in alone]), rtol=1e-4, atol=1e-6)
+    one_by_one = torch.cat([p.anomaly_map for p in alone])
+    # batch size changes the float summation order of the convolutions: equal up to rounding,
+    # measured against the map's own scale (raw input gradients reach 1e5 here)
+    assert float((together.anomaly_map - one_by_one).abs().max()) <= 1e-4 * float(one_by_one.abs().max())
     assert not torch.allclose(together.anomaly_map[0], together.anomaly_map[1])  # not one shared map
 
 
