@@ -152,8 +152,8 @@ class ResNetAE(ReconstructionDetector):
         self.weights_source_ = self._encoder().weights_source
 
     def _make_network(self, pretrained: bool = True) -> nn.Module:
-        encoder = self._create_encoder(pretrained) if self.fine_tune else self._frozen_encoder()
-        name = encoder.layer_names[0]
+        encoder = self._create_encoder(pretrained) if self.fine_tune else self._pretrained_extractor()
+        name = self._decoded_layer(encoder)
         return PretrainedEncoderAE(self.image_size, encoder.channels[name], encoder.strides[name], self.latent_channels,
                                    self.base_channels, self.residual, encoder if self.fine_tune else None)
 
@@ -173,11 +173,12 @@ class ResNetAE(ReconstructionDetector):
 
     def _reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         encoder = self._encoder()
+        name = self._decoded_layer(encoder)
         if self.fine_tune:
-            features = encoder(images)[encoder.layer_names[0]]
+            features = encoder(images)[name]
         else:
             with torch.no_grad():  # frozen: no graph through the backbone
-                features = encoder(images)[encoder.layer_names[0]]
+                features = encoder(images)[name]
         return self.network_(features)
 
     def _error_map(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
@@ -186,7 +187,7 @@ class ResNetAE(ReconstructionDetector):
         # perceptual error (Johnson et al.): per stage, the squared distance between the features of
         # the input and of its reconstruction, averaged over channels; the stages at stride 4 and 8
         # resolve small defects that the decoded stride-16 stage alone blurs away
-        extractor = self._perceptual_extractor()
+        extractor = self._pretrained_extractor()  # frozen and pretrained even when the encoder is fine-tuned
         size = tuple(images.shape[-2:])
         original, rebuilt = extractor(images), extractor(reconstructions)
         levels = [upsample((original[name] - rebuilt[name]).pow(2).mean(1), size) for name in extractor.layer_names]
@@ -194,27 +195,36 @@ class ResNetAE(ReconstructionDetector):
 
     # -- helpers ------------------------------------------------------------------------------------
     def _encoder(self) -> FeatureExtractor:
-        return self.network_.encoder if self.fine_tune else self._frozen_encoder()
+        return self.network_.encoder if self.fine_tune else self._pretrained_extractor()
 
-    def _frozen_encoder(self) -> FeatureExtractor:
+    def _pretrained_extractor(self) -> FeatureExtractor:
+        """The frozen pretrained backbone at ``layer`` and its deepest stages of stride 4 and 8.
+
+        One backbone serves both the frozen encoder (``layer``) and the perceptual error (all three
+        stages); for the default ``layer`` the finer stages lie on the way to it and cost nothing extra.
+        """
         key = (self.backbone, self.layer, self.weights, self.checkpoint_path)
         if getattr(self, "_extractor", None) is None or getattr(self, "_extractor_key", None) != key:
-            self._extractor = self._create_encoder(pretrained=True)
+            # the stage probe builds a timm model; it runs inside fit, before the decoder is
+            # initialised, so it must not draw from the seeded global stream
+            with torch.random.fork_rng(devices=[]):
+                stages = backbone_layers(self.backbone)
+            order = {stage["name"]: index for index, stage in enumerate(stages)}
+            decoded = stages[self.layer]["name"] if is_int(self.layer) and 0 <= self.layer < len(stages) else self.layer
+            layers: list[str | int] = [self.layer]  # an unknown layer: FeatureExtractor names the valid ones
+            if decoded in order:
+                finer = {next((s["name"] for s in reversed(stages) if s["stride"] == stride), None) for stride in (4, 8)}
+                # network order: FeatureExtractor labels timm's outputs in the order it is given
+                layers = sorted((finer - {None}) | {decoded}, key=order.__getitem__)
+            self._extractor = FeatureExtractor(self.backbone, layers, weights=self.weights,
+                                               checkpoint_path=self.checkpoint_path)
+            self._extractor_layer = decoded
             self._extractor_key = key
         return self._extractor
 
-    def _perceptual_extractor(self) -> FeatureExtractor:
-        """The frozen pretrained backbone at its deepest stages of stride 4 and 8 plus ``layer``."""
-        key = (self.backbone, self.layer, self.weights, self.checkpoint_path)
-        if getattr(self, "_perceptual", None) is None or getattr(self, "_perceptual_key", None) != key:
-            stages = backbone_layers(self.backbone)
-            decoded = stages[self.layer]["name"] if is_int(self.layer) else self.layer
-            names = [next((s["name"] for s in reversed(stages) if s["stride"] == stride), None) for stride in (4, 8)]
-            names = [n for n in names if n is not None and n != decoded] + [decoded]
-            self._perceptual = FeatureExtractor(self.backbone, names, weights=self.weights,
-                                                checkpoint_path=self.checkpoint_path)
-            self._perceptual_key = key
-        return self._perceptual
+    def _decoded_layer(self, encoder: FeatureExtractor) -> str:
+        """Name of ``layer`` among ``encoder``'s outputs (the fine-tuned encoder has only that one)."""
+        return encoder.layer_names[0] if self.fine_tune else self._extractor_layer
 
     def _create_encoder(self, pretrained: bool) -> FeatureExtractor:
         return FeatureExtractor(self.backbone, [self.layer], weights=self.weights if pretrained else None,
