@@ -15,15 +15,18 @@ As in the paper:
   bilinearly to the input size and smoothed by a Gaussian of σ = 4; the image score is its maximum.
 
 Deliberate deviations (none changes the model's numbers beyond float rounding):
-- Statistics are streamed: per batch only the sums Σx and Σxxᵀ per position are added (float64,
-  centred on the first batch's mean for numerical stability; Σxxᵀ is symmetric, so only its lower
-  triangle is kept), so memory is O(positions·d²/2) whatever the number of training images,
-  instead of stacking all N embeddings as the reference code does.
+- Statistics are streamed: per batch only the sums Σx and Σxxᵀ per position are added, so memory
+  is O(positions·d²) whatever the number of training images, instead of stacking all N embeddings
+  as the reference code does. The features are centred on the first batch's mean before they are
+  summed, so the float32 sums hold deviations, not raw values: Σxxᵀ − Nμμᵀ then loses nothing to
+  cancellation (checked against a float64 reference in the tests). The outer-product sums are
+  added in place by one BLAS call per batch (``baddbmm_``).
 - Channels are selected *before* upsampling (upsampling acts per channel, so this is the same
   embedding), which avoids building the full 176-channel tensor.
 - The inverse is stored as the whitening matrix W = L⁻¹ of the Cholesky factor Σ = LLᵀ, computed
-  once at fit in float64. Then (x−μ)ᵀ Σ⁻¹ (x−μ) = ‖W(x−μ)‖², which costs the same as with Σ⁻¹,
-  is never negative through rounding and needs no clamping.
+  once at fit in float64, one chunk of positions at a time, and written over that chunk's sums (the
+  statistics and the result never exist side by side). Then (x−μ)ᵀ Σ⁻¹ (x−μ) = ‖W(x−μ)‖², which
+  costs the same as with Σ⁻¹, is never negative through rounding and needs no clamping.
 - Coarser levels are upsampled with nearest-neighbour interpolation, as in the authors' code
   (the paper only says "upsampled").
 """
@@ -101,8 +104,7 @@ class Padim(BaseDetector):
         self.channel_index_ = torch.randperm(total, generator=generator)[: self.n_features].sort().values
         self._split_index = None
 
-        shift = sum_x = None
-        packed: list[torch.Tensor] = []  # per position chunk: Σxxᵀ, lower triangle only (float64)
+        shift = sum_x = sum_outer = None
         count = 0
         with torch.no_grad():
             for images in progress(stream, desc="padim: statistics", total=None):
@@ -111,26 +113,20 @@ class Padim(BaseDetector):
                     self.feature_size_ = list(embedding.shape[-2:])
                     # (P, B, d) laid out contiguously: bmm on the permuted view takes a strided
                     # fallback about 20x slower than the BLAS path
-                    x = embedding.flatten(2).permute(2, 0, 1).contiguous().double()
-                    positions = x.shape[0]
+                    x = embedding.flatten(2).permute(2, 0, 1).contiguous()
                     if shift is None:
                         # centring on a first estimate of the mean keeps Σxxᵀ − N μμᵀ free of cancellation
                         shift = x.mean(1)
-                        sum_x = torch.zeros_like(shift)
-                        lower = _lower_triangle(x.shape[2])
-                        packed = [torch.zeros(min(self.position_chunk, positions - start), lower.numel(),
-                                              dtype=torch.float64) for start in range(0, positions, self.position_chunk)]
+                        sum_x = torch.zeros_like(shift, dtype=torch.float64)
+                        sum_outer = torch.zeros(x.shape[0], x.shape[2], x.shape[2], dtype=torch.float32)
                     x = x - shift[:, None]
-                    sum_x += x.sum(1)
-                    for chunk, start in zip(packed, range(0, positions, self.position_chunk), strict=True):
-                        part = x[start:start + self.position_chunk]
-                        outer = torch.bmm(part.transpose(1, 2), part)  # Σ over the batch of x xᵀ, per position
-                        chunk += outer.flatten(1).index_select(1, lower)
+                    sum_x += x.sum(1, dtype=torch.float64)
+                    sum_outer.baddbmm_(x.transpose(1, 2), x)  # += Σ over the batch of x xᵀ, per position
                     count += x.shape[1]
         self.n_train_images_ = count
         mean_shifted = sum_x / count
-        self.mean_ = (mean_shifted + shift).float()  # (P, d)
-        self.whitening_ = self._whitening(packed, mean_shifted, count)
+        self.mean_ = (mean_shifted + shift.double()).float()  # (P, d)
+        self.whitening_ = self._whitening(sum_outer, mean_shifted, count)
 
     # -- predict --------------------------------------------------------------------------------
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,35 +174,21 @@ class Padim(BaseDetector):
             self._split_index = [index[(index >= lo) & (index < hi)] - lo for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
         return self._split_index
 
-    def _whitening(self, packed: list[torch.Tensor], mean: torch.Tensor, count: int) -> torch.Tensor:
-        """W = L⁻¹ with LLᵀ = Σ + εI per position, in float64, one position chunk at a time.
+    def _whitening(self, sum_outer: torch.Tensor, mean: torch.Tensor, count: int) -> torch.Tensor:
+        """W = L⁻¹ with LLᵀ = Σ + εI per position, computed in float64 one position chunk at a time.
 
-        Each chunk's packed sums are released as soon as its whitening is written, so the float64
-        statistics and the float32 result never coexist in full.
+        ``sum_outer`` (P, d, d) holds Σxxᵀ of the centred features; each chunk's W is written over its
+        sums, so the statistics and the result never take memory side by side. Returns ``sum_outer``.
         """
         dims = mean.shape[1]
-        lower, upper = _lower_triangle(dims), _lower_triangle(dims, transposed=True)
         identity = torch.eye(dims, dtype=torch.float64)
-        out = torch.empty(mean.shape[0], dims, dims, dtype=torch.float32)
         denominator = max(count - 1, 1)
-        start = 0
-        while packed:
-            sums = packed.pop(0)
-            stop = start + sums.shape[0]
-            cov = torch.empty(sums.shape[0], dims * dims, dtype=torch.float64)
-            cov[:, lower] = sums
-            cov[:, upper] = sums
-            del sums
-            cov = cov.view(-1, dims, dims)
-            cov.sub_(count * mean[start:stop, :, None] * mean[start:stop, None, :]).div_(denominator)
+        for start in range(0, sum_outer.shape[0], self.position_chunk):
+            stop = start + self.position_chunk
+            centred_mean = mean[start:stop]
+            cov = sum_outer[start:stop].double()
+            cov.sub_(count * centred_mean[:, :, None] * centred_mean[:, None, :]).div_(denominator)
             cov.add_(self.epsilon * identity)
             factor = torch.linalg.cholesky(cov)
-            out[start:stop] = torch.linalg.solve_triangular(factor, identity.expand_as(factor), upper=False)
-            start = stop
-        return out
-
-
-def _lower_triangle(dims: int, *, transposed: bool = False) -> torch.Tensor:
-    """Flat indices of the lower triangle of a ``dims``×``dims`` matrix (of the upper one if ``transposed``)."""
-    rows, cols = torch.tril_indices(dims, dims)
-    return cols * dims + rows if transposed else rows * dims + cols
+            sum_outer[start:stop] = torch.linalg.solve_triangular(factor, identity.expand_as(factor), upper=False)
+        return sum_outer
