@@ -10,8 +10,10 @@ scales (0.1, 0.2, 0.5, 1, 2, 5, 10)·C as in the authors' code (``kernel="imq"``
 RBF k(x, y) = exp(-||x - y||² / C) over the same scales (``kernel="rbf"``).
 
 Deviations: λ defaults to 100 (the paper's CelebA value, its natural-image setting; 10 for
-MNIST). With the summed cost the reconstruction term grows with the pixel count, so at larger
-inputs the same λ weighs the MMD less; raise ``mmd_weight`` with the input size. The logged loss
+MNIST), applied to the plain summed cost. The authors' code scales the summed squared error by
+0.05, so their λ = 100 weighs the MMD 20× more than ours at the same pixel count
+(``mmd_weight=2000`` reproduces that ratio). With the summed cost the reconstruction term also grows
+with the pixel count, so at larger inputs the same λ weighs the MMD less. The logged loss
 is divided by the number of pixels (the ratio of the two terms is that of the summed cost); network as in
 :mod:`ad_recon.vanilla_ae` instead of the paper's DCGAN-style nets; the anomaly map is the
 per-pixel L2 or 1 - SSIM error of the reconstruction, smoothed.
