@@ -62,13 +62,12 @@ def test_float32_statistics_survive_a_large_offset(monkeypatch: pytest.MonkeyPat
     # in Σxxᵀ − Nμμᵀ; centring on the first batch's mean must keep the covariance exact
     generator = torch.Generator().manual_seed(0)
     features = 1000.0 + 0.05 * torch.randn(12, 24, 4, 4, generator=generator)
-    feature_of = {id(None): None}
     detector = Padim(input_size=SIZE, n_features=24, seed=5)
     batches = [make_normal_images(4, (SIZE, SIZE), seed=i) for i in range(3)]
-    for index, batch in enumerate(batches):
-        feature_of[batch[0, 0, 0, 0].item()] = features[4 * index:4 * index + 4]
-    monkeypatch.setattr(detector, "_embed", lambda batch: feature_of[batch[0, 0, 0, 0].item()])
+    served = iter(features.split(4))  # one _embed call per batch of 4, in order
+    monkeypatch.setattr(detector, "_embed", lambda batch: next(served))
     detector.fit(batches)
+    assert next(served, None) is None  # every feature batch went into the statistics
     x = features.double().flatten(2).permute(2, 0, 1).numpy()
     for position in (0, 7, 15):
         inverse = np.linalg.inv(np.cov(x[position].T) + 0.01 * np.eye(24))
