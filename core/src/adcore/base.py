@@ -1,9 +1,11 @@
 """``BaseDetector``: scikit-learn conventions, input handling, calibration and save/load.
 
-Subclasses write three things: ``__init__`` that only stores its keyword parameters (validated
-right after by ``_validate_params``), ``_fit(stream)`` and ``_predict(images)`` on images already
-resized to ``input_size``. Everything else (input checks, resizing back to the caller's size,
-seeding, thresholds, persistence) lives here once.
+Subclasses write three things: ``__init__`` that only stores its keyword parameters, declared in
+``parameter_constraints`` (:mod:`adcore.params`) and validated right after ``__init__`` by
+``_validate_params``, ``_fit(stream)`` and ``_predict(images)`` on images already resized to
+``input_size``. Everything else (parameter checks, renamed-parameter aliases, input checks,
+resizing back to the caller's size, seeding, thresholds, persistence) lives here once. Detectors
+on a pretrained backbone derive from :class:`adcore.feature_detector.FeatureDetector` instead.
 
 State conventions: fitted state is public attributes ending in ``_`` (tensors, ``nn.Module``s or
 JSON-able values); these are what :meth:`save` writes. Frozen pretrained backbones are private
@@ -15,7 +17,9 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,6 +30,7 @@ from torch import nn
 
 from adcore.errors import InvalidInputError, NotFittedError
 from adcore.inputs import ImageStream, to_size, validate_images
+from adcore.params import ConstraintSpec, Integer, Size, validate_parameters
 from adcore.prediction import Prediction
 from adcore.seeding import seeded
 
@@ -41,6 +46,15 @@ class BaseDetector(ABC):
     inference_mode: ClassVar[bool] = True
     #: images per batch when ``predict`` is given a large batch
     predict_batch_size: ClassVar[int] = 32
+    #: what each constructor parameter may be (merged over the MRO; see :mod:`adcore.params`)
+    parameter_constraints: ClassVar[Mapping[str, ConstraintSpec]] = {
+        "input_size": [Size(16, 4096)],
+        "seed": [Integer(0, 2**63 - 1), None],
+        "batch_size": [Integer(1, 4096)],
+    }
+    #: renamed parameters still accepted, with a DeprecationWarning: ``{"lr": "learning_rate"}``, or
+    #: ``{"layer": ("layers", lambda v: (v,))}`` when the value changes form too
+    parameter_aliases: ClassVar[Mapping[str, str | tuple[str, Callable[[Any], Any]]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -50,11 +64,42 @@ class BaseDetector(ABC):
 
         @functools.wraps(init)
         def validating_init(self: BaseDetector, *args: Any, **kw: Any) -> None:
+            most_derived = type(self).__init__ is validating_init
+            if most_derived and kw:
+                kw = type(self)._resolve_aliases(kw)
             init(self, *args, **kw)
-            if type(self).__init__ is validating_init:  # only once, after the most derived __init__
+            if most_derived:  # only once, after the most derived __init__
                 self._validate_params()
 
         cls.__init__ = validating_init  # type: ignore[method-assign]
+
+    @classmethod
+    def constraints(cls) -> dict[str, ConstraintSpec]:
+        """Every parameter's constraints, the most derived class's declaration winning."""
+        merged: dict[str, ConstraintSpec] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(getattr(klass, "__dict__", {}).get("parameter_constraints", {}))
+        return merged
+
+    @classmethod
+    def _resolve_aliases(cls, params: dict[str, Any]) -> dict[str, Any]:
+        aliases: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            aliases.update(getattr(klass, "__dict__", {}).get("parameter_aliases", {}))
+        if not any(name in aliases for name in params):
+            return params
+        resolved = dict(params)
+        for old, target in aliases.items():
+            if old not in resolved:
+                continue
+            new, convert = (target, None) if isinstance(target, str) else target
+            value = resolved.pop(old)
+            if new in resolved:
+                raise InvalidInputError(f"{cls.__name__}: {old!r} is the old name of {new!r}; give only {new}=")
+            warnings.warn(f"{cls.__name__}: parameter {old!r} was renamed to {new!r}; the old name will stop "
+                          "working in a later release", DeprecationWarning, stacklevel=4)
+            resolved[new] = convert(value) if convert is not None else value
+        return resolved
 
     # -- scikit-learn conventions -------------------------------------------------------------
     @classmethod
@@ -242,12 +287,10 @@ class BaseDetector(ABC):
 
     # -- for subclasses -------------------------------------------------------------------------
     def _validate_params(self) -> None:
-        """Reject out-of-range parameters with the allowed range; called after ``__init__``."""
-        if hasattr(self, "input_size"):
-            to_size(self.input_size)
-        seed = getattr(self, "seed", 0)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63):
-            raise InvalidInputError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+        """Reject out-of-range parameters with the allowed range; called after ``__init__``, by
+        ``set_params`` and before ``fit``. Subclasses override it only for checks that involve
+        several parameters, calling ``super()._validate_params()`` first."""
+        validate_parameters(type(self).__name__, self.get_params(), type(self).constraints())
 
     @abstractmethod
     def _fit(self, stream: ImageStream) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from adcore.plugins import get_host
+from adcore.weights import set_weight_provider_lookup
 
 __all__ = ["get_model", "list_models", "list_models_by_category", "load", "get_entry"]
 
@@ -53,3 +54,11 @@ def load(path: str | Path):
     from adcore.persistence import load_detector
 
     return load_detector(Path(path))
+
+
+def _offline_weight_provider(name: str):
+    return get_host().backbones.get(name)
+
+
+# the kit's weight loader finds offline providers through the plugin host without importing it
+set_weight_provider_lookup(_offline_weight_provider)
