@@ -241,3 +241,16 @@ def test_shared_extractor_is_one_instance_per_setting_and_leaves_the_rng_alone()
     torch.manual_seed(99)
     again = shared_extractor("tf_efficientnet_lite0", ("blocks.2",), weights=None)
     assert torch.equal(next(again.parameters()), next(first.parameters()))
+
+
+def test_layers_asked_out_of_network_order_keep_their_own_labels(pretrained: FeatureExtractor):
+    reversed_order = FeatureExtractor("tf_efficientnet_lite0", ("blocks.4", "blocks.2"))
+    assert reversed_order.channels == {"blocks.4": 112, "blocks.2": 40}
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        got, expected = reversed_order(images), pretrained(images)
+    assert list(got) == ["blocks.4", "blocks.2"]
+    for name in got:
+        assert torch.equal(got[name], expected[name])
+    with pytest.raises(InvalidInputError, match="twice"):
+        FeatureExtractor("tf_efficientnet_lite0", ("blocks.2", 2), weights=None)

@@ -128,16 +128,23 @@ class FeatureExtractor(nn.Module):
         indices = [_stage_index(layer, names, backbone) for layer in layers]
         if not indices:
             raise InvalidInputError("layers must name at least one backbone stage")
+        if len(set(indices)) != len(indices):
+            raise InvalidInputError(f"layers {list(layers)} name a stage of {backbone} twice")
         self.layer_names = [names[i] for i in indices]
+        # timm returns stages in network order whatever order they were asked in: label them so
+        network_order = sorted(indices)
+        self._output_names = [names[i] for i in network_order]
         if weights is None and checkpoint_path is None:
-            self.model = _create_timm(backbone, out_indices=indices)  # random init: part of the seeded stream
+            self.model = _create_timm(backbone, out_indices=network_order)  # random init: part of the seeded stream
         else:
             # the initial values are overwritten by the weights: leave the caller's RNG stream untouched
             with torch.random.fork_rng(devices=[]):
-                self.model = _create_timm(backbone, out_indices=indices)
+                self.model = _create_timm(backbone, out_indices=network_order)
         info = self.model.feature_info
-        self.channels = dict(zip(self.layer_names, info.channels()))
-        self.strides = dict(zip(self.layer_names, info.reduction()))
+        found_channels = dict(zip(self._output_names, info.channels()))
+        found_strides = dict(zip(self._output_names, info.reduction()))
+        self.channels = {name: found_channels[name] for name in self.layer_names}
+        self.strides = {name: found_strides[name] for name in self.layer_names}
         self.weights_source = load_weights(self.model, backbone, weights, checkpoint_path)
         config = getattr(self.model, "pretrained_cfg", {}) or {}
         mean, std = config.get("mean", (0.485, 0.456, 0.406)), config.get("std", (0.229, 0.224, 0.225))
@@ -164,8 +171,8 @@ class FeatureExtractor(nn.Module):
         return (images - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.model(self.normalize(images))
-        return dict(zip(self.layer_names, features))
+        features = dict(zip(self._output_names, self.model(self.normalize(images))))
+        return {name: features[name] for name in self.layer_names}
 
 
 def _stage_index(layer: str | int, names: Sequence[str], backbone: str) -> int:
