@@ -40,6 +40,8 @@ Deliberate deviations from the paper (and its reference code):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -101,8 +103,8 @@ class PatchCore(FeatureDetector):
         "sigma": [Real(0.0, 64.0)],
     }
 
-    def __init__(self, *, backbone: str = DEFAULT_BACKBONE, layers: tuple[str, ...] | None = None,
-                 weights: str | None = "pretrained", checkpoint_path: str | None = None, feature_dim: int = 1024,
+    def __init__(self, *, backbone: str = DEFAULT_BACKBONE, layers: Sequence[str | int] | None = None,
+                 weights: str | None = "pretrained", checkpoint_path: str | Path | None = None, feature_dim: int = 1024,
                  coreset_ratio: float = 0.1, projection_dim: int = 128, max_patches: int | None = None,
                  num_neighbors: int = 9, index: str = "flat", index_probes: int | None = None, sigma: float = 4.0,
                  input_size: int = 256, batch_size: int = 8, seed: int = 0) -> None:

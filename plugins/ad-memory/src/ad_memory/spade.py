@@ -26,6 +26,9 @@ Deliberate deviations from the paper:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import torch
 
 from ad_memory.memory_bank import knn
@@ -76,8 +79,8 @@ class SPADE(FeatureDetector):
         "map_neighbors": "num_map_neighbors",
     }
 
-    def __init__(self, *, backbone: str = DEFAULT_BACKBONE, layers: tuple[str, ...] | None = None,
-                 global_layer: str | None = None, weights: str | None = "pretrained", checkpoint_path: str | None = None,
+    def __init__(self, *, backbone: str = DEFAULT_BACKBONE, layers: Sequence[str | int] | None = None,
+                 global_layer: str | int | None = None, weights: str | None = "pretrained", checkpoint_path: str | Path | None = None,
                  num_image_neighbors: int = 50, num_map_images: int = 5, num_map_neighbors: int = 1,
                  sigma: float = 4.0, input_size: int = 256, batch_size: int = 8, seed: int = 0) -> None:
         self.backbone = backbone
