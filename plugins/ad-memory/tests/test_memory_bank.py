@@ -12,7 +12,6 @@ from ad_memory.memory_bank import (
     greedy_coreset,
     greedy_coreset_reference,
     knn,
-    pick_stages,
     random_projection,
 )
 from adcore.errors import InvalidInputError
@@ -153,9 +152,3 @@ def test_faiss_threads_follow_torch() -> None:
     with faiss_threads(1):
         assert faiss.omp_get_max_threads() == 1
 
-
-def test_pick_stages_by_stride() -> None:
-    assert pick_stages("tf_efficientnet_lite0", (8, 16)) == ("blocks.2", "blocks.4")
-    assert pick_stages("resnet18", (8, 16)) == ("layer2", "layer3")
-    with pytest.raises(InvalidInputError, match="stride 64"):
-        pick_stages("resnet18", (64,))

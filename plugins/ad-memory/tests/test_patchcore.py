@@ -129,13 +129,25 @@ def test_feature_dim_pools_channels(train: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"coreset_ratio": 0.0}, "coreset_ratio"),
-    ({"coreset_ratio": 1.5}, "coreset_ratio"),
-    ({"index": "annoy"}, "index must be one of"),
-    ({"num_neighbors": 0}, "num_neighbors"),
-    ({"layers": ("blocks.2",)}, "two stage names"),
-    ({"max_patches": -5}, "max_patches"),
-    ({"sigma": -1.0}, "sigma"),
+    ({"coreset_ratio": 0.0}, r"coreset_ratio must be a finite number in \(0, 1\]"),
+    ({"coreset_ratio": 1.5}, r"coreset_ratio must be a finite number in \(0, 1\]"),
+    ({"coreset_ratio": math.nan}, "coreset_ratio must be"),
+    ({"index": "annoy"}, "index must be one of 'flat', 'ivf', 'hnsw'"),
+    ({"num_neighbors": 0}, r"num_neighbors must be an integer in \[1, 1024\]"),
+    ({"num_neighbors": 2.0}, "num_neighbors must be"),
+    ({"layers": ("blocks.2",)}, "layers must be 2 distinct backbone stage names"),
+    ({"layers": "blocks.2"}, "layers must be 2 distinct backbone stage names"),
+    ({"max_patches": -5}, r"max_patches must be an integer in \[1, 1000000000\] or None"),
+    ({"max_patches": 10**12}, "max_patches must be"),
+    ({"sigma": -1.0}, r"sigma must be a finite number in \[0, 64\]"),
+    ({"sigma": math.inf}, "sigma must be"),
+    ({"sigma": math.nan}, "sigma must be"),
+    ({"sigma": 1e9}, "sigma must be"),
+    ({"feature_dim": 10**9}, "feature_dim must be"),
+    ({"projection_dim": 0}, "projection_dim must be"),
+    ({"index_probes": 0}, "index_probes must be"),
+    ({"weights": "imagenet"}, "weights must be one of 'pretrained', 'hub' or None"),
+    ({"checkpoint_path": 3}, "checkpoint_path must be a file path or None"),
 ])
 def test_invalid_parameters_are_rejected(params: dict, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
@@ -143,5 +155,20 @@ def test_invalid_parameters_are_rejected(params: dict, message: str) -> None:
 
 
 def test_default_stages_follow_the_backbone() -> None:
-    assert PatchCore()._stages() == ("blocks.2", "blocks.4")
-    assert PatchCore(backbone="wide_resnet50_2")._stages() == ("layer2", "layer3")
+    assert PatchCore().resolved_layers() == ("blocks.2", "blocks.4")
+    assert PatchCore(backbone="resnet18").resolved_layers() == ("layer2", "layer3")
+    assert PatchCore(backbone="wide_resnet50_2").resolved_layers() == ("layer2", "layer3")
+    assert PatchCore().extractor.layer_names == ["blocks.2", "blocks.4"]
+
+
+def test_checkpoint_path_gives_the_provider_predictions(train: torch.Tensor, lite0_checkpoint) -> None:
+    path = lite0_checkpoint
+    images, _ = paste_defects(make_normal_images(3, (SIZE, SIZE), seed=9))
+    from_file = PatchCore(input_size=SIZE, coreset_ratio=0.25, checkpoint_path=str(path)).fit(train)
+    assert from_file.extractor.weights_source.startswith("file:")
+    provider = PatchCore(input_size=SIZE, coreset_ratio=0.25).fit(train)
+    assert from_file.extractor is not provider.extractor
+    torch.testing.assert_close(from_file.memory_bank_, provider.memory_bank_, rtol=1e-5, atol=1e-6)
+    ours, theirs = from_file.predict(images), provider.predict(images)
+    torch.testing.assert_close(ours.pred_score, theirs.pred_score, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.anomaly_map, theirs.anomaly_map, rtol=1e-5, atol=1e-6)

@@ -1,9 +1,8 @@
 """Memory-bank machinery shared by PatchCore and SPADE.
 
-Everything the two detectors have in common lives here once:
+Everything the two detectors have in common beyond the backbone (stages and extractors come from
+:class:`adcore.feature_detector.FeatureDetector`) lives here once:
 
-* :func:`pick_stages` chooses backbone stages by stride, so ``layers=None`` means "the paper's
-  stages" for any timm CNN (ResNet ``layer2``/``layer3``, EfficientNet-Lite0 ``blocks.2``/``blocks.4``).
 * :class:`FeatureCollector` gathers patch features from a stream batch by batch, optionally
   capped by uniform reservoir sampling so a set of any size fits in a fixed amount of memory.
 * :func:`greedy_coreset` is the greedy k-center selection of PatchCore, exact but pruned with the
@@ -15,7 +14,6 @@ Everything the two detectors have in common lives here once:
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import time
@@ -29,8 +27,6 @@ from adcore.errors import InvalidInputError
 
 __all__ = [
     "INDEX_KINDS",
-    "pick_stages",
-    "last_stage",
     "faiss_threads",
     "knn",
     "NearestNeighbourIndex",
@@ -43,36 +39,6 @@ __all__ = [
 
 #: nearest-neighbour index kinds: exact brute force, inverted lists, graph
 INDEX_KINDS = ("flat", "ivf", "hnsw")
-
-
-# -- backbone stages ------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=32)  # building a timm model to read its stages costs ~0.3 s
-def pick_stages(backbone: str, strides: tuple[int, ...]) -> tuple[str, ...]:
-    """The deepest stage of ``backbone`` at each stride in ``strides`` (e.g. 8, 16 → layer2, layer3).
-
-    Papers name ResNet stages; picking by stride gives the same stages for ResNets and the
-    equivalent ones for other CNNs (EfficientNet-Lite0: stride 8 → ``blocks.2``, 16 → ``blocks.4``).
-    """
-    from adcore.backbones import backbone_layers
-
-    stages = backbone_layers(backbone)
-    chosen = []
-    for stride in strides:
-        matching = [s["name"] for s in stages if s["stride"] == stride]
-        if not matching:
-            offered = {s["name"]: s["stride"] for s in stages}
-            raise InvalidInputError(f"backbone {backbone!r} has no stage at stride {stride} (stages and strides: {offered}); "
-                                    "pass layers=... explicitly")
-        chosen.append(matching[-1])
-    return tuple(chosen)
-
-
-@functools.lru_cache(maxsize=32)
-def last_stage(backbone: str) -> str:
-    """The deepest stage of ``backbone`` (the one global pooling follows)."""
-    from adcore.backbones import backbone_layers
-
-    return backbone_layers(backbone)[-1]["name"]
 
 
 # -- faiss ----------------------------------------------------------------------------------------

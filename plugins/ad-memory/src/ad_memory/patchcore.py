@@ -40,6 +40,8 @@ Deliberate deviations from the paper (and its reference code):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,26 +53,27 @@ from ad_memory.memory_bank import (
     FeatureCollector,
     NearestNeighbourIndex,
     greedy_coreset,
-    pick_stages,
     random_projection,
 )
-from adcore.backbones import DEFAULT_BACKBONE, FeatureExtractor
-from adcore.base import BaseDetector
-from adcore.errors import InvalidInputError
+from adcore.backbones import DEFAULT_BACKBONE
+from adcore.feature_detector import FeatureDetector
 from adcore.inputs import ImageStream
 from adcore.ops import average_pool_neighbourhood, gaussian_blur, upsample
+from adcore.params import Integer, Options, Real, Stages
 from adcore.progress import progress
 
 __all__ = ["PatchCore"]
 
 
-class PatchCore(BaseDetector):
+class PatchCore(FeatureDetector):
     """PatchCore with a greedy-coreset memory bank and faiss nearest-neighbour scoring.
 
     Args:
         backbone: timm CNN name (default: EfficientNet-Lite0 with offline ImageNet weights).
         layers: two stages to use; ``None`` picks the deepest stages at stride 8 and 16.
-        weights: backbone weights, as for :class:`adcore.backbones.FeatureExtractor`.
+        weights: ``"pretrained"`` (offline provider), ``"hub"`` (download) or ``None`` (random).
+        checkpoint_path: a local ``.safetensors``/``.pth`` state dict of the timm backbone; overrides
+            ``weights`` (the offline way to use any timm CNN).
         feature_dim: channels are adaptive-average pooled down to this many if there are more.
         coreset_ratio: share of patch features kept in the memory bank, in (0, 1].
         projection_dim: dimensions of the random projection the coreset is chosen in.
@@ -85,14 +88,30 @@ class PatchCore(BaseDetector):
         seed: seed for the projection, the coreset start and any sampling.
     """
 
-    def __init__(self, *, backbone: str = DEFAULT_BACKBONE, layers: tuple[str, ...] | None = None,
-                 weights: str | None = "pretrained", feature_dim: int = 1024, coreset_ratio: float = 0.1,
-                 projection_dim: int = 128, max_patches: int | None = None, num_neighbors: int = 9,
-                 index: str = "flat", index_probes: int | None = None, sigma: float = 4.0, input_size: int = 256,
-                 batch_size: int = 8, seed: int = 0) -> None:
+    # (8, 16) and "last": ResNet layer2/layer3, EfficientNet-Lite0 blocks.2/blocks.4
+    default_strides = (8, 16)
+    stage_pick = "last"
+    parameter_constraints = {
+        "layers": [Stages(2), None],
+        "feature_dim": [Integer(1, 16384)],
+        "coreset_ratio": [Real(0.0, 1.0, closed="right")],
+        "projection_dim": [Integer(1, 16384)],
+        "max_patches": [Integer(1, 1_000_000_000), None],
+        "num_neighbors": [Integer(1, 1024)],
+        "index": [Options(*INDEX_KINDS)],
+        "index_probes": [Integer(1, 65536), None],
+        "sigma": [Real(0.0, 64.0)],
+    }
+
+    def __init__(self, *, backbone: str = DEFAULT_BACKBONE, layers: Sequence[str | int] | None = None,
+                 weights: str | None = "pretrained", checkpoint_path: str | Path | None = None, feature_dim: int = 1024,
+                 coreset_ratio: float = 0.1, projection_dim: int = 128, max_patches: int | None = None,
+                 num_neighbors: int = 9, index: str = "flat", index_probes: int | None = None, sigma: float = 4.0,
+                 input_size: int = 256, batch_size: int = 8, seed: int = 0) -> None:
         self.backbone = backbone
         self.layers = layers
         self.weights = weights
+        self.checkpoint_path = checkpoint_path
         self.feature_dim = feature_dim
         self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim
@@ -104,25 +123,6 @@ class PatchCore(BaseDetector):
         self.input_size = input_size
         self.batch_size = batch_size
         self.seed = seed
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        if self.layers is not None and (isinstance(self.layers, str) or len(tuple(self.layers)) != 2):
-            raise InvalidInputError(f"layers must be None or two stage names (e.g. ('layer2', 'layer3')), got {self.layers!r}")
-        if not (isinstance(self.coreset_ratio, (int, float)) and 0.0 < self.coreset_ratio <= 1.0):
-            raise InvalidInputError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio!r}")
-        _positive_int("feature_dim", self.feature_dim)
-        _positive_int("projection_dim", self.projection_dim)
-        _positive_int("num_neighbors", self.num_neighbors)
-        _positive_int("batch_size", self.batch_size)
-        if self.max_patches is not None:
-            _positive_int("max_patches", self.max_patches)
-        if self.index not in INDEX_KINDS:
-            raise InvalidInputError(f"index must be one of {INDEX_KINDS}, got {self.index!r}")
-        if self.index_probes is not None:
-            _positive_int("index_probes", self.index_probes)
-        if not (isinstance(self.sigma, (int, float)) and self.sigma >= 0):
-            raise InvalidInputError(f"sigma must be >= 0, got {self.sigma!r}")
 
     # -- fit ------------------------------------------------------------------------------------
     def _fit(self, stream: ImageStream) -> None:
@@ -194,17 +194,10 @@ class PatchCore(BaseDetector):
             self._search = NearestNeighbourIndex(self.memory_bank_, self.index, self.index_probes, seed=int(self.seed))
         return self._search
 
-    def _stages(self) -> tuple[str, str]:
-        if self.layers is not None:
-            return tuple(self.layers)  # type: ignore[return-value]
-        return pick_stages(self.backbone, (8, 16))  # type: ignore[return-value]
-
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         """Locally aware patch features ``(B, D, h, w)`` on the finer stage's grid."""
-        if getattr(self, "_extractor", None) is None:
-            self._extractor = FeatureExtractor(self.backbone, self._stages(), weights=self.weights)
         with torch.no_grad():
-            maps = list(self._extractor(images).values())
+            maps = list(self.extractor(images).values())
         grid = maps[0].shape[-2:]
         pooled = [upsample(average_pool_neighbourhood(m, 3, zero_padding=True), tuple(grid)) for m in maps]
         features = torch.cat(pooled, 1)
@@ -215,7 +208,3 @@ class PatchCore(BaseDetector):
             features = flat.view(count, height, width, self.feature_dim).permute(0, 3, 1, 2)
         return features.contiguous()
 
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")

@@ -3,12 +3,12 @@
 Two nearest-neighbour stages over a frozen ImageNet backbone, nothing trained:
 
 * Image score: the mean Euclidean distance of the test image's global-average-pooled deepest
-  feature to its ``image_neighbors`` nearest training images (K = 50 in the paper, clamped to the
+  feature to its ``num_image_neighbors`` nearest training images (K = 50 in the paper, clamped to the
   training-set size).
 * Pixel map: the feature pyramid (three stages, the coarser ones bilinearly upsampled to the finest
   and concatenated) of every test pixel is compared with the pyramids of all pixels of the
-  ``map_images`` nearest training images (found in the image stage); the pixel's anomaly is its
-  mean distance to the ``map_neighbors`` (κ) nearest of those gallery features. The map is
+  ``num_map_images`` nearest training images (found in the image stage); the pixel's anomaly is
+  its mean distance to the ``num_map_neighbors`` (κ) nearest of those gallery features. The map is
   upsampled to the input size and Gaussian-smoothed with σ=4.
 
 Deliberate deviations from the paper:
@@ -17,7 +17,7 @@ Deliberate deviations from the paper:
   stride 4, 8 and 16 (``blocks.1``, ``blocks.2``, ``blocks.4``) stand in for ResNet's
   ``layer1``-``layer3`` and its last stage (``blocks.6``, global-average pooled) for the pooled
   ``layer4`` output; ``layers=None`` picks these stages by stride for any timm CNN.
-* ``map_images`` defaults to 5 nearest training images for the pixel gallery (the value common
+* ``num_map_images`` defaults to 5 nearest training images for the pixel gallery (the value common
   reimplementations use); the paper's pixel stage is a few nearest images with κ = 1, and the
   cost per test image grows linearly with it.
 * The training pyramids are stored at each stage's own resolution (not upsampled) and upsampled
@@ -26,64 +26,75 @@ Deliberate deviations from the paper:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-from ad_memory.memory_bank import knn, last_stage, pick_stages
-from adcore.backbones import DEFAULT_BACKBONE, FeatureExtractor
-from adcore.base import BaseDetector
-from adcore.errors import InvalidInputError
+from ad_memory.memory_bank import knn
+from adcore.backbones import DEFAULT_BACKBONE, deepest_stage, stages
+from adcore.feature_detector import FeatureDetector
 from adcore.inputs import ImageStream
 from adcore.ops import gaussian_blur, upsample
+from adcore.params import Integer, Real, Stages, Text
 from adcore.progress import progress
 
 __all__ = ["SPADE"]
 
 
-class SPADE(BaseDetector):
+class SPADE(FeatureDetector):
     """SPADE: image kNN on pooled features, pixel kNN against the nearest images' feature pyramids.
 
     Args:
         backbone: timm CNN name (default: EfficientNet-Lite0 with offline ImageNet weights).
         layers: three pyramid stages; ``None`` picks the deepest stages at stride 4, 8 and 16.
-        global_layer: stage pooled for the image feature; ``None`` picks the last stage.
-        weights: backbone weights, as for :class:`adcore.backbones.FeatureExtractor`.
-        image_neighbors: K of the image score (mean distance to the K nearest training images).
-        map_images: training images whose pyramids form each test image's pixel gallery.
-        map_neighbors: κ, gallery features averaged per pixel.
+        global_layer: stage pooled for the image feature; ``None`` picks the backbone's deepest stage.
+        weights: ``"pretrained"`` (offline provider), ``"hub"`` (download) or ``None`` (random).
+        checkpoint_path: a local ``.safetensors``/``.pth`` state dict of the timm backbone; overrides
+            ``weights`` (the offline way to use any timm CNN).
+        num_image_neighbors: K of the image score (mean distance to the K nearest training images);
+            formerly ``image_neighbors``.
+        num_map_images: training images whose pyramids form each test image's pixel gallery;
+            formerly ``map_images``.
+        num_map_neighbors: κ, gallery features averaged per pixel; formerly ``map_neighbors``.
         sigma: Gaussian smoothing of the map, in input pixels.
         input_size: images are resized to this size.
         batch_size: images per backbone batch while fitting.
         seed: unused by the method (it has no randomness); kept for the common interface.
     """
 
-    def __init__(self, *, backbone: str = DEFAULT_BACKBONE, layers: tuple[str, ...] | None = None,
-                 global_layer: str | None = None, weights: str | None = "pretrained", image_neighbors: int = 50,
-                 map_images: int = 5, map_neighbors: int = 1, sigma: float = 4.0, input_size: int = 256,
-                 batch_size: int = 8, seed: int = 0) -> None:
+    # stride 4/8/16 and "last": ResNet layer1-layer3, EfficientNet-Lite0 blocks.1/blocks.2/blocks.4
+    default_strides = (4, 8, 16)
+    stage_pick = "last"
+    parameter_constraints = {
+        "global_layer": [Text(), Integer(0, 63), None],
+        "num_image_neighbors": [Integer(1, 100_000)],
+        "num_map_images": [Integer(1, 10_000)],
+        "num_map_neighbors": [Integer(1, 10_000)],
+        "sigma": [Real(0.0, 64.0)],
+    }
+    parameter_aliases = {
+        "image_neighbors": "num_image_neighbors",
+        "map_images": "num_map_images",
+        "map_neighbors": "num_map_neighbors",
+    }
+
+    def __init__(self, *, backbone: str = DEFAULT_BACKBONE, layers: Sequence[str | int] | None = None,
+                 global_layer: str | int | None = None, weights: str | None = "pretrained", checkpoint_path: str | Path | None = None,
+                 num_image_neighbors: int = 50, num_map_images: int = 5, num_map_neighbors: int = 1,
+                 sigma: float = 4.0, input_size: int = 256, batch_size: int = 8, seed: int = 0) -> None:
         self.backbone = backbone
         self.layers = layers
         self.global_layer = global_layer
         self.weights = weights
-        self.image_neighbors = image_neighbors
-        self.map_images = map_images
-        self.map_neighbors = map_neighbors
+        self.checkpoint_path = checkpoint_path
+        self.num_image_neighbors = num_image_neighbors
+        self.num_map_images = num_map_images
+        self.num_map_neighbors = num_map_neighbors
         self.sigma = sigma
         self.input_size = input_size
         self.batch_size = batch_size
         self.seed = seed
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        if self.layers is not None and (isinstance(self.layers, str) or len(tuple(self.layers)) < 1):
-            raise InvalidInputError(f"layers must be None or a tuple of stage names, got {self.layers!r}")
-        for name in ("image_neighbors", "map_images", "map_neighbors", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")
-        if not (isinstance(self.sigma, (int, float)) and self.sigma >= 0):
-            raise InvalidInputError(f"sigma must be >= 0, got {self.sigma!r}")
 
     # -- fit ------------------------------------------------------------------------------------
     def _fit(self, stream: ImageStream) -> None:
@@ -104,8 +115,8 @@ class SPADE(BaseDetector):
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         vector, maps = self._features(images)
         train_count = self.image_features_.shape[0]
-        k_image = min(self.image_neighbors, train_count)
-        k_map = min(self.map_images, train_count)
+        k_image = min(self.num_image_neighbors, train_count)
+        k_map = min(self.num_map_images, train_count)
         distance, nearest = knn(vector, self.image_features_, max(k_image, k_map))
         scores = distance[:, :k_image].mean(1)
         grid = tuple(maps[0].shape[-2:])
@@ -116,7 +127,7 @@ class SPADE(BaseDetector):
             channels = gallery.shape[1]
             gallery_rows = gallery.permute(0, 2, 3, 1).reshape(-1, channels)
             query_rows = query[row].permute(1, 2, 0).reshape(-1, channels)
-            pixel, _ = knn(query_rows, gallery_rows, self.map_neighbors)
+            pixel, _ = knn(query_rows, gallery_rows, self.num_map_neighbors)
             pixel_maps.append(pixel.mean(1).view(grid))
         maps_out = upsample(torch.stack(pixel_maps), tuple(images.shape[-2:]))
         return scores, gaussian_blur(maps_out, self.sigma)
@@ -136,19 +147,28 @@ class SPADE(BaseDetector):
     def _stack(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
         return torch.cat([upsample(m, grid) for m in maps], 1)
 
-    def _stages(self) -> tuple[tuple[str, ...], str]:
-        layers = tuple(self.layers) if self.layers is not None else pick_stages(self.backbone, (4, 8, 16))
-        return layers, self.global_layer if self.global_layer is not None else last_stage(self.backbone)
+    def _stage_names(self) -> tuple[tuple[str, ...], str]:
+        """The pyramid stages (in the order given) and the global stage, as stage names."""
+        names = [stage.name for stage in stages(self.backbone)]
+
+        def name(layer: str | int) -> str | int:
+            # an index becomes its name (the extractor's keys); an unknown one is left for the extractor to refuse
+            return names[layer] if isinstance(layer, int) and 0 <= layer < len(names) else layer
+
+        global_layer = self.global_layer if self.global_layer is not None else deepest_stage(self.backbone)
+        return tuple(name(layer) for layer in self.resolved_layers()), name(global_layer)  # type: ignore[return-value]
+
+    def extractor_layers(self) -> tuple[str | int, ...]:
+        """The pyramid stages and the global stage, once each, in network order."""
+        layers, global_layer = self._stage_names()
+        order = {stage.name: stage.index for stage in stages(self.backbone)}
+        wanted = dict.fromkeys([*layers, global_layer])
+        return tuple(sorted(wanted, key=lambda layer: order.get(layer, len(order))))  # type: ignore[arg-type]
 
     def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Global-average-pooled deepest feature ``(B, Cg)`` and the pyramid stages."""
-        if getattr(self, "_extractor", None) is None:
-            layers, global_layer = self._stages()
-            wanted = list(dict.fromkeys([*layers, global_layer]))
-            self._extractor = FeatureExtractor(self.backbone, wanted, weights=self.weights)
-            self._layer_names = (layers, global_layer)
-        layers, global_layer = self._layer_names
+        layers, global_layer = self._stage_names()
         with torch.no_grad():
-            found: dict[str, Any] = self._extractor(images)
+            found = self.extractor(images)
         vector = found[global_layer].mean((2, 3))
         return vector, [found[name] for name in layers]
