@@ -112,6 +112,8 @@ def test_channel_subset_is_seeded_sorted_and_distinct(fitted: Padim, images: tor
     other = Padim(input_size=SIZE, num_features=24, seed=6).fit(images[:4])
     assert torch.equal(same.channel_index_, index)
     assert not torch.equal(other.channel_index_, index)
+    unseeded = Padim(input_size=SIZE, num_features=24, seed=None).fit(images[:2])  # an unseeded draw, no error
+    assert unseeded.channel_index_.shape == (24,) and unseeded.channel_index_.unique().numel() == 24
 
 
 def test_embedding_is_the_subset_of_the_upsampled_concatenation(fitted: Padim, images: torch.Tensor) -> None:

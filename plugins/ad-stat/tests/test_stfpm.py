@@ -172,6 +172,7 @@ def test_paper_defaults() -> None:
     ({"weight_decay": 1e300}, "weight_decay must be a finite number"),
     ({"epochs": 10**9}, "epochs must be an integer"),
     ({"batch_size": 10**9}, "batch_size must be an integer"),
+    ({"seed": None}, r"seed must be an integer in \[0, \d+\]; got None"),
 ])
 def test_invalid_parameters_are_rejected(params: dict, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):

@@ -86,6 +86,8 @@ class Stfpm(FeatureDetector):
         "map_combination": [Options(*_COMBINATIONS)],
         "validation_fraction": [Real(0.0, 1.0, closed="left")],
         "patience": [Integer(1, 100_000)],
+        # the batch order and the held-out split need a seed: no None (an unseeded fit) here
+        "seed": [Integer(0, 2**63 - 1)],
     }
 
     def __init__(self, *, backbone: str = "tf_efficientnet_lite0", layers: Sequence[str | int] | None = None,
