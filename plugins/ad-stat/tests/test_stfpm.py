@@ -95,7 +95,8 @@ def test_checkpoint_path_gives_the_provider_weights_predictions(images: torch.Te
     settings = {"input_size": SIZE, "epochs": 2, "batch_size": 4, "seed": 3}
     local = Stfpm(checkpoint_path=tmp_path / "lite0.safetensors", **settings).fit(images)
     offline = Stfpm(**settings).fit(images)
-    assert local.extractor.weights_source.startswith("file:") and offline.extractor.weights_source.startswith("offline:")
+    assert local.extractor.weights_source.startswith("file:")
+    assert offline.extractor.weights_source.startswith("offline:")
     assert local.student_.weights_source == "random"
     ours, theirs = local.predict(images[:3]), offline.predict(images[:3])
     torch.testing.assert_close(ours.anomaly_map, theirs.anomaly_map, rtol=1e-4, atol=1e-6)

@@ -6,8 +6,8 @@ what the student saw, the two pyramids disagree.
 
 As in the paper:
 - teacher: the pretrained backbone, frozen (the shared ``self.extractor``); student: the same
-  architecture from scratch (``self.build_extractor(pretrained=False, trainable=True)``); three levels (strides 4/8/16; ResNet
-  layer1–3, for EfficientNet-Lite0 ``blocks.1``/``blocks.2``/``blocks.4``);
+  architecture from scratch (``self.build_extractor(pretrained=False, trainable=True)``); three
+  levels (strides 4/8/16; ResNet layer1–3, for EfficientNet-Lite0 ``blocks.1``/``blocks.2``/``blocks.4``);
 - both features are L2-normalised along channels; the level loss is the mean over positions of
   ½‖t̂ − ŝ‖², and the loss sums the levels (all weights α_l = 1);
 - SGD with learning rate 0.4, momentum 0.9, weight decay 1e-4, batch size 32, 100 epochs, no data
