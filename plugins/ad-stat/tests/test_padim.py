@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ad_stat.padim import Padim
+from adcore.backbones import FeatureExtractor
 from adcore.errors import InvalidInputError
 from adcore.ops import gaussian_blur, upsample
 from adcore.testing import build_registered, check_detector, make_normal_images, paste_defects
@@ -21,7 +22,7 @@ def images() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def fitted(images: torch.Tensor) -> Padim:
-    return Padim(input_size=SIZE, n_features=24, seed=5).fit([images[i:i + 3] for i in range(0, len(images), 3)])
+    return Padim(input_size=SIZE, num_features=24, seed=5).fit([images[i:i + 3] for i in range(0, len(images), 3)])
 
 
 def embeddings(detector: Padim, images: torch.Tensor) -> np.ndarray:
@@ -49,7 +50,7 @@ def test_streamed_statistics_match_numpy(fitted: Padim, images: torch.Tensor) ->
 
 def test_batching_of_training_data_does_not_change_the_model(fitted: Padim, images: torch.Tensor) -> None:
     # one batch and one position chunk of 5 (not a divisor of 256) against batches of 3 and chunks of 256
-    at_once = Padim(input_size=SIZE, n_features=24, seed=5, position_chunk=5).fit(images)
+    at_once = Padim(input_size=SIZE, num_features=24, seed=5, position_chunk=5).fit(images)
     torch.testing.assert_close(at_once.mean_, fitted.mean_, rtol=1e-5, atol=1e-5)
     # float32 sums: a different batching rounds differently; 1e-3 of whitening entries up to 1/√ε = 10
     torch.testing.assert_close(at_once.whitening_, fitted.whitening_, rtol=1e-3, atol=1e-3)
@@ -62,7 +63,7 @@ def test_float32_statistics_survive_a_large_offset(monkeypatch: pytest.MonkeyPat
     # in Σxxᵀ − Nμμᵀ; centring on the first batch's mean must keep the covariance exact
     generator = torch.Generator().manual_seed(0)
     features = 1000.0 + 0.05 * torch.randn(12, 24, 4, 4, generator=generator)
-    detector = Padim(input_size=SIZE, n_features=24, seed=5)
+    detector = Padim(input_size=SIZE, num_features=24, seed=5)
     batches = [make_normal_images(4, (SIZE, SIZE), seed=i) for i in range(3)]
     served = iter(features.split(4))  # one _embed call per batch of 4, in order
     monkeypatch.setattr(detector, "_embed", lambda batch: next(served))
@@ -107,14 +108,16 @@ def test_channel_subset_is_seeded_sorted_and_distinct(fitted: Padim, images: tor
     index = fitted.channel_index_
     assert index.shape == (24,) and index.unique().numel() == 24
     assert bool((index[1:] > index[:-1]).all()) and int(index.max()) < 176 and int(index.min()) >= 0
-    same = Padim(input_size=SIZE, n_features=24, seed=5).fit(images[:4])
-    other = Padim(input_size=SIZE, n_features=24, seed=6).fit(images[:4])
+    same = Padim(input_size=SIZE, num_features=24, seed=5).fit(images[:4])
+    other = Padim(input_size=SIZE, num_features=24, seed=6).fit(images[:4])
     assert torch.equal(same.channel_index_, index)
     assert not torch.equal(other.channel_index_, index)
+    unseeded = Padim(input_size=SIZE, num_features=24, seed=None).fit(images[:2])  # an unseeded draw, no error
+    assert unseeded.channel_index_.shape == (24,) and unseeded.channel_index_.unique().numel() == 24
 
 
 def test_embedding_is_the_subset_of_the_upsampled_concatenation(fitted: Padim, images: torch.Tensor) -> None:
-    extractor = fitted._get_extractor()
+    extractor = fitted.extractor
     with torch.no_grad():
         levels = list(extractor(images[:2]).values())
         size = levels[0].shape[-2:]
@@ -124,23 +127,60 @@ def test_embedding_is_the_subset_of_the_upsampled_concatenation(fitted: Padim, i
 
 
 def test_default_layers_are_strides_4_8_16(fitted: Padim) -> None:
-    extractor = fitted._get_extractor()
+    extractor = fitted.extractor
     assert extractor.layer_names == ["blocks.1", "blocks.2", "blocks.4"]
     assert list(extractor.strides.values()) == [4, 8, 16]
+    # the papers' ResNet layer1-3: the first stage at each stride (resnet18 has two at stride 4)
+    assert Padim(backbone="resnet18").resolved_layers() == ("layer1", "layer2", "layer3")
+    assert Padim(layers=("blocks.2",)).resolved_layers() == ("blocks.2",)
+
+
+def test_old_parameter_name_still_works_with_a_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="'n_features' was renamed to 'num_features'"):
+        detector = Padim(n_features=24)
+    assert detector.num_features == 24 and "n_features" not in detector.get_params()
+
+
+def test_checkpoint_path_gives_the_provider_weights_predictions(fitted: Padim, images: torch.Tensor,
+                                                                 tmp_path) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    # a full timm model holding the offline provider's weights (the part the extractor uses)
+    full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    provider = FeatureExtractor("tf_efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"], trainable=True)
+    missing, unexpected = full.load_state_dict(provider.model.state_dict(), strict=False)
+    assert not unexpected and missing
+    save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(tmp_path / "lite0.safetensors"))
+    local = Padim(input_size=SIZE, num_features=24, seed=5, checkpoint_path=tmp_path / "lite0.safetensors")
+    local.fit([images[i:i + 3] for i in range(0, len(images), 3)])
+    assert local.extractor.weights_source.startswith("file:") and local.extractor is not fitted.extractor
+    assert torch.equal(local.channel_index_, fitted.channel_index_)
+    ours, theirs = local.predict(images[:3]), fitted.predict(images[:3])
+    torch.testing.assert_close(ours.anomaly_map, theirs.anomaly_map, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.pred_score, theirs.pred_score, rtol=1e-5, atol=1e-5)
 
 
 def test_too_many_channels_is_rejected_at_fit(images: torch.Tensor) -> None:
-    with pytest.raises(InvalidInputError, match="1..176"):
-        Padim(input_size=SIZE, n_features=177).fit(images[:2])
+    with pytest.raises(InvalidInputError, match="num_features=177 exceeds the 176 channels.*1..176"):
+        Padim(input_size=SIZE, num_features=177).fit(images[:2])
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"n_features": 0}, "n_features"),
-    ({"epsilon": 0.0}, "epsilon"),
-    ({"sigma": -1.0}, "sigma"),
-    ({"position_chunk": 0}, "position_chunk"),
-    ({"layers": "blocks.1"}, "layers"),
-    ({"layers": ("blocks.1", "blocks.1")}, "repeat"),
+    ({"num_features": 0}, r"num_features must be an integer in \[1, 10000\]"),
+    ({"epsilon": 0.0}, r"epsilon must be a finite number in \(0, 1000\]"),
+    ({"sigma": -1.0}, r"sigma must be a finite number in \[0, 64\]"),
+    ({"position_chunk": 0}, "position_chunk must be an integer"),
+    ({"layers": "blocks.1"}, "layers must be a non-empty sequence"),
+    ({"layers": ("blocks.1", "blocks.1")}, "layers must be a non-empty sequence of distinct"),
+    ({"weights": "imagenet"}, "weights must be one of 'pretrained', 'hub' or None"),
+    ({"checkpoint_path": 3}, "checkpoint_path must be a file path or None"),
+    # not a finite number, or an absurd one: refused at construction, not after the work
+    ({"epsilon": float("nan")}, "epsilon must be a finite number"),
+    ({"sigma": float("inf")}, "sigma must be a finite number"),
+    ({"epsilon": 1e300}, "epsilon must be a finite number"),
+    ({"num_features": 10**12}, "num_features must be an integer"),
+    ({"num_features": 24.0}, "num_features must be an integer"),
 ])
 def test_invalid_parameters_are_rejected(params: dict, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):

@@ -8,7 +8,7 @@ As in the paper:
 - embeddings are the features of the first three backbone stages (strides 4/8/16; ResNet layer1–3,
   for EfficientNet-Lite0 ``blocks.1``/``blocks.2``/``blocks.4``), the coarser ones upsampled to the
   finest grid and concatenated (176 channels for Lite0);
-- a random subset of ``n_features`` channels is kept (default 100, the paper's d for ResNet18);
+- a random subset of ``num_features`` channels is kept (default 100, the paper's d for ResNet18);
   the subset is drawn once under ``seed`` and saved with the model;
 - per position: mean μ and covariance Σ = (1/(N−1)) Σ (x−μ)(x−μ)ᵀ + εI with ε = 0.01;
 - the anomaly map is the Mahalanobis distance √((x−μ)ᵀ Σ⁻¹ (x−μ)) per position, upsampled
@@ -34,28 +34,35 @@ Deliberate deviations (none changes the model's numbers beyond float rounding):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ad_stat.features import build_extractor, resolve_layers, validate_layers
 from adcore.backbones import FeatureExtractor
-from adcore.base import BaseDetector
 from adcore.errors import InvalidInputError
+from adcore.feature_detector import FeatureDetector
 from adcore.inputs import ImageStream
 from adcore.ops import gaussian_blur, upsample
+from adcore.params import Integer, Real
 from adcore.progress import progress
 
 __all__ = ["Padim"]
 
 
-class Padim(BaseDetector):
+class Padim(FeatureDetector):
     """PaDiM: a Gaussian per patch position over concatenated multi-scale features.
 
     Args:
         backbone: timm CNN name; the default ships offline with ImageNet weights.
-        layers: three stage names, or ``None`` for the stages at strides 4/8/16.
-        n_features: channels kept from the concatenation (random subset, drawn under ``seed``).
+        layers: stage names or indices, or ``None`` for the first stage at each of strides 4/8/16
+            (ResNet ``layer1..3``, EfficientNet-Lite0 ``blocks.1``/``blocks.2``/``blocks.4``).
+        weights: ``"pretrained"`` (the offline provider), ``"hub"`` (download from timm's hub) or
+            ``None`` (random initialisation, for tests).
+        checkpoint_path: a local ``.safetensors``/``.pth`` state dict of the timm model; overrides
+            ``weights``.
+        num_features: channels kept from the concatenation (random subset, drawn under ``seed``;
+            formerly ``n_features``).
         epsilon: the ridge εI added to every covariance.
         sigma: Gaussian smoothing of the upsampled map (0 turns it off).
         input_size: images are resized to this side (or ``(h, w)``) before the backbone.
@@ -67,13 +74,26 @@ class Padim(BaseDetector):
 
     #: images per backbone pass in predict: per-image speed is flat beyond this, memory is not
     predict_batch_size = 8
+    #: both papers' "first three stages": ResNet layer1-3
+    default_strides = (4, 8, 16)
+    stage_pick = "first"
+    parameter_constraints = {
+        "num_features": [Integer(1, 10_000)],
+        "epsilon": [Real(0.0, 1e3, closed="right")],
+        "sigma": [Real(0.0, 64.0)],
+        "position_chunk": [Integer(1, 1_000_000)],
+    }
+    parameter_aliases = {"n_features": "num_features"}
 
-    def __init__(self, *, backbone: str = "tf_efficientnet_lite0", layers: Sequence[str] | None = None,
-                 n_features: int = 100, epsilon: float = 0.01, sigma: float = 4.0, input_size: int = 256,
+    def __init__(self, *, backbone: str = "tf_efficientnet_lite0", layers: Sequence[str | int] | None = None,
+                 weights: str | None = "pretrained", checkpoint_path: str | Path | None = None,
+                 num_features: int = 100, epsilon: float = 0.01, sigma: float = 4.0, input_size: int = 256,
                  batch_size: int = 16, position_chunk: int = 256, seed: int = 0) -> None:
         self.backbone = backbone
         self.layers = layers
-        self.n_features = n_features
+        self.weights = weights
+        self.checkpoint_path = checkpoint_path
+        self.num_features = num_features
         self.epsilon = epsilon
         self.sigma = sigma
         self.input_size = input_size
@@ -81,27 +101,16 @@ class Padim(BaseDetector):
         self.position_chunk = position_chunk
         self.seed = seed
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        validate_layers(self.layers)
-        for name in ("n_features", "batch_size", "position_chunk"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")
-        if not (isinstance(self.epsilon, (int, float)) and self.epsilon > 0):
-            raise InvalidInputError(f"epsilon must be > 0 (the covariance ridge; the paper uses 0.01), got {self.epsilon!r}")
-        if not (isinstance(self.sigma, (int, float)) and self.sigma >= 0):
-            raise InvalidInputError(f"sigma must be >= 0 (0 disables smoothing), got {self.sigma!r}")
-
     # -- fit ------------------------------------------------------------------------------------
     def _fit(self, stream: ImageStream) -> None:
-        extractor = self._get_extractor()
+        extractor = self.extractor
         total = sum(extractor.channels.values())
-        if self.n_features > total:
-            raise InvalidInputError(f"n_features={self.n_features} exceeds the {total} channels of layers "
+        if self.num_features > total:
+            raise InvalidInputError(f"num_features={self.num_features} exceeds the {total} channels of layers "
                                     f"{extractor.layer_names} of {self.backbone}; choose 1..{total}")
-        generator = torch.Generator().manual_seed(self.seed)
-        self.channel_index_ = torch.randperm(total, generator=generator)[: self.n_features].sort().values
+        # seed=None: an unseeded draw from the global stream, like every other random choice then
+        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
+        self.channel_index_ = torch.randperm(total, generator=generator)[: self.num_features].sort().values
         self._split_index = None
 
         shift = sum_x = sum_outer = None
@@ -146,15 +155,9 @@ class Padim(BaseDetector):
         return maps.flatten(1).amax(1), maps
 
     # -- helpers --------------------------------------------------------------------------------
-    def _get_extractor(self) -> FeatureExtractor:
-        if getattr(self, "_extractor", None) is None:
-            self._extractor = build_extractor(self.backbone, resolve_layers(self.backbone, self.layers))
-            self._split_index = None
-        return self._extractor
-
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         """The kept channels of the concatenated, upsampled multi-level features: ``(B, d, h, w)``."""
-        extractor = self._get_extractor()
+        extractor = self.extractor
         features = extractor(images)
         levels = list(features.values())
         size = levels[0].shape[-2:]

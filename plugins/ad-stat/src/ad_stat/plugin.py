@@ -21,7 +21,7 @@ def adcore_register_detectors(registry) -> None:
         input_size=256,
         trains=False,
         description="Gaussian per patch position over 3-stage features (random 100 channels); Mahalanobis map",
-        quick_params={"input_size": 64, "n_features": 32},
+        quick_params={"input_size": 64, "num_features": 32},
     )
     registry.add(
         "stfpm",

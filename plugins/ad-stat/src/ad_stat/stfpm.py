@@ -5,9 +5,9 @@ frozen pretrained teacher's feature pyramid on good images only. Where a test im
 what the student saw, the two pyramids disagree.
 
 As in the paper:
-- teacher: the pretrained backbone, frozen; student: the same architecture from scratch
-  (``FeatureExtractor(weights=None, trainable=True)``); three levels (strides 4/8/16; ResNet
-  layer1–3, for EfficientNet-Lite0 ``blocks.1``/``blocks.2``/``blocks.4``);
+- teacher: the pretrained backbone, frozen (the shared ``self.extractor``); student: the same
+  architecture from scratch (``self.build_extractor(pretrained=False, trainable=True)``); three
+  levels (strides 4/8/16; ResNet layer1–3, for EfficientNet-Lite0 ``blocks.1``/``blocks.2``/``blocks.4``);
 - both features are L2-normalised along channels; the level loss is the mean over positions of
   ½‖t̂ − ŝ‖², and the loss sums the levels (all weights α_l = 1);
 - SGD with learning rate 0.4, momentum 0.9, weight decay 1e-4, batch size 32, 100 epochs, no data
@@ -31,16 +31,15 @@ Deliberate deviations:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ad_stat.features import build_extractor, resolve_layers, validate_layers
-from adcore.backbones import FeatureExtractor
-from adcore.base import BaseDetector
-from adcore.errors import InvalidInputError
+from adcore.feature_detector import FeatureDetector
 from adcore.inputs import ImageStream
 from adcore.ops import upsample
+from adcore.params import Integer, Options, Real
 from adcore.training import split_holdout, train_epochs
 
 __all__ = ["Stfpm", "level_distances"]
@@ -53,12 +52,17 @@ def level_distances(teacher: Sequence[torch.Tensor], student: Sequence[torch.Ten
     return [0.5 * (t - F.normalize(s, p=2, dim=1)).pow(2).sum(1) for t, s in zip(teacher, student, strict=True)]
 
 
-class Stfpm(BaseDetector):
+class Stfpm(FeatureDetector):
     """STFPM: a student regresses the normalised feature pyramid of a frozen pretrained teacher.
 
     Args:
         backbone: timm CNN name for both networks; the teacher's weights ship offline for the default.
-        layers: three stage names, or ``None`` for the stages at strides 4/8/16.
+        layers: stage names or indices, or ``None`` for the first stage at each of strides 4/8/16
+            (ResNet ``layer1..3``, EfficientNet-Lite0 ``blocks.1``/``blocks.2``/``blocks.4``).
+        weights: the teacher's weights: ``"pretrained"`` (the offline provider), ``"hub"`` (download
+            from timm's hub) or ``None`` (random, for tests). The student always starts random.
+        checkpoint_path: a local ``.safetensors``/``.pth`` state dict of the timm model for the
+            teacher; overrides ``weights``.
         epochs: training epochs over the good images (the paper: 100).
         batch_size: images per SGD step (the paper: 32).
         learning_rate, momentum, weight_decay: SGD settings (the paper: 0.4, 0.9, 1e-4).
@@ -71,13 +75,30 @@ class Stfpm(BaseDetector):
 
     #: images per forward pass of both networks in predict (bounds activation memory)
     predict_batch_size = 8
+    #: both papers' "first three stages": ResNet layer1-3
+    default_strides = (4, 8, 16)
+    stage_pick = "first"
+    parameter_constraints = {
+        "epochs": [Integer(1, 100_000)],
+        "learning_rate": [Real(0.0, 10.0, closed="right")],
+        "momentum": [Real(0.0, 1.0, closed="left")],
+        "weight_decay": [Real(0.0, 1.0)],
+        "map_combination": [Options(*_COMBINATIONS)],
+        "validation_fraction": [Real(0.0, 1.0, closed="left")],
+        "patience": [Integer(1, 100_000)],
+        # the batch order and the held-out split need a seed: no None (an unseeded fit) here
+        "seed": [Integer(0, 2**63 - 1)],
+    }
 
-    def __init__(self, *, backbone: str = "tf_efficientnet_lite0", layers: Sequence[str] | None = None,
+    def __init__(self, *, backbone: str = "tf_efficientnet_lite0", layers: Sequence[str | int] | None = None,
+                 weights: str | None = "pretrained", checkpoint_path: str | Path | None = None,
                  epochs: int = 100, batch_size: int = 32, learning_rate: float = 0.4, momentum: float = 0.9,
                  weight_decay: float = 1e-4, map_combination: str = "product", validation_fraction: float = 0.0,
                  patience: int = 10, input_size: int = 256, seed: int = 0) -> None:
         self.backbone = backbone
         self.layers = layers
+        self.weights = weights
+        self.checkpoint_path = checkpoint_path
         self.epochs = epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
@@ -89,28 +110,9 @@ class Stfpm(BaseDetector):
         self.input_size = input_size
         self.seed = seed
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        validate_layers(self.layers)
-        for name in ("epochs", "batch_size", "patience"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")
-        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
-            raise InvalidInputError(f"learning_rate must be > 0 (the paper uses 0.4), got {self.learning_rate!r}")
-        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
-            raise InvalidInputError(f"momentum must be in [0, 1) (the paper uses 0.9), got {self.momentum!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise InvalidInputError(f"weight_decay must be >= 0 (the paper uses 1e-4), got {self.weight_decay!r}")
-        if self.map_combination not in _COMBINATIONS:
-            raise InvalidInputError(f"map_combination must be one of {_COMBINATIONS}, got {self.map_combination!r}")
-        if not (isinstance(self.validation_fraction, (int, float)) and 0 <= self.validation_fraction < 1):
-            raise InvalidInputError(f"validation_fraction must be in [0, 1) (0 disables early stopping), "
-                                    f"got {self.validation_fraction!r}")
-
     # -- fit ------------------------------------------------------------------------------------
     def _fit(self, stream: ImageStream) -> None:
-        teacher = self._get_teacher()
+        teacher = self.extractor
         images = stream.materialize()
         with torch.no_grad():
             targets = [torch.cat(level) for level in zip(*(
@@ -140,7 +142,7 @@ class Stfpm(BaseDetector):
 
     # -- predict --------------------------------------------------------------------------------
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        teacher = [F.normalize(f, p=2, dim=1) for f in self._get_teacher()(images).values()]
+        teacher = [F.normalize(f, p=2, dim=1) for f in self.extractor(images).values()]
         student = list(self.student_(images).values())
         size = tuple(images.shape[-2:])
         maps = None
@@ -160,14 +162,7 @@ class Stfpm(BaseDetector):
         return torch.optim.SGD(parameters, lr=self.learning_rate * self.batch_size, momentum=self.momentum,
                                weight_decay=self.weight_decay / self.batch_size)
 
-    def _layer_names(self) -> list[str]:
-        return resolve_layers(self.backbone, self.layers)
-
-    def _get_teacher(self) -> FeatureExtractor:
-        if getattr(self, "_teacher", None) is None:
-            self._teacher = build_extractor(self.backbone, self._layer_names())
-        return self._teacher
-
     def _build_modules(self) -> None:
-        """The untrained student (``student_``), same architecture and stages as the teacher."""
-        self.student_ = build_extractor(self.backbone, self._layer_names(), weights=None, trainable=True)
+        """The untrained student (``student_``), same architecture and stages as the teacher; its
+        random initialisation is drawn from the seeded stream of ``fit``."""
+        self.student_ = self.build_extractor(pretrained=False, trainable=True)
