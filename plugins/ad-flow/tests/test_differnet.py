@@ -19,7 +19,7 @@ def test_conformance_with_registered_quick_params() -> None:
 
 @pytest.fixture(scope="module")
 def fitted() -> DifferNet:
-    params = dict(input_size=64, epochs=3, coupling_blocks=2, fc_hidden=32, n_transforms=2, n_transforms_test=1,
+    params = dict(input_size=64, epochs=3, coupling_blocks=2, fc_hidden=32, num_transforms=2, num_test_transforms=1,
                   rotation_degrees=0.0, brightness=0.0, contrast=0.0, saturation=0.0, sigma=0.0, batch_size=4)
     return DifferNet(**params).fit(make_normal_images(8, (64, 64), seed=2))
 
@@ -27,7 +27,7 @@ def fitted() -> DifferNet:
 def test_descriptor_concatenates_pooled_features_of_three_scales(fitted: DifferNet) -> None:
     assert fitted.feature_dim_ == 3 * 320  # Lite0 blocks.6 has 320 channels
     images = make_normal_images(2, (64, 64), seed=4)
-    extractor = fitted._get_extractor()
+    extractor = fitted.extractor
     with torch.no_grad():
         raw = fitted._raw_descriptors(images)
         half = extractor(torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear", antialias=True))
@@ -48,7 +48,7 @@ def test_score_and_map_are_the_nll_and_its_input_gradient(fitted: DifferNet) -> 
 
 
 def test_score_averages_over_test_time_transforms(fitted: DifferNet) -> None:
-    many = DifferNet(**{**fitted.get_params(), "n_transforms_test": 3, "rotation_degrees": 90.0})
+    many = DifferNet(**{**fitted.get_params(), "num_test_transforms": 3, "rotation_degrees": 90.0})
     for name in ("feature_dim_", "feature_mean_", "feature_std_", "flow_", "fitted_", "threshold_"):
         setattr(many, name, getattr(fitted, name))
     image = make_normal_images(1, (64, 64), seed=12)
@@ -62,7 +62,7 @@ def test_score_averages_over_test_time_transforms(fitted: DifferNet) -> None:
 
 def test_images_scored_together_equal_images_scored_one_by_one(fitted: DifferNet) -> None:
     # several images' views share one backward pass; each image's gradient must stay its own
-    many = DifferNet(**{**fitted.get_params(), "n_transforms_test": 5, "rotation_degrees": 45.0})
+    many = DifferNet(**{**fitted.get_params(), "num_test_transforms": 5, "rotation_degrees": 45.0})
     for name in ("feature_dim_", "feature_mean_", "feature_std_", "flow_", "fitted_", "threshold_"):
         setattr(many, name, getattr(fitted, name))
     images = make_normal_images(3, (64, 64), seed=13)
@@ -77,8 +77,8 @@ def test_images_scored_together_equal_images_scored_one_by_one(fitted: DifferNet
 
 
 def test_view_pool_trains_on_a_fixed_pool_of_augmented_views() -> None:
-    params = dict(input_size=64, epochs=4, coupling_blocks=2, fc_hidden=32, n_transforms=2, view_pool=3,
-                  n_transforms_test=1, batch_size=4)
+    params = dict(input_size=64, epochs=4, coupling_blocks=2, fc_hidden=32, num_transforms=2, view_pool=3,
+                  num_test_transforms=1, batch_size=4)
     detector = DifferNet(**params).fit(make_normal_images(6, (64, 64), seed=5))
     loss = detector.history_["loss"]
     assert len(loss) == 4 and loss[-1] < loss[0]
@@ -101,16 +101,16 @@ def test_transforms_identity_rotation_and_jitter() -> None:
 
 def test_defaults_follow_the_paper() -> None:
     detector = DifferNet()
-    assert (detector.n_scales, detector.coupling_blocks, detector.clamp, detector.n_transforms,
-            detector.n_transforms_test, detector.fc_hidden, detector.lr) == (3, 8, 3.0, 4, 64, 2048, 2e-4)
+    assert (detector.num_scales, detector.coupling_blocks, detector.clamp, detector.num_transforms,
+            detector.num_test_transforms, detector.fc_hidden, detector.learning_rate) == (3, 8, 3.0, 4, 64, 2048, 2e-4)
     assert DifferNet.inference_mode is False
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"n_scales": 0}, "n_scales"), ({"coupling_blocks": 0}, "coupling_blocks"), ({"n_transforms_test": 0},
-                                                                                  "n_transforms_test"),
-    ({"rotation_degrees": 200.0}, "rotation_degrees"), ({"brightness": 1.0}, "brightness"), ({"sigma": -1.0}, "sigma"),
-    ({"fc_layers": 0}, "fc_layers"), ({"lr": 0.0}, "lr"), ({"view_pool": -1}, "view_pool"),
+    ({"num_scales": 0}, "num_scales"), ({"coupling_blocks": 0}, "coupling_blocks"),
+    ({"num_test_transforms": 0}, "num_test_transforms"), ({"rotation_degrees": 200.0}, "rotation_degrees"),
+    ({"brightness": 1.0}, "brightness"), ({"sigma": -1.0}, "sigma"), ({"fc_layers": 0}, "fc_layers"),
+    ({"learning_rate": 0.0}, "learning_rate"), ({"view_pool": -1}, "view_pool"),
 ])
 def test_invalid_parameters_are_rejected(params: dict, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):

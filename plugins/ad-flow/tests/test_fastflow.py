@@ -30,7 +30,7 @@ def test_architecture_follows_the_paper(fitted: FastFlow) -> None:
         assert len(flow.module_list) == 4
         kernels = [next(m for m in block.subnet if isinstance(m, nn.Conv2d)).kernel_size[0] for block in flow.module_list]
         assert kernels == [3, 1, 3, 1]
-    assert FastFlow().flow_steps == 8 and FastFlow().lr == 1e-3 and FastFlow().weight_decay == 1e-5
+    assert FastFlow().flow_steps == 8 and FastFlow().learning_rate == 1e-3 and FastFlow().weight_decay == 1e-5
 
 
 def test_training_lowers_the_negative_log_likelihood(fitted: FastFlow) -> None:
@@ -57,8 +57,8 @@ def test_any_timm_cnn_backbone_works() -> None:
 
 @pytest.mark.parametrize("params, message", [
     ({"flow_steps": 0}, "flow_steps"), ({"epochs": 0}, "epochs"), ({"hidden_ratio": 0.0}, "hidden_ratio"),
-    ({"lr": -1.0}, "lr"), ({"layers": ()}, "layers"), ({"layers": "blocks.1"}, "layers"),
-    ({"layers": ("blocks.1", "blocks.1")}, "repeat"), ({"batch_size": 0}, "batch_size"), ({"clamp": 0}, "clamp"),
+    ({"learning_rate": -1.0}, "learning_rate"), ({"layers": ()}, "layers"), ({"layers": "blocks.1"}, "layers"),
+    ({"layers": ("blocks.1", "blocks.1")}, "layers must be a non-empty sequence of distinct"), ({"batch_size": 0}, "batch_size"), ({"clamp": 0}, "clamp"),
 ])
 def test_invalid_parameters_are_rejected(params: dict, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 from torch import nn
 
@@ -14,11 +13,8 @@ from ad_flow.flows import (
     conv_subnet,
     fc_subnet,
     flow_nll,
-    require_int,
-    require_number,
     trainable_parameters,
 )
-from adcore.errors import InvalidInputError
 
 
 def test_flow_nll_is_the_gaussian_negative_log_likelihood_up_to_a_constant() -> None:
@@ -71,13 +67,3 @@ def test_trainable_parameters_skip_frozen_permutations() -> None:
     frozen = [p for p in flow.parameters() if not p.requires_grad]
     assert frozen, "FrEIA keeps permutations as frozen parameters"
     assert all(p.requires_grad for p in trainable_parameters(flow))
-
-
-def test_validators_name_the_allowed_range() -> None:
-    with pytest.raises(InvalidInputError, match=r"epochs must be an integer in \[1, 5\]"):
-        require_int(0, "epochs", 1, 5)
-    with pytest.raises(InvalidInputError):
-        require_int(True, "epochs", 0, 5)
-    with pytest.raises(InvalidInputError, match=r"lr must be a number in \(0.0, 1.0\]"):
-        require_number(0.0, "lr", 0.0, 1.0, low_open=True)
-    require_number(0.0, "weight_decay", 0.0, 1.0)

@@ -9,7 +9,7 @@ soft-clamped affine couplings with α = 3, fixed random permutations in between)
 transformed good images (rotation; brightness, contrast and saturation jitter) with Adam
 (lr 2e-4, betas (0.8, 0.8), eps 1e-4, weight decay 1e-5, as the authors' code).
 
-Image score (paper eq. 5): the mean over ``n_transforms_test`` transformations ``T_i`` of
+Image score (paper eq. 5): the mean over ``num_test_transforms`` transformations ``T_i`` of
 ``−log p_Z(f(T_i(x)))`` = ``½‖z‖²`` per feature dimension (constant dropped). Localisation (paper
 sec. 3.4): the gradient of the negative log-likelihood with respect to the input pixels, absolute
 values summed over the colour channels and Gaussian-smoothed. The transformations are
@@ -18,9 +18,10 @@ gradient already mapped back to the untransformed image (the paper's "rotate bac
 
 Deliberate deviations from the paper:
 
-* Backbone: adcore's shared extractor, default offline EfficientNet-Lite0 at its last stage
-  ``blocks.6`` (320 channels, stride 32; 960-d descriptor over three scales) instead of AlexNet's
-  last convolutional stage (256 channels, 768-d); 256 px instead of 448 px input.
+* Backbone: adcore's shared extractor at the backbone's deepest stage (``layers=None``); the
+  default is the offline EfficientNet-Lite0, whose deepest stage ``blocks.6`` has 320 channels at
+  stride 32 (960-d descriptor over three scales), instead of AlexNet's last convolutional stage
+  (256 channels, 768-d); 256 px instead of 448 px input.
 * Descriptors are standardised per dimension with the mean and deviation of augmented good views
   before the flow (a fixed affine map; the likelihood changes by a constant). The paper feeds raw
   features; without it the flow starts far from N(0, I) and needs far more epochs than a CPU has.
@@ -44,11 +45,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ad_flow.flows import build_fc_flow, flow_nll, frozen_extractor, require_int, require_number, trainable_parameters
-from adcore.backbones import DEFAULT_BACKBONE, FeatureExtractor
-from adcore.base import BaseDetector
+from ad_flow.flows import build_fc_flow, flow_nll, trainable_parameters
+from adcore.backbones import DEFAULT_BACKBONE, deepest_stage
+from adcore.feature_detector import FeatureDetector
 from adcore.inputs import ImageStream
 from adcore.ops import gaussian_blur
+from adcore.params import Check, Integer, Real, Stages
 from adcore.progress import progress
 from adcore.training import train_epochs
 
@@ -58,57 +60,86 @@ __all__ = ["DifferNet", "transform_images"]
 _TEST_TRANSFORM_SEED_OFFSET = 7919
 
 
-class DifferNet(BaseDetector):
+class DifferNet(FeatureDetector):
     """DifferNet detector (see the module docstring for the method and its deviations).
 
     Args:
-        backbone: timm CNN name; ``layer`` is the stage whose map is pooled at every scale.
-        n_scales: image scales (full, ½, ¼, …); 3 in the paper.
+        backbone: timm CNN name.
+        layers: the one stage whose map is pooled at every scale, as a one-element tuple; ``None``
+            (default) is the backbone's deepest stage (Lite0 ``blocks.6``, ResNet ``layer4``).
+        num_scales: image scales (full, ½, ¼, …); 3 in the paper.
         coupling_blocks: flow blocks (8 in the paper); ``fc_hidden``/``fc_layers``: subnet size;
             ``clamp``: soft clamping α of the affine scales (3 in the paper).
-        epochs, batch_size, lr, weight_decay: Adam training; ``batch_size`` counts images, each
-            contributing ``n_transforms`` randomly transformed views.
-        n_transforms: transformed views per training image (4 in the paper).
+        epochs, batch_size, learning_rate, weight_decay: Adam training; ``batch_size`` counts images,
+            each contributing ``num_transforms`` randomly transformed views.
+        num_transforms: transformed views per training image (4 in the paper).
         view_pool: 0 (the paper): fresh random views every epoch, so the backbone runs every epoch.
             ``k > 0``: ``k`` augmented views per image go through the backbone once and the flow
-            trains on that fixed pool (batches of ``batch_size × n_transforms`` views), many times
+            trains on that fixed pool (batches of ``batch_size × num_transforms`` views), many times
             cheaper per epoch on a CPU.
-        n_transforms_test: transformations averaged at test time (64 in the paper).
+        num_test_transforms: transformations averaged at test time (64 in the paper).
         rotation_degrees: rotations are drawn uniformly from ±this many degrees.
         brightness, contrast, saturation: jitter factors are drawn from ``[1 − v, 1 + v]``.
         sigma: Gaussian smoothing of the gradient map, in pixels.
-        weights, checkpoint_path: backbone weights (see :class:`adcore.backbones.FeatureExtractor`);
-            ``weights=None`` is random initialisation, only for tests.
+        weights: ``"pretrained"`` (offline provider), ``"hub"`` (download) or ``None`` (random
+            initialisation, only for tests); checkpoint_path: a local backbone state dict, overriding
+            ``weights`` (see :class:`adcore.backbones.FeatureExtractor`).
         input_size: side (or ``(h, w)``) images are resized to; seed: seeds everything random.
     """
 
     #: localisation needs gradients with respect to the input pixels
     inference_mode = False
     predict_batch_size = 8
+    #: ``layers=None``: the deepest stage (see :meth:`resolved_layers`)
+    default_strides = (32,)
+    stage_pick = "last"
+    parameter_constraints = {
+        "layers": [Check(Stages(count=1).accepts, "one backbone stage as a one-element tuple, e.g. ('blocks.6',) "
+                                                  "or ('layer4',)"), None],
+        "num_scales": [Integer(1, 5)],
+        "coupling_blocks": [Integer(1, 64)],
+        "fc_hidden": [Integer(1, 65_536)],
+        "fc_layers": [Integer(1, 8)],
+        "clamp": [Real(0.0, 100.0, closed="right")],
+        "epochs": [Integer(1, 100_000)],
+        "learning_rate": [Real(0.0, 10.0, closed="right")],
+        "weight_decay": [Real(0.0, 1.0)],
+        "num_transforms": [Integer(1, 1024)],
+        "view_pool": [Integer(0, 4096)],
+        "num_test_transforms": [Integer(1, 1024)],
+        "rotation_degrees": [Real(0.0, 180.0)],
+        "brightness": [Real(0.0, 0.99)],
+        "contrast": [Real(0.0, 0.99)],
+        "saturation": [Real(0.0, 0.99)],
+        "sigma": [Real(0.0, 64.0)],
+    }
+    parameter_aliases = {"layer": ("layers", lambda value: None if value is None else (value,)),
+                         "lr": "learning_rate", "n_scales": "num_scales", "n_transforms": "num_transforms",
+                         "n_transforms_test": "num_test_transforms"}
 
-    def __init__(self, *, backbone: str = DEFAULT_BACKBONE, layer: str = "blocks.6", n_scales: int = 3,
+    def __init__(self, *, backbone: str = DEFAULT_BACKBONE, layers: tuple[str | int] | None = None, num_scales: int = 3,
                  coupling_blocks: int = 8, fc_hidden: int = 2048, fc_layers: int = 2, clamp: float = 3.0,
-                 epochs: int = 20, batch_size: int = 24, lr: float = 2e-4, weight_decay: float = 1e-5,
-                 n_transforms: int = 4, view_pool: int = 0, n_transforms_test: int = 64, rotation_degrees: float = 180.0,
-                 brightness: float = 0.1, contrast: float = 0.1, saturation: float = 0.1, sigma: float = 4.0,
-                 weights: str | None = "pretrained", checkpoint_path: str | None = None,
-                 input_size: int = 256, seed: int = 0) -> None:
+                 epochs: int = 20, batch_size: int = 24, learning_rate: float = 2e-4, weight_decay: float = 1e-5,
+                 num_transforms: int = 4, view_pool: int = 0, num_test_transforms: int = 64,
+                 rotation_degrees: float = 180.0, brightness: float = 0.1, contrast: float = 0.1,
+                 saturation: float = 0.1, sigma: float = 4.0, weights: str | None = "pretrained",
+                 checkpoint_path: str | None = None, input_size: int = 256, seed: int = 0) -> None:
         self.backbone = backbone
-        self.layer = layer
+        self.layers = layers
         self.weights = weights
         self.checkpoint_path = checkpoint_path
-        self.n_scales = n_scales
+        self.num_scales = num_scales
         self.coupling_blocks = coupling_blocks
         self.fc_hidden = fc_hidden
         self.fc_layers = fc_layers
         self.clamp = clamp
         self.epochs = epochs
         self.batch_size = batch_size
-        self.lr = lr
+        self.learning_rate = learning_rate
         self.weight_decay = weight_decay
-        self.n_transforms = n_transforms
+        self.num_transforms = num_transforms
         self.view_pool = view_pool
-        self.n_transforms_test = n_transforms_test
+        self.num_test_transforms = num_test_transforms
         self.rotation_degrees = rotation_degrees
         self.brightness = brightness
         self.contrast = contrast
@@ -117,24 +148,11 @@ class DifferNet(BaseDetector):
         self.input_size = input_size
         self.seed = seed
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        require_int(self.n_scales, "n_scales", 1, 5)
-        require_int(self.coupling_blocks, "coupling_blocks", 1, 64)
-        require_int(self.fc_hidden, "fc_hidden", 1, 65_536)
-        require_int(self.fc_layers, "fc_layers", 1, 8)
-        require_int(self.epochs, "epochs", 1, 100_000)
-        require_int(self.batch_size, "batch_size", 1, 4096)
-        require_int(self.n_transforms, "n_transforms", 1, 1024)
-        require_int(self.view_pool, "view_pool", 0, 4096)
-        require_int(self.n_transforms_test, "n_transforms_test", 1, 1024)
-        require_number(self.clamp, "clamp", 0.0, 100.0, low_open=True)
-        require_number(self.lr, "lr", 0.0, 1.0, low_open=True)
-        require_number(self.weight_decay, "weight_decay", 0.0, 1.0)
-        require_number(self.rotation_degrees, "rotation_degrees", 0.0, 180.0)
-        for name in ("brightness", "contrast", "saturation"):
-            require_number(getattr(self, name), name, 0.0, 0.99)
-        require_number(self.sigma, "sigma", 0.0, 64.0)
+    def resolved_layers(self) -> tuple[str | int, ...]:
+        """``layers`` as given, or the backbone's deepest stage (the one global pooling follows)."""
+        if self.layers is not None:
+            return tuple(self.layers)
+        return (deepest_stage(self.backbone),)
 
     # -- fit ------------------------------------------------------------------------------------
     def _fit(self, stream: ImageStream) -> None:
@@ -165,7 +183,7 @@ class DifferNet(BaseDetector):
         flow = self.flow_
 
         # Adam settings of the authors' code (betas 0.8, eps 1e-4)
-        optimizer = torch.optim.Adam(trainable_parameters(flow), lr=self.lr, betas=(0.8, 0.8), eps=1e-4,
+        optimizer = torch.optim.Adam(trainable_parameters(flow), lr=self.learning_rate, betas=(0.8, 0.8), eps=1e-4,
                                      weight_decay=self.weight_decay)
 
         def nll(descriptors: torch.Tensor) -> torch.Tensor:
@@ -175,11 +193,12 @@ class DifferNet(BaseDetector):
         started = time.perf_counter()
         if self.view_pool:
             pool = (raw_views - self.feature_mean_) / self.feature_std_
-            history = train_epochs(nll, pool, optimizer, epochs=self.epochs, batch_size=self.batch_size * self.n_transforms,
-                                   seed=self.seed, modules=[flow], desc="differnet")
+            history = train_epochs(nll, pool, optimizer, epochs=self.epochs,
+                                   batch_size=self.batch_size * self.num_transforms, seed=self.seed, modules=[flow],
+                                   desc="differnet")
         else:
             def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-                views = batch.repeat_interleave(self.n_transforms, dim=0)
+                views = batch.repeat_interleave(self.num_transforms, dim=0)
                 return transform_images(views, *self._draw_transforms(views.shape[0], generator))
 
             def loss_fn(views: torch.Tensor) -> torch.Tensor:
@@ -195,7 +214,7 @@ class DifferNet(BaseDetector):
     # -- predict --------------------------------------------------------------------------------
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed + _TEST_TRANSFORM_SEED_OFFSET)
-        params = self._draw_transforms(self.n_transforms_test, generator)
+        params = self._draw_transforms(self.num_test_transforms, generator)
         # Views of several images share one pass (the flow's large weights are read once per pass
         # instead of once per image); a view depends only on its own image, so the gradient of the
         # summed NLL still splits exactly into each image's own gradient.
@@ -203,7 +222,7 @@ class DifferNet(BaseDetector):
         # 4 at 256 px (larger passes measured slower per view on a 2-core CPU)
         height, width = images.shape[-2:]
         views_per_pass = max(1, (16 * 128 * 128) // (height * width))
-        transforms_per_pass = min(self.n_transforms_test, views_per_pass)
+        transforms_per_pass = min(self.num_test_transforms, views_per_pass)
         images_per_pass = max(1, views_per_pass // transforms_per_pass)
         scores, gradients = [], []
         with torch.enable_grad():
@@ -212,16 +231,16 @@ class DifferNet(BaseDetector):
                 count = pixels.shape[0]
                 score = torch.zeros(count)
                 gradient = torch.zeros_like(pixels)
-                for start in range(0, self.n_transforms_test, transforms_per_pass):
+                for start in range(0, self.num_test_transforms, transforms_per_pass):
                     part = [p[start:start + transforms_per_pass] for p in params]
                     per_image = part[0].shape[0]
                     views = transform_images(pixels.repeat_interleave(per_image, 0), *[p.repeat(count) for p in part])
                     z, log_jac = self.flow_(self._descriptors(views))
                     # paper eq. 5: score = E_T[-log p_Z(z)]; localisation: gradient of the NLL L(y)
                     score += 0.5 * z.detach().pow(2).sum(1).view(count, per_image).sum(1) / self.feature_dim_
-                    nll = flow_nll(z, log_jac).sum() / (self.n_transforms_test * self.feature_dim_)
+                    nll = flow_nll(z, log_jac).sum() / (self.num_test_transforms * self.feature_dim_)
                     gradient += torch.autograd.grad(nll, pixels)[0]
-                scores.append(score / self.n_transforms_test)
+                scores.append(score / self.num_test_transforms)
                 gradients.append(gradient)
         maps = torch.cat(gradients).abs().sum(1)
         return torch.cat(scores), gaussian_blur(maps, self.sigma)
@@ -232,16 +251,16 @@ class DifferNet(BaseDetector):
         return (self._raw_descriptors(images) - self.feature_mean_) / self.feature_std_
 
     def _raw_descriptors(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled last-stage features at ``n_scales`` image scales, concatenated: ``(B, D)``."""
-        extractor = self._get_extractor()
+        """Pooled features of the one stage at ``num_scales`` image scales, concatenated: ``(B, D)``."""
+        extractor = self.extractor
         height, width = images.shape[-2:]
         pooled = []
-        for scale in range(self.n_scales):
+        for scale in range(self.num_scales):
             factor = 2**scale
             scaled = images if scale == 0 else F.interpolate(
                 images, size=(max(1, height // factor), max(1, width // factor)), mode="bilinear",
                 align_corners=False, antialias=True)
-            pooled.append(extractor(scaled)[self.layer].mean(dim=(2, 3)))
+            pooled.append(next(iter(extractor(scaled).values())).mean(dim=(2, 3)))
         return torch.cat(pooled, dim=1)
 
     def _draw_transforms(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -257,12 +276,6 @@ class DifferNet(BaseDetector):
         self.flow_ = build_fc_flow(int(self.feature_dim_), self.coupling_blocks, hidden=self.fc_hidden,
                                    layers=self.fc_layers, clamp=self.clamp, seed=self.seed)
         self.flow_.eval()
-
-    def _get_extractor(self) -> FeatureExtractor:
-        if getattr(self, "_extractor", None) is None:
-            self._extractor = frozen_extractor(self.backbone, (self.layer,), self.weights,
-                                               None if self.checkpoint_path is None else str(self.checkpoint_path))
-        return self._extractor
 
 
 def transform_images(images: torch.Tensor, angle: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,

@@ -10,9 +10,10 @@ reference implementation in anomalib does); the image score is the map's maximum
 
 Deliberate deviations from the paper:
 
-* Backbone: any timm CNN through adcore's shared extractor; the default is the offline
-  EfficientNet-Lite0 at stages ``blocks.1/2/4`` (strides 4/8/16) instead of the paper's ResNet18 /
-  WideResNet50 stages 1–3 or CaiT/DeiT (transformer backbones are not offered).
+* Backbone: any timm CNN through adcore's shared extractor; ``layers=None`` takes the first stage
+  at strides 4/8/16, the paper's ResNet18 / WideResNet50 stages 1–3; the default backbone is the
+  offline EfficientNet-Lite0 (stages ``blocks.1/2/4``) instead of those ResNets or CaiT/DeiT
+  (transformer backbones are not offered).
 * Coupling blocks are FrEIA's ``AllInOneBlock`` (affine coupling + global affine + fixed channel
   permutation) as in anomalib, not the paper's exact Glow step; hidden channels = ratio × input.
 * Backbone features are computed once per training image and reused every epoch: the backbone is
@@ -29,37 +30,52 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ad_flow.flows import build_conv_flow, flow_nll, frozen_extractor, require_int, require_number, trainable_parameters
-from adcore.backbones import DEFAULT_BACKBONE, FeatureExtractor
-from adcore.base import BaseDetector
-from adcore.errors import InvalidInputError
+from ad_flow.flows import build_conv_flow, flow_nll, trainable_parameters
+from adcore.backbones import DEFAULT_BACKBONE
+from adcore.feature_detector import FeatureDetector
 from adcore.inputs import ImageStream
 from adcore.ops import upsample
+from adcore.params import Boolean, Integer, Real
 from adcore.training import train_epochs
 
 __all__ = ["FastFlow"]
 
 
-class FastFlow(BaseDetector):
+class FastFlow(FeatureDetector):
     """FastFlow detector (see the module docstring for the method and its deviations).
 
     Args:
         backbone: timm CNN name (any; the offline default is EfficientNet-Lite0).
-        layers: backbone stages, one flow per stage.
+        layers: backbone stages, one flow per stage; ``None`` (default) is the first stage at each
+            of strides 4/8/16 (ResNet ``layer1``–``layer3``, the paper's; Lite0 ``blocks.1/2/4``).
         flow_steps: coupling steps per flow (8 in the paper for ResNet18/WRN50).
         hidden_ratio: subnet hidden channels as a multiple of its input channels.
         conv3x3_only: use 3×3 kernels in every step instead of alternating 3×3 / 1×1.
         clamp: soft clamping of the affine scales in each coupling step.
-        epochs, batch_size, lr, weight_decay: Adam training of the flows by NLL.
-        weights, checkpoint_path: backbone weights (see :class:`adcore.backbones.FeatureExtractor`);
-            ``weights=None`` is random initialisation, only for tests.
+        epochs, batch_size, learning_rate, weight_decay: Adam training of the flows by NLL.
+        weights: ``"pretrained"`` (offline provider), ``"hub"`` (download) or ``None`` (random
+            initialisation, only for tests); checkpoint_path: a local backbone state dict, overriding
+            ``weights`` (see :class:`adcore.backbones.FeatureExtractor`).
         input_size: side (or ``(h, w)``) images are resized to.
         seed: seeds the permutations, the initial weights and the batch order.
     """
 
-    def __init__(self, *, backbone: str = DEFAULT_BACKBONE, layers: Sequence[str] = ("blocks.1", "blocks.2", "blocks.4"),
+    default_strides = (4, 8, 16)
+    stage_pick = "first"
+    parameter_constraints = {
+        "flow_steps": [Integer(1, 64)],
+        "hidden_ratio": [Real(0.0, 16.0, closed="right")],
+        "conv3x3_only": [Boolean()],
+        "clamp": [Real(0.0, 100.0, closed="right")],
+        "epochs": [Integer(1, 100_000)],
+        "learning_rate": [Real(0.0, 10.0, closed="right")],
+        "weight_decay": [Real(0.0, 1.0)],
+    }
+    parameter_aliases = {"lr": "learning_rate"}
+
+    def __init__(self, *, backbone: str = DEFAULT_BACKBONE, layers: Sequence[str | int] | None = None,
                  flow_steps: int = 8, hidden_ratio: float = 1.0, conv3x3_only: bool = False, clamp: float = 2.0,
-                 epochs: int = 100, batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-5,
+                 epochs: int = 100, batch_size: int = 32, learning_rate: float = 1e-3, weight_decay: float = 1e-5,
                  weights: str | None = "pretrained", checkpoint_path: str | None = None,
                  input_size: int = 256, seed: int = 0) -> None:
         self.backbone = backbone
@@ -72,35 +88,21 @@ class FastFlow(BaseDetector):
         self.clamp = clamp
         self.epochs = epochs
         self.batch_size = batch_size
-        self.lr = lr
+        self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.input_size = input_size
         self.seed = seed
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        if isinstance(self.layers, str) or not isinstance(self.layers, Sequence) or not self.layers:
-            raise InvalidInputError(f"layers must be a non-empty sequence of backbone stage names, got {self.layers!r}")
-        if len(set(self.layers)) != len(self.layers):
-            raise InvalidInputError(f"layers must not repeat a stage, got {self.layers!r}")
-        require_int(self.flow_steps, "flow_steps", 1, 64)
-        require_int(self.epochs, "epochs", 1, 100_000)
-        require_int(self.batch_size, "batch_size", 1, 4096)
-        require_number(self.hidden_ratio, "hidden_ratio", 0.0, 16.0, low_open=True)
-        require_number(self.clamp, "clamp", 0.0, 100.0, low_open=True)
-        require_number(self.lr, "lr", 0.0, 1.0, low_open=True)
-        require_number(self.weight_decay, "weight_decay", 0.0, 1.0)
-
     # -- fit ------------------------------------------------------------------------------------
     def _fit(self, stream: ImageStream) -> None:
         started = time.perf_counter()
-        extractor = self._get_extractor()
-        cached: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        cached: list[list[torch.Tensor]] = []
         with torch.no_grad():
             for batch in stream:
-                features = extractor(batch)
-                for level, name in enumerate(self.layers):
-                    cached[level].append(features[name])
+                for level, feature in enumerate(self.extractor(batch).values()):
+                    if level == len(cached):
+                        cached.append([])
+                    cached[level].append(feature)
         levels = [torch.cat(chunks) for chunks in cached]
         self.feature_shapes_ = [list(level.shape[1:]) for level in levels]
         features_seconds = time.perf_counter() - started
@@ -112,7 +114,7 @@ class FastFlow(BaseDetector):
             outputs = head([level[indices] for level in levels])
             return sum(flow_nll(z, log_jac).mean() for z, log_jac in outputs)
 
-        optimizer = torch.optim.Adam(trainable_parameters(head), lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.Adam(trainable_parameters(head), lr=self.learning_rate, weight_decay=self.weight_decay)
         started = time.perf_counter()
         history = train_epochs(loss_fn, torch.arange(levels[0].shape[0]), optimizer, epochs=self.epochs,
                                batch_size=self.batch_size, seed=self.seed, modules=[head], desc="fastflow")
@@ -121,8 +123,7 @@ class FastFlow(BaseDetector):
 
     # -- predict --------------------------------------------------------------------------------
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self._get_extractor()(images)
-        outputs = self.head_([features[name] for name in self.layers])
+        outputs = self.head_(list(self.extractor(images).values()))
         size = tuple(images.shape[-2:])
         maps = []
         for z, _ in outputs:
@@ -136,12 +137,6 @@ class FastFlow(BaseDetector):
     def _build_modules(self) -> None:
         self.head_ = _FastFlowHead([tuple(int(v) for v in shape) for shape in self.feature_shapes_], self.flow_steps,
                                    hidden_ratio=self.hidden_ratio, clamp=self.clamp, conv3x3_only=self.conv3x3_only)
-
-    def _get_extractor(self) -> FeatureExtractor:
-        if getattr(self, "_extractor", None) is None:
-            self._extractor = frozen_extractor(self.backbone, tuple(self.layers), self.weights,
-                                               None if self.checkpoint_path is None else str(self.checkpoint_path))
-        return self._extractor
 
 
 class _FastFlowHead(nn.Module):

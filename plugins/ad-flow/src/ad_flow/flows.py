@@ -15,21 +15,14 @@ FrEIA graphs they need and computes that loss once:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import FrEIA.framework as Ff
 import FrEIA.modules as Fm
 import torch
 from torch import nn
 
-from adcore.backbones import FeatureExtractor
-from adcore.errors import InvalidInputError
-from adcore.seeding import seeded
-
-__all__ = ["conv_subnet", "fc_subnet", "build_conv_flow", "build_fc_flow", "flow_nll", "trainable_parameters",
-           "require_int", "require_number", "frozen_extractor"]
+__all__ = ["conv_subnet", "fc_subnet", "build_conv_flow", "build_fc_flow", "flow_nll", "trainable_parameters"]
 
 SubnetConstructor = Callable[[int, int], nn.Module]
 
@@ -98,32 +91,3 @@ def flow_nll(z: torch.Tensor, log_jac_det: torch.Tensor) -> torch.Tensor:
 def trainable_parameters(*modules: nn.Module) -> list[nn.Parameter]:
     """Parameters that take gradients (FrEIA keeps its permutations as frozen parameters)."""
     return [p for module in modules for p in module.parameters() if p.requires_grad]
-
-
-@functools.lru_cache(maxsize=4)
-def frozen_extractor(backbone: str, layers: tuple[str, ...], weights: str | None,
-                     checkpoint_path: str | None) -> FeatureExtractor:
-    """A frozen pretrained extractor, shared by detectors with the same backbone settings.
-
-    Building one creates the timm model and loads its weights (seconds); detectors, their reloads
-    and their test-time copies reuse it. Frozen and in eval mode, it holds no per-detector state.
-    It is built under its own seed with every RNG restored afterwards, so whether it came from the
-    cache or not never changes the random numbers a detector's fit draws next.
-    """
-    with seeded(0):
-        return FeatureExtractor(backbone, list(layers), weights=weights, checkpoint_path=checkpoint_path)
-
-
-def require_int(value: Any, name: str, low: int, high: int) -> None:
-    """Raise InvalidInputError unless ``value`` is an int in ``[low, high]``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidInputError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-
-
-def require_number(value: Any, name: str, low: float, high: float, *, low_open: bool = False) -> None:
-    """Raise InvalidInputError unless ``value`` is a number in the range (open at ``low`` if asked)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (low < value if low_open else low <= value) \
-        and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise InvalidInputError(f"{name} must be a number in {bracket}{low}, {high}], got {value!r}")

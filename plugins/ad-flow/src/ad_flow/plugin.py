@@ -24,6 +24,6 @@ def adcore_register_detectors(registry) -> None:
         paradigm="multi-scale pooled features into a fully connected flow; NLL over test-time transforms",
         default_backbone="tf_efficientnet_lite0", input_size=256, trains=True,
         description="FrEIA flow on multi-scale image features; score = mean NLL over transforms, map = input gradient",
-        quick_params={"input_size": 64, "epochs": 8, "coupling_blocks": 2, "fc_hidden": 64, "n_transforms": 2,
-                      "view_pool": 4, "n_transforms_test": 2, "batch_size": 8},
+        quick_params={"input_size": 64, "epochs": 8, "coupling_blocks": 2, "fc_hidden": 64, "num_transforms": 2,
+                      "view_pool": 4, "num_test_transforms": 2, "batch_size": 8},
     )
