@@ -28,6 +28,7 @@ Design choices shared by every model (and why):
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -413,14 +414,17 @@ class ReconstructionDetector(BaseDetector):
         """Adam parameter groups (one group of every trainable parameter unless overridden)."""
         return [{"params": [p for p in self.network_.parameters() if p.requires_grad]}]
 
+    @abstractmethod
     def _make_network(self) -> nn.Module:
-        raise NotImplementedError
+        """The untrained network (also built to load a saved one into)."""
 
+    @abstractmethod
     def _training_loss(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The loss of one training batch, through ``self.network_``."""
 
+    @abstractmethod
     def _reconstruct(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Deterministic reconstructions in [0, 1] at the input's size."""
 
 
 #: constraints of the convolutional encoder/decoder the from-scratch models share
