@@ -115,17 +115,17 @@ def test_seed_style_construction_through_the_factory() -> None:
 
 
 @pytest.mark.parametrize(("name", "params", "fragment"), [
-    ("beta_vae", {"beta": 1.0}, "beta must be a number > 1"),
-    ("vae", {"beta": 0.0}, "beta must be a number > 0"),
+    ("beta_vae", {"beta": 1.0}, "beta must be a finite number in (1, 10000] (beta = 1 is the plain 'vae')"),
+    ("vae", {"beta": 0.0}, "beta must be a finite number in (0, 10000]"),
     ("beta_vae", {"decoder": "bernoulli"}, "decoder must be one of"),
     ("wae", {"kernel": "laplace"}, "kernel must be one of"),
     ("vanilla_ae", {"input_size": 16, "depth": 5}, "at least 2**depth = 32"),
     ("vanilla_ae", {"error": "l1"}, "error must be one of"),
-    ("unet_ae", {"skip_levels": 5, "depth": 5}, "skip_levels must be an int in [0, depth - 1 = 4]"),
-    ("unet_ae", {"skip_dropout": 1.0}, "skip_dropout must be a number in [0, 1)"),
-    ("resnet_ae", {"loss": "bce"}, "loss must be 'l2' or 'ssim'"),
+    ("unet_ae", {"skip_levels": 5, "depth": 5}, "skip_levels must be an integer in [0, depth - 1 = 4]"),
+    ("unet_ae", {"skip_dropout": 1.0}, "skip_dropout must be a finite number in [0, 1)"),
+    ("resnet_ae", {"loss": "bce"}, "loss must be one of 'l2', 'ssim'"),
     ("vae", {"image_score": "mean"}, "image_score must be one of"),
-    ("wae", {"validation_fraction": 1.0}, "validation_fraction must be a number in [0, 1)"),
+    ("wae", {"validation_fraction": 1.0}, "validation_fraction must be a finite number in [0, 1)"),
 ])
 def test_out_of_range_parameters_are_rejected(name: str, params: dict, fragment: str) -> None:
     with pytest.raises(InvalidInputError, match=re.escape(fragment)):
@@ -215,9 +215,9 @@ def test_resnet_ae_frozen_backbone_is_not_trained_nor_saved(tmp_path) -> None:
     images = make_normal_images(8, (64, 64))
     detector = get_model("resnet_ae", input_size=64, epochs=1, base_channels=4, latent_channels=8, batch_size=8)
     detector.fit(images)
-    before = {k: v.clone() for k, v in detector._extractor.state_dict().items()}
+    before = {k: v.clone() for k, v in detector.extractor.state_dict().items()}
     detector.fit(images)
-    assert all(torch.equal(before[k], v) for k, v in detector._extractor.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in detector.extractor.state_dict().items())
     assert not any(key.startswith("encoder.") for key in detector.network_.state_dict())
     assert detector.weights_source_.startswith("offline:")
 
@@ -229,7 +229,8 @@ def test_resnet_ae_fine_tuning_trains_and_saves_the_backbone(tmp_path) -> None:
     detector = get_model("resnet_ae", input_size=64, epochs=1, base_channels=4, latent_channels=8, batch_size=8,
                          fine_tune=True, encoder_learning_rate=1e-3)
     detector.fit(images)
-    pretrained = FeatureExtractor("tf_efficientnet_lite0", ["blocks.4"]).state_dict()
+    # trainable=True: the same unfolded batch norms as the fine-tuned encoder, so the keys match
+    pretrained = FeatureExtractor("tf_efficientnet_lite0", ["blocks.4"], trainable=True).state_dict()
     tuned = detector.network_.encoder.state_dict()
     assert any(not torch.equal(pretrained[k], tuned[k]) for k in pretrained if k.endswith("weight"))
     path = detector.save(tmp_path / "tuned.safetensors")

@@ -15,16 +15,26 @@ form.
 
 from __future__ import annotations
 
-from ad_recon.common import check_choice, is_number
+import math
+import numbers
+
 from ad_recon.vae import VAE
+from adcore.params import Check
 
 __all__ = ["BetaVAE"]
+
+
+def _above_one(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value)) \
+        and 1.0 < float(value) <= 1e4
 
 
 class BetaVAE(VAE):
     """β-VAE (Higgins et al. 2017): :class:`~ad_recon.vae.VAE` with ``beta > 1`` (default 4)."""
 
     progress_name = "beta_vae"
+    # beta = 1 is the plain VAE; beta-VAE is defined by a stronger KL pressure
+    parameter_constraints = {"beta": [Check(_above_one, "a finite number in (1, 10000] (beta = 1 is the plain 'vae')")]}
 
     def __init__(self, *, input_size: int = 256, latent_dim: int = 100, beta: float = 4.0,
                  decoder: str = "calibrated", base_channels: int = 32, depth: int = 5, residual: bool = False,
@@ -38,8 +48,3 @@ class BetaVAE(VAE):
                          learning_rate=learning_rate, weight_decay=weight_decay,
                          validation_fraction=validation_fraction, patience=patience, augment=augment, sigma=sigma,
                          image_score=image_score, topk_fraction=topk_fraction, seed=seed)
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        # β = 1 is the plain VAE; β-VAE is defined by a stronger KL pressure
-        check_choice(self, "beta", is_number(self.beta) and self.beta > 1, "a number > 1 (beta = 1 is the plain 'vae')")

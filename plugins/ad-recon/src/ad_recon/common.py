@@ -28,8 +28,9 @@ Design choices shared by every model (and why):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ from adcore.base import BaseDetector
 from adcore.errors import InvalidInputError
 from adcore.inputs import ImageStream
 from adcore.ops import gaussian_blur
+from adcore.params import Boolean, ConstraintSpec, Integer, Options, Real
 from adcore.training import split_holdout, train_epochs
 
 __all__ = [
@@ -51,7 +53,6 @@ __all__ = [
     "ConvDecoder",
     "DenseBottleneck",
     "DenseAutoencoder",
-    "validate_dense_params",
     "channel_widths",
     "ssim_map",
     "reconstruction_error",
@@ -62,9 +63,10 @@ __all__ = [
     "ReconstructionDetector",
     "coarse_grid",
     "to_output",
-    "check_choice",
-    "is_int",
-    "is_number",
+    "NETWORK_CONSTRAINTS",
+    "LOSS_CONSTRAINT",
+    "DENSE_CONSTRAINTS",
+    "check_input_covers_depth",
 ]
 
 #: per-pixel error measures for the anomaly map (and, where a model allows it, the training loss)
@@ -338,7 +340,8 @@ class ReconstructionDetector(BaseDetector):
     Subclasses list their parameters in ``__init__`` (they must include the shared ones read here:
     ``input_size``, ``seed``, ``epochs``, ``batch_size``, ``learning_rate``, ``weight_decay``,
     ``validation_fraction``, ``patience``, ``augment``, ``error``, ``sigma``, ``image_score``,
-    ``topk_fraction``) and implement:
+    ``topk_fraction``), whose constraints are declared here once (:mod:`adcore.params`; a model
+    adds its own in ``parameter_constraints``), and implement:
 
     * ``_make_network() -> nn.Module`` — the untrained network (also used to load a saved one);
     * ``_training_loss(images) -> loss`` — uses ``self.network_``;
@@ -347,29 +350,20 @@ class ReconstructionDetector(BaseDetector):
 
     #: name on the progress bar
     progress_name: str = "autoencoder"
-    #: values ``error`` may take for this model
-    errors: tuple[str, ...] = ERRORS
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        checks: list[tuple[str, bool, str]] = [
-            ("epochs", is_int(self.epochs) and self.epochs >= 1, "an int >= 1"),
-            ("batch_size", is_int(self.batch_size) and self.batch_size >= 1, "an int >= 1"),
-            ("learning_rate", is_number(self.learning_rate) and self.learning_rate > 0, "a number > 0"),
-            ("weight_decay", is_number(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
-            ("validation_fraction", is_number(self.validation_fraction) and 0 <= self.validation_fraction < 1,
-             "a number in [0, 1) (0 switches early stopping off)"),
-            ("patience", is_int(self.patience) and self.patience >= 1, "an int >= 1"),
-            ("augment", isinstance(self.augment, bool), "True or False"),
-            ("error", self.error in self.errors, f"one of {self.errors}"),
-            ("sigma", is_number(self.sigma) and self.sigma >= 0, "a number >= 0 (0 = no smoothing)"),
-            ("image_score", self.image_score in IMAGE_SCORES, f"one of {IMAGE_SCORES}"),
-            ("topk_fraction", is_number(self.topk_fraction) and 0 < self.topk_fraction <= 1, "a number in (0, 1]"),
-            ("seed", is_int(self.seed), "an int"),
-        ]
-        for name, ok, allowed in checks:
-            if not ok:
-                raise InvalidInputError(f"{type(self).__name__}: {name} must be {allowed}, got {getattr(self, name)!r}")
+    parameter_constraints: ClassVar[Mapping[str, ConstraintSpec]] = {
+        # training draws its shuffling and hold-out split from the seed, so it cannot be None here
+        "seed": [Integer(0, 2**63 - 1)],
+        "epochs": [Integer(1, 100_000)],
+        "learning_rate": [Real(0.0, 10.0, closed="right")],
+        "weight_decay": [Real(0.0, 10.0)],
+        "validation_fraction": [Real(0.0, 1.0, closed="left")],  # 0 switches early stopping off
+        "patience": [Integer(1, 100_000)],
+        "augment": [Boolean()],
+        "error": [Options(*ERRORS)],
+        "sigma": [Real(0.0, 64.0)],  # 0 = no smoothing
+        "image_score": [Options(*IMAGE_SCORES)],
+        "topk_fraction": [Real(0.0, 1.0, closed="right")],
+    }
 
     # -- fit ------------------------------------------------------------------------------------
     def _fit(self, stream: ImageStream) -> None:
@@ -420,36 +414,34 @@ class ReconstructionDetector(BaseDetector):
         """Adam parameter groups (one group of every trainable parameter unless overridden)."""
         return [{"params": [p for p in self.network_.parameters() if p.requires_grad]}]
 
+    @abstractmethod
     def _make_network(self) -> nn.Module:
-        raise NotImplementedError
+        """The untrained network (also built to load a saved one into)."""
 
+    @abstractmethod
     def _training_loss(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The loss of one training batch, through ``self.network_``."""
 
+    @abstractmethod
     def _reconstruct(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Deterministic reconstructions in [0, 1] at the input's size."""
 
 
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+#: constraints of the convolutional encoder/decoder the from-scratch models share
+NETWORK_CONSTRAINTS: dict[str, ConstraintSpec] = {
+    "base_channels": [Integer(1, 1024)],
+    "depth": [Integer(1, 8)],
+    "residual": [Boolean()],
+}
+#: the training losses a per-pixel reconstruction model may use
+LOSS_CONSTRAINT: ConstraintSpec = [Options("l2", "ssim")]
+#: constraints of the dense-code models (AE, VAE, beta-VAE, WAE)
+DENSE_CONSTRAINTS: dict[str, ConstraintSpec] = {**NETWORK_CONSTRAINTS, "latent_dim": [Integer(1, 16_384)]}
 
 
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_choice(owner: object, name: str, ok: bool, allowed: str) -> None:
-    """Raise :class:`InvalidInputError` for a model-specific parameter outside its range."""
-    if not ok:
-        raise InvalidInputError(f"{type(owner).__name__}: {name} must be {allowed}, got {getattr(owner, name)!r}")
-
-
-def validate_dense_params(detector: ReconstructionDetector) -> None:
-    """Checks shared by the dense-code models (AE, VAE, β-VAE, WAE)."""
-    check_choice(detector, "latent_dim", is_int(detector.latent_dim) and detector.latent_dim >= 1, "an int >= 1")
-    check_choice(detector, "base_channels", is_int(detector.base_channels) and detector.base_channels >= 1,
-                 "an int >= 1")
-    check_choice(detector, "depth", is_int(detector.depth) and 1 <= detector.depth <= 8, "an int in [1, 8]")
-    smallest = min(detector.image_size)
-    check_choice(detector, "input_size", smallest >= 2**detector.depth,
-                 f"at least 2**depth = {2**detector.depth} pixels per side for depth={detector.depth}")
+def check_input_covers_depth(detector: ReconstructionDetector) -> None:
+    """``depth`` stride-2 levels need at least ``2**depth`` pixels per side (a check of two parameters)."""
+    if min(detector.image_size) < 2**detector.depth:
+        raise InvalidInputError(f"{type(detector).__name__}: input_size must be at least 2**depth = "
+                                f"{2**detector.depth} pixels per side for depth={detector.depth}, got "
+                                f"{detector.input_size!r}; lower depth or raise input_size")

@@ -12,8 +12,8 @@ segmentation via deep feature reconstruction", Neurocomputing 2021, which recons
 rather than pixels) and the perceptual/pretrained AE baselines of the MVTec AD benchmark
 literature; there is no single canonical paper for a "ResNet-AE".
 
-Architecture: backbone stage ``layer`` (default ``blocks.4``, stride 16, 112 channels for
-EfficientNet-Lite0) → 1×1 conv bottleneck to ``latent_channels`` (the information bottleneck: the
+Architecture: backbone stage ``layers[0]`` (default: the deepest stage at stride 16, ``blocks.4``
+with 112 channels for EfficientNet-Lite0, ``layer3`` for a ResNet) → 1×1 conv bottleneck to ``latent_channels`` (the information bottleneck: the
 decoder cannot copy the stage wholesale) → ``log2(stride)`` resize-convolution levels
 (:class:`ad_recon.common.ConvDecoder`) → RGB through a sigmoid.
 
@@ -33,33 +33,40 @@ perceptual error ranked it at 0.985 (pixel AUROC 0.929). Computed on the decoded
 missed PIPED's small impurities (PA_BDP01_TL at 128 px: 0.706); with the stride-4 and stride-8
 stages added it reaches 0.997 there (docs/ad-recon.md).
 
-``fine_tune=False`` (default): the backbone is frozen, kept out of the saved file and rebuilt from
-its parameters; only the decoder trains. ``fine_tune=True``: the backbone trains too (with
-``encoder_learning_rate``) and is saved with the decoder.
+``fine_tune=False`` (default): the backbone is frozen (the shared extractor of
+:class:`adcore.feature_detector.FeatureDetector`), kept out of the saved file and rebuilt from its
+parameters; only the decoder trains. ``fine_tune=True``: a copy of the backbone up to the decoded
+stage trains too (with ``encoder_learning_rate``) and is saved with the decoder; the perceptual
+error still reads the frozen pretrained one.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ad_recon.common import (
     ERRORS,
+    LOSS_CONSTRAINT,
     ConvBlock,
     ConvDecoder,
     ReconstructionDetector,
     channel_widths,
-    check_choice,
-    is_int,
-    is_number,
     reconstruction_loss,
 )
-from adcore.backbones import DEFAULT_BACKBONE, FeatureExtractor, backbone_layers
+from adcore.backbones import DEFAULT_BACKBONE, FeatureExtractor, stages
+from adcore.feature_detector import FeatureDetector
 from adcore.ops import upsample
+from adcore.params import Boolean, ConstraintSpec, Integer, Options, Real, Stages
 
 __all__ = ["ResNetAE", "PretrainedEncoderAE"]
+
+#: strides of the finer pretrained stages the perceptual error adds to the decoded one
+_PERCEPTUAL_STRIDES = (4, 8)
 
 
 class PretrainedEncoderAE(nn.Module):
@@ -79,14 +86,17 @@ class PretrainedEncoderAE(nn.Module):
         return self.decoder(self.bottleneck(features), self.size)
 
 
-class ResNetAE(ReconstructionDetector):
+class ResNetAE(ReconstructionDetector, FeatureDetector):
     """Pretrained-encoder autoencoder.
 
     Args:
         backbone: any timm CNN name (``tf_efficientnet_lite0`` works offline; ``resnet18`` etc.
-            need timm's hub or ``checkpoint_path``).
-        layer: the backbone stage decoded from (name or index).
-        weights, checkpoint_path: as for :class:`adcore.backbones.FeatureExtractor`.
+            need ``weights="hub"`` or ``checkpoint_path``).
+        layers: a one-element tuple, the backbone stage decoded from (name or index); ``None`` =
+            the deepest stage at stride 16 (``blocks.4`` for EfficientNet-Lite0). ``layer=`` (one
+            stage, not a tuple) is the deprecated old name.
+        weights, checkpoint_path: as for :class:`adcore.backbones.FeatureExtractor` (``"pretrained"``:
+            offline weights; ``"hub"``: timm's download; a local state dict overrides both).
         fine_tune: train the backbone too (saved with the model) instead of freezing it.
         encoder_learning_rate: Adam learning rate of the backbone when ``fine_tune``.
         latent_channels: channels of the 1×1 bottleneck after the stage.
@@ -101,10 +111,23 @@ class ResNetAE(ReconstructionDetector):
     """
 
     progress_name = "resnet_ae"
-    errors = (*ERRORS, "feature")
+    default_strides = (16,)
+    stage_pick = "last"
+    parameter_constraints: ClassVar[Mapping[str, ConstraintSpec]] = {
+        "layers": [Stages(count=1), None],
+        "fine_tune": [Boolean()],
+        "encoder_learning_rate": [Real(0.0, 10.0, closed="right")],
+        "latent_channels": [Integer(1, 4096)],
+        "base_channels": [Integer(1, 1024)],
+        "residual": [Boolean()],
+        "loss": LOSS_CONSTRAINT,
+        "error": [Options(*ERRORS, "feature")],
+    }
+    parameter_aliases = {"layer": ("layers", lambda value: None if value is None else (value,))}
 
-    def __init__(self, *, input_size: int = 256, backbone: str = DEFAULT_BACKBONE, layer: str | int = "blocks.4",
-                 weights: str | None = "pretrained", checkpoint_path: str | None = None, fine_tune: bool = False,
+    def __init__(self, *, input_size: int = 256, backbone: str = DEFAULT_BACKBONE,
+                 layers: Sequence[str | int] | None = None, weights: str | None = "pretrained",
+                 checkpoint_path: str | None = None, fine_tune: bool = False,
                  encoder_learning_rate: float = 1e-5, latent_channels: int = 64, base_channels: int = 32,
                  residual: bool = True, loss: str = "l2", error: str = "feature", epochs: int = 50, batch_size: int = 16,
                  learning_rate: float = 1e-3, weight_decay: float = 1e-5, validation_fraction: float = 0.0,
@@ -112,7 +135,7 @@ class ResNetAE(ReconstructionDetector):
                  topk_fraction: float = 0.01, seed: int = 0) -> None:
         self.input_size = input_size
         self.backbone = backbone
-        self.layer = layer
+        self.layers = layers
         self.weights = weights
         self.checkpoint_path = checkpoint_path
         self.fine_tune = fine_tune
@@ -134,17 +157,29 @@ class ResNetAE(ReconstructionDetector):
         self.topk_fraction = topk_fraction
         self.seed = seed
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_choice(self, "backbone", isinstance(self.backbone, str) and bool(self.backbone), "a timm model name")
-        check_choice(self, "layer", isinstance(self.layer, str) or is_int(self.layer), "a stage name or index")
-        check_choice(self, "fine_tune", isinstance(self.fine_tune, bool), "True or False")
-        check_choice(self, "encoder_learning_rate", is_number(self.encoder_learning_rate)
-                     and self.encoder_learning_rate > 0, "a number > 0")
-        check_choice(self, "latent_channels", is_int(self.latent_channels) and self.latent_channels >= 1, "an int >= 1")
-        check_choice(self, "base_channels", is_int(self.base_channels) and self.base_channels >= 1, "an int >= 1")
-        check_choice(self, "residual", isinstance(self.residual, bool), "True or False")
-        check_choice(self, "loss", self.loss in ("l2", "ssim"), "'l2' or 'ssim'")
+    # -- stages -----------------------------------------------------------------------------------
+    def decoded_stage(self) -> str | int:
+        """The stage decoded from, by name when the backbone has it (an index is translated)."""
+        layer = self.resolved_layers()[0]
+        names = [stage.name for stage in stages(self.backbone)]
+        if isinstance(layer, int) and 0 <= layer < len(names):
+            return names[layer]
+        return layer  # a name, or an invalid one that FeatureExtractor reports with the valid stages
+
+    def extractor_layers(self) -> tuple[str | int, ...]:
+        """The decoded stage and the deepest stages at strides 4 and 8, in network order.
+
+        One frozen backbone serves both the encoder and the perceptual error; for the default
+        stage the finer ones lie on the way to it and cost nothing extra.
+        """
+        decoded = self.decoded_stage()
+        offered = stages(self.backbone)
+        order = {stage.name: index for index, stage in enumerate(offered)}
+        if decoded not in order:
+            return (decoded,)
+        finer = {next((s.name for s in reversed(offered) if s.stride == stride), None) for stride in _PERCEPTUAL_STRIDES}
+        # network order: FeatureExtractor labels timm's outputs in the order it is given
+        return tuple(sorted((finer - {None}) | {decoded}, key=order.__getitem__))
 
     # -- fit --------------------------------------------------------------------------------------
     def _fit(self, stream) -> None:
@@ -152,8 +187,9 @@ class ResNetAE(ReconstructionDetector):
         self.weights_source_ = self._encoder().weights_source
 
     def _make_network(self, pretrained: bool = True) -> nn.Module:
-        encoder = self._create_encoder(pretrained) if self.fine_tune else self._pretrained_extractor()
-        name = self._decoded_layer(encoder)
+        encoder = self.build_extractor([self.decoded_stage()], pretrained=pretrained, trainable=True) \
+            if self.fine_tune else self.extractor
+        name = self._decoded_name(encoder)
         return PretrainedEncoderAE(self.image_size, encoder.channels[name], encoder.strides[name], self.latent_channels,
                                    self.base_channels, self.residual, encoder if self.fine_tune else None)
 
@@ -161,9 +197,9 @@ class ResNetAE(ReconstructionDetector):
         # loading a fine-tuned model: the saved backbone weights replace these, so start random
         self.network_ = self._make_network(pretrained=False)
 
-    def _optimizer_groups(self) -> list[dict]:
+    def _optimizer_groups(self) -> list[dict[str, Any]]:
         decoder = [p for n, p in self.network_.named_parameters() if not n.startswith("encoder.")]
-        groups = [{"params": decoder}]
+        groups: list[dict[str, Any]] = [{"params": decoder}]
         if self.fine_tune:
             groups.append({"params": list(self.network_.encoder.parameters()), "lr": self.encoder_learning_rate})
         return groups
@@ -173,7 +209,7 @@ class ResNetAE(ReconstructionDetector):
 
     def _reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         encoder = self._encoder()
-        name = self._decoded_layer(encoder)
+        name = self._decoded_name(encoder)
         if self.fine_tune:
             features = encoder(images)[name]
         else:
@@ -187,7 +223,7 @@ class ResNetAE(ReconstructionDetector):
         # perceptual error (Johnson et al.): per stage, the squared distance between the features of
         # the input and of its reconstruction, averaged over channels; the stages at stride 4 and 8
         # resolve small defects that the decoded stride-16 stage alone blurs away
-        extractor = self._pretrained_extractor()  # frozen and pretrained even when the encoder is fine-tuned
+        extractor = self.extractor  # frozen and pretrained even when the encoder is fine-tuned
         size = tuple(images.shape[-2:])
         original, rebuilt = extractor(images), extractor(reconstructions)
         levels = [upsample((original[name] - rebuilt[name]).pow(2).mean(1), size) for name in extractor.layer_names]
@@ -195,38 +231,8 @@ class ResNetAE(ReconstructionDetector):
 
     # -- helpers ------------------------------------------------------------------------------------
     def _encoder(self) -> FeatureExtractor:
-        return self.network_.encoder if self.fine_tune else self._pretrained_extractor()
+        return self.network_.encoder if self.fine_tune else self.extractor
 
-    def _pretrained_extractor(self) -> FeatureExtractor:
-        """The frozen pretrained backbone at ``layer`` and its deepest stages of stride 4 and 8.
-
-        One backbone serves both the frozen encoder (``layer``) and the perceptual error (all three
-        stages); for the default ``layer`` the finer stages lie on the way to it and cost nothing extra.
-        """
-        key = (self.backbone, self.layer, self.weights, self.checkpoint_path)
-        if getattr(self, "_extractor", None) is None or getattr(self, "_extractor_key", None) != key:
-            # the stage probe builds a timm model; it runs inside fit, before the decoder is
-            # initialised, so it must not draw from the seeded global stream
-            with torch.random.fork_rng(devices=[]):
-                stages = backbone_layers(self.backbone)
-            order = {stage["name"]: index for index, stage in enumerate(stages)}
-            decoded = stages[self.layer]["name"] if is_int(self.layer) and 0 <= self.layer < len(stages) else self.layer
-            layers: list[str | int] = [self.layer]  # an unknown layer: FeatureExtractor names the valid ones
-            if decoded in order:
-                finer = {next((s["name"] for s in reversed(stages) if s["stride"] == stride), None) for stride in (4, 8)}
-                # network order: FeatureExtractor labels timm's outputs in the order it is given
-                layers = sorted((finer - {None}) | {decoded}, key=order.__getitem__)
-            self._extractor = FeatureExtractor(self.backbone, layers, weights=self.weights,
-                                               checkpoint_path=self.checkpoint_path)
-            self._extractor_layer = decoded
-            self._extractor_key = key
-        return self._extractor
-
-    def _decoded_layer(self, encoder: FeatureExtractor) -> str:
-        """Name of ``layer`` among ``encoder``'s outputs (the fine-tuned encoder has only that one)."""
-        return encoder.layer_names[0] if self.fine_tune else self._extractor_layer
-
-    def _create_encoder(self, pretrained: bool) -> FeatureExtractor:
-        return FeatureExtractor(self.backbone, [self.layer], weights=self.weights if pretrained else None,
-                                checkpoint_path=self.checkpoint_path if pretrained else None,
-                                trainable=self.fine_tune)
+    def _decoded_name(self, encoder: FeatureExtractor) -> str:
+        """Name of the decoded stage among ``encoder``'s outputs (the fine-tuned encoder has only that one)."""
+        return encoder.layer_names[0] if self.fine_tune else str(self.decoded_stage())

@@ -37,13 +37,14 @@ from ad_recon.common import (
     ConvEncoder,
     DeconvBlock,
     ReconstructionDetector,
+    LOSS_CONSTRAINT,
     channel_widths,
-    check_choice,
-    is_int,
-    is_number,
+    check_input_covers_depth,
     reconstruction_loss,
     to_output,
 )
+from adcore.errors import InvalidInputError
+from adcore.params import Integer, Real
 
 __all__ = ["UnetAE", "UNet"]
 
@@ -103,6 +104,14 @@ class UnetAE(ReconstructionDetector):
     """
 
     progress_name = "unet_ae"
+    parameter_constraints = {
+        "base_channels": [Integer(1, 1024)],
+        "depth": [Integer(2, 8)],
+        "latent_channels": [Integer(1, 4096)],
+        "skip_levels": [Integer(0, 7)],  # and at most depth - 1: checked in _validate_params
+        "skip_dropout": [Real(0.0, 1.0, closed="left")],
+        "loss": LOSS_CONSTRAINT,
+    }
 
     def __init__(self, *, input_size: int = 256, base_channels: int = 32, depth: int = 5, latent_channels: int = 64,
                  skip_levels: int = 2, skip_dropout: float = 0.25, loss: str = "l2", error: str = "l2",
@@ -131,16 +140,10 @@ class UnetAE(ReconstructionDetector):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        check_choice(self, "base_channels", is_int(self.base_channels) and self.base_channels >= 1, "an int >= 1")
-        check_choice(self, "depth", is_int(self.depth) and 2 <= self.depth <= 8, "an int in [2, 8]")
-        check_choice(self, "input_size", min(self.image_size) >= 2**self.depth,
-                     f"at least 2**depth = {2**self.depth} pixels per side for depth={self.depth}")
-        check_choice(self, "latent_channels", is_int(self.latent_channels) and self.latent_channels >= 1, "an int >= 1")
-        check_choice(self, "skip_levels", is_int(self.skip_levels) and 0 <= self.skip_levels <= self.depth - 1,
-                     f"an int in [0, depth - 1 = {self.depth - 1}]")
-        check_choice(self, "skip_dropout", is_number(self.skip_dropout) and 0 <= self.skip_dropout < 1,
-                     "a number in [0, 1)")
-        check_choice(self, "loss", self.loss in ("l2", "ssim"), "'l2' or 'ssim'")
+        check_input_covers_depth(self)
+        if self.skip_levels > self.depth - 1:
+            raise InvalidInputError(f"UnetAE: skip_levels must be an integer in [0, depth - 1 = {self.depth - 1}] "
+                                    f"for depth={self.depth}, got {self.skip_levels!r}")
 
     def _make_network(self) -> nn.Module:
         return UNet(self.image_size, self.base_channels, self.depth, self.latent_channels, self.skip_levels,

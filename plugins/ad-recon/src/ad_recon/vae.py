@@ -30,13 +30,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ad_recon.common import (
-    DenseAutoencoder,
-    ReconstructionDetector,
-    check_choice,
-    is_number,
-    validate_dense_params,
-)
+from ad_recon.common import DENSE_CONSTRAINTS, DenseAutoencoder, ReconstructionDetector, check_input_covers_depth
+from adcore.params import Options, Real
 
 __all__ = ["VAE", "DECODERS", "gaussian_reconstruction_nll", "kl_divergence", "reparameterize"]
 
@@ -85,6 +80,8 @@ class VAE(ReconstructionDetector):
     """
 
     progress_name = "vae"
+    parameter_constraints = {**DENSE_CONSTRAINTS, "beta": [Real(0.0, 1e4, closed="right")],
+                             "decoder": [Options(*DECODERS)]}
 
     def __init__(self, *, input_size: int = 256, latent_dim: int = 100, beta: float = 1.0, decoder: str = "calibrated",
                  base_channels: int = 32, depth: int = 5, residual: bool = False, error: str = "l2", epochs: int = 50, batch_size: int = 16,
@@ -113,10 +110,7 @@ class VAE(ReconstructionDetector):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        validate_dense_params(self)
-        check_choice(self, "residual", isinstance(self.residual, bool), "True or False")
-        check_choice(self, "beta", is_number(self.beta) and self.beta > 0, "a number > 0")
-        check_choice(self, "decoder", self.decoder in DECODERS, f"one of {DECODERS}")
+        check_input_covers_depth(self)
 
     def _make_network(self) -> nn.Module:
         # the code layer outputs mean and log-variance side by side

@@ -26,11 +26,12 @@ import torch
 from torch import nn
 
 from ad_recon.common import (
+    DENSE_CONSTRAINTS,
+    LOSS_CONSTRAINT,
     DenseAutoencoder,
     ReconstructionDetector,
-    check_choice,
+    check_input_covers_depth,
     reconstruction_loss,
-    validate_dense_params,
 )
 
 __all__ = ["VanillaAE"]
@@ -55,6 +56,7 @@ class VanillaAE(ReconstructionDetector):
     """
 
     progress_name = "vanilla_ae"
+    parameter_constraints = {**DENSE_CONSTRAINTS, "loss": LOSS_CONSTRAINT}
 
     def __init__(self, *, input_size: int = 256, latent_dim: int = 100, base_channels: int = 32, depth: int = 5,
                  residual: bool = False, loss: str = "l2", error: str = "l2", epochs: int = 50, batch_size: int = 16,
@@ -82,9 +84,7 @@ class VanillaAE(ReconstructionDetector):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        validate_dense_params(self)
-        check_choice(self, "residual", isinstance(self.residual, bool), "True or False")
-        check_choice(self, "loss", self.loss in ("l2", "ssim"), "'l2' or 'ssim'")
+        check_input_covers_depth(self)
 
     def _make_network(self) -> nn.Module:
         return DenseAutoencoder(self.image_size, self.latent_dim, self.base_channels, self.depth, self.residual)

@@ -24,13 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ad_recon.common import (
-    DenseAutoencoder,
-    ReconstructionDetector,
-    check_choice,
-    is_number,
-    validate_dense_params,
-)
+from ad_recon.common import DENSE_CONSTRAINTS, DenseAutoencoder, ReconstructionDetector, check_input_covers_depth
+from adcore.params import Options, Real
 
 __all__ = ["WAE", "mmd_penalty", "KERNELS"]
 
@@ -73,6 +68,7 @@ class WAE(ReconstructionDetector):
     """
 
     progress_name = "wae"
+    parameter_constraints = {**DENSE_CONSTRAINTS, "mmd_weight": [Real(0.0, 1e6)], "kernel": [Options(*KERNELS)]}
 
     def __init__(self, *, input_size: int = 256, latent_dim: int = 64, mmd_weight: float = 100.0, kernel: str = "imq",
                  base_channels: int = 32, depth: int = 5, residual: bool = False, error: str = "l2", epochs: int = 50,
@@ -101,10 +97,7 @@ class WAE(ReconstructionDetector):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        validate_dense_params(self)
-        check_choice(self, "residual", isinstance(self.residual, bool), "True or False")
-        check_choice(self, "mmd_weight", is_number(self.mmd_weight) and self.mmd_weight >= 0, "a number >= 0")
-        check_choice(self, "kernel", self.kernel in KERNELS, f"one of {KERNELS}")
+        check_input_covers_depth(self)
 
     def _make_network(self) -> nn.Module:
         return DenseAutoencoder(self.image_size, self.latent_dim, self.base_channels, self.depth, self.residual)
