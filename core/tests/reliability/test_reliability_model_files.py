@@ -143,31 +143,31 @@ class _FailingFile:
 
 @pytest.mark.parametrize("failure", ["disk full during write", "fsync fails", "Ctrl-C during write", "rename fails"])
 def test_failed_save_keeps_the_previous_file(rich, saved, normal_images, monkeypatch, failure):
-    import adcore.persistence as persistence
+    import adcore.files as files  # the one atomic writer persistence.write goes through
 
     previous = saved.read_bytes()
     real_fdopen = os.fdopen
     if failure == "disk full during write":
         error: type[BaseException] = OSError
-        monkeypatch.setattr(persistence.os, "fdopen", lambda fd, mode: _FailingFile(real_fdopen(fd, mode),
+        monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: _FailingFile(real_fdopen(fd, mode),
                                                                                   OSError(errno.ENOSPC, "No space left on device")))
     elif failure == "Ctrl-C during write":
         error = KeyboardInterrupt
-        monkeypatch.setattr(persistence.os, "fdopen", lambda fd, mode: _FailingFile(real_fdopen(fd, mode), KeyboardInterrupt()))
+        monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: _FailingFile(real_fdopen(fd, mode), KeyboardInterrupt()))
     elif failure == "fsync fails":
         error = OSError
 
         def fsync(fd):
             raise OSError(errno.EIO, "Input/output error")
 
-        monkeypatch.setattr(persistence.os, "fsync", fsync)
+        monkeypatch.setattr(files.os, "fsync", fsync)
     else:
         error = OSError
 
         def replace(src, dst):
             raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-        monkeypatch.setattr(persistence.os, "replace", replace)
+        monkeypatch.setattr(files.os, "replace", replace)
     changed = RichDetector(width=5).fit(normal_images)
     with pytest.raises(error):
         changed.save(saved)
@@ -178,10 +178,10 @@ def test_failed_save_keeps_the_previous_file(rich, saved, normal_images, monkeyp
 
 
 def test_failed_first_save_leaves_nothing(rich, tmp_path, monkeypatch):
-    import adcore.persistence as persistence
+    import adcore.files as files  # the one atomic writer persistence.write goes through
 
     real_fdopen = os.fdopen
-    monkeypatch.setattr(persistence.os, "fdopen", lambda fd, mode: _FailingFile(real_fdopen(fd, mode), KeyboardInterrupt()))
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: _FailingFile(real_fdopen(fd, mode), KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         rich.save(tmp_path / "new.safetensors")
     assert list(tmp_path.iterdir()) == []
