@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,8 +50,6 @@ _SIGNED_KEYS = ("detector", "target", "params", "state")
 _REQUIRED_KEYS = ("detector", "target", "params", "state", "sha256")
 _TEXT_FIELDS = ("detector", "target", "distribution", "distribution_version")
 _JSON_FIELDS = ("params", "state")
-# a JSON string literal (unrolled loop: linear time, no backtracking)
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
 def write(path: str | Path, tensors: Mapping[str, torch.Tensor], header: Mapping[str, Any]) -> Path:
@@ -115,16 +112,16 @@ def _encode_fields(header: Mapping[str, Any]) -> dict[str, str]:
         value = header.get(key)
         if not isinstance(value, Mapping):
             raise ModelFileError(f"header field {key!r} must be a mapping of JSON values, got {type(value).__name__}")
+        depth = _nesting(dict(value))
+        if depth > MAX_JSON_DEPTH:
+            raise ModelFileError(f"the {key} of this detector nest more than {MAX_JSON_DEPTH} levels deep, which a model "
+                                 "file does not allow; store deep structures as tensors")
         if key == "params":
             encoded = {str(k): _to_json(v, f"parameter {k!r}") for k, v in value.items()}
         else:
             encoded = _to_json(dict(value), "fitted state")
         # sorted keys: the same detector always gives the same bytes, however its attributes were set
         fields[key] = json.dumps(encoded, sort_keys=True)
-        depth = _nesting(fields[key].encode())
-        if depth > MAX_JSON_DEPTH:
-            raise ModelFileError(f"the {key} of this detector nest {depth} levels deep, more than a model file allows "
-                                 f"({MAX_JSON_DEPTH}); store deep structures as tensors")
     return fields
 
 
@@ -193,27 +190,33 @@ def _looks_pickled(prefix: bytes) -> bool:
     return (prefix[:1] == b"\x80" and prefix[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or prefix.startswith(b"PK\x03\x04")
 
 
-def _nesting(raw: bytes) -> int:
-    """How deeply brackets nest in the JSON text ``raw`` (brackets inside strings do not count)."""
-    import numpy as np
-
-    codes = np.frombuffer(_JSON_STRING.sub(b'""', raw), dtype=np.uint8)
-    if not codes.size:
-        return 0
-    steps = np.isin(codes, (0x5B, 0x7B)).astype(np.int64) - np.isin(codes, (0x5D, 0x7D)).astype(np.int64)
-    return int(np.cumsum(steps).max())
+def _nesting(value: Any) -> int:
+    """How deeply lists and dicts nest in ``value`` (``{"a": 1}`` is 1), counted up to one level past
+    :data:`MAX_JSON_DEPTH`; walked without recursion."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, (list, tuple, dict)):
+            deepest = max(deepest, level)
+            if level > MAX_JSON_DEPTH:
+                break  # deep enough to refuse; the rest need not be walked
+            pending.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _parse_json(raw: bytes | str, path: Path, what: str) -> Any:
-    """``json.loads`` after the nesting check; a decoding failure is a :class:`ModelFileError`."""
-    depth = _nesting(raw.encode("utf-8") if isinstance(raw, str) else raw)
-    if depth > MAX_JSON_DEPTH:
-        raise ModelFileError(f"{path} has a corrupt {what}: its JSON nests {depth} levels deep (at most "
-                             f"{MAX_JSON_DEPTH} are allowed); it is damaged or was not written by detector.save()")
+    """``json.loads`` with the nesting limit; every failure is a :class:`ModelFileError`."""
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        value = json.loads(raw)
+        too_deep = _nesting(value) > MAX_JSON_DEPTH
+    except RecursionError:  # nested deeper than the interpreter's recursion limit
+        value, too_deep = None, True
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"{path} has a corrupt {what} ({type(exc).__name__}: {exc}); it is not an adcore model file") from exc
+    if too_deep:
+        raise ModelFileError(f"{path} has a corrupt {what}: its JSON nests more than {MAX_JSON_DEPTH} levels deep; "
+                             "it is damaged or was not written by detector.save()")
+    return value
 
 
 def _read_meta(path: Path) -> dict[str, str]:
