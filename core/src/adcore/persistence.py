@@ -35,7 +35,7 @@ import torch
 
 from adcore._version import __version__
 from adcore.errors import ModelFileError
-from adcore.files import atomic_write_bytes
+from adcore.files import atomic_write_bytes  # ad-distill's teachers.py still imports it from here; new code: adcore.files
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_JSON_DEPTH", "write", "read", "read_header"]
 
