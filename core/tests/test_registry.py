@@ -146,3 +146,15 @@ def test_factory_errors_are_adcore_errors_with_their_stdlib_base():
     with pytest.raises(AdcoreError) as info:
         adcore.get_model("example_gausian")
     assert isinstance(info.value, KeyError) and "Did you mean: example_gaussian?" in str(info.value)
+
+
+def test_the_kit_reaches_offline_weight_providers_through_lookups(monkeypatch):
+    from adcore import lookups
+    from adcore.plugins import get_host
+
+    # installed by adcore.factory at `import adcore`: the registry's providers, asked for without importing the host
+    provider = get_host().backbones.get("tf_efficientnet_lite0")
+    assert provider is not None and lookups.weight_provider_for("tf_efficientnet_lite0") is provider
+    assert lookups.weight_provider_for("not_a_backbone_xyz") is None
+    monkeypatch.setattr(lookups, "_weight_provider_lookup", None)
+    assert lookups.weight_provider_for("tf_efficientnet_lite0") is None  # the kit alone knows no provider
