@@ -105,3 +105,56 @@ def test_list_models_by_category_includes_the_example_plugin():
     grouped = adcore.list_models_by_category()
     assert "example_gaussian" in grouped["example"]
     assert adcore.list_models("example_*") == ["example_gaussian"]
+
+
+def test_factory_answers_what_the_cli_and_the_benchmark_ask(monkeypatch):
+    import pluggy
+
+    import adcore
+    from adcore import factory
+    from adcore.plugins import PluginFailure, PluginHost, PluginInfo
+    from adcore.registry import BackboneRegistry
+
+    assert [entry.name for entry in factory.detector_entries("example_*")] == ["example_gaussian"]
+    assert factory.find_entry("example_gaussian") is factory.get_entry("example_gaussian")
+    assert factory.find_entry("not_registered_xyz") is None
+    every = factory.detector_entries()
+    assert [(e.category, e.name) for e in every] == sorted((e.category, e.name) for e in every)
+    assert factory.detector_entries(category="example") == [e for e in every if e.category == "example"]
+
+    registry = make_registry()
+    failure = PluginFailure("ad_bad", "ad-bad", "0.1", "import", "ImportError: nope", details="Traceback ...")
+    info = PluginInfo("ad_thing", "ad-thing", "1.2.3", "ad_thing.plugin", 0.01, ["alpha_detector"])
+    host = PluginHost(pluggy.PluginManager("adcore"), registry, BackboneRegistry(), [info], [failure])
+    monkeypatch.setattr(factory, "get_host", lambda: host)
+    assert factory.plugin_failures() == [failure] and factory.loaded_plugins() == [info]
+    assert factory.plugin_versions() == {"adcore": adcore.__version__, "ad-thing": "1.2.3"}
+    report = factory.plugin_report()
+    assert [d["name"] for d in report["detectors"]] == ["beta_detector", "alpha_detector"]  # by category, then name
+    assert report["failures"] == [{k: v for k, v in failure.as_dict().items() if k != "details"}]
+    assert factory.plugin_report(details=True)["failures"][0]["details"] == "Traceback ..."
+    assert host.failures[0].details == "Traceback ..."  # the report is a copy
+
+
+def test_factory_errors_are_adcore_errors_with_their_stdlib_base():
+    import adcore
+    from adcore.errors import AdcoreError
+
+    with pytest.raises(AdcoreError) as info:
+        adcore.get_model("example_gaussian", not_a_parameter=1)
+    assert isinstance(info.value, TypeError) and "not_a_parameter" in str(info.value)
+    with pytest.raises(AdcoreError) as info:
+        adcore.get_model("example_gausian")
+    assert isinstance(info.value, KeyError) and "Did you mean: example_gaussian?" in str(info.value)
+
+
+def test_the_kit_reaches_offline_weight_providers_through_lookups(monkeypatch):
+    from adcore import lookups
+    from adcore.plugins import get_host
+
+    # installed by adcore.factory at `import adcore`: the registry's providers, asked for without importing the host
+    provider = get_host().backbones.get("tf_efficientnet_lite0")
+    assert provider is not None and lookups.weight_provider_for("tf_efficientnet_lite0") is provider
+    assert lookups.weight_provider_for("not_a_backbone_xyz") is None
+    monkeypatch.setattr(lookups, "_weight_provider_lookup", None)
+    assert lookups.weight_provider_for("tf_efficientnet_lite0") is None  # the kit alone knows no provider

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 __all__ = [
     "__version__",
     "AnomalyDetector",
@@ -34,6 +32,7 @@ __all__ = [
     "ModelFileError",
 ]
 
+from adcore._version import __version__
 from adcore.errors import InvalidInputError, ModelFileError, NotFittedError
 from adcore.factory import get_model, list_models, list_models_by_category, load
 from adcore.hookspecs import hookimpl

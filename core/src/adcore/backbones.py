@@ -25,10 +25,10 @@ from torch import nn
 
 from adcore.errors import BackboneWeightsError, InvalidInputError
 from adcore.seeding import seeded
-from adcore.weights import load_weights, set_weight_provider_lookup
+from adcore.weights import load_weights
 
 __all__ = ["DEFAULT_BACKBONE", "Stage", "FeatureExtractor", "BackboneWeightsError", "stages", "select_stages",
-           "deepest_stage", "shared_extractor", "fold_batch_norms", "set_weight_provider_lookup", "backbone_layers",
+           "deepest_stage", "shared_extractor", "fold_batch_norms", "backbone_layers",
            "create_backbone"]
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adcore.errors import InvalidInputError, NotFittedError
+from adcore.errors import InvalidArgumentError, InvalidInputError, NotFittedError
 from adcore.inputs import ImageStream, to_size, validate_images
 from adcore.params import ConstraintSpec, Integer, Size, validate_parameters
 from adcore.prediction import Prediction
@@ -110,7 +110,7 @@ class BaseDetector(ABC):
             if name == "self":
                 continue
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                raise TypeError(f"{cls.__name__}.__init__ must list its parameters explicitly (no *args/**kwargs)")
+                raise InvalidArgumentError(f"{cls.__name__}.__init__ must list its parameters explicitly (no *args/**kwargs)")
             names.append(name)
         return names
 
@@ -228,18 +228,61 @@ class BaseDetector(ABC):
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write parameters and fitted state to ``path`` (safetensors + JSON, atomically, no pickle)."""
-        self._check_fitted("save")
-        from adcore.persistence import save_detector
+        """Write parameters and fitted state to ``path`` (safetensors + JSON, atomically, no pickle).
 
-        return save_detector(self, Path(path))
+        The header names this class (``target``), its registry name and distribution (answered by
+        :func:`adcore.lookups.origin_of`, which the plugin host installs), the parameters and the
+        JSON part of the fitted state; :mod:`adcore.persistence` writes it.
+        """
+        self._check_fitted("save")
+        from adcore import persistence
+        from adcore.lookups import origin_of
+
+        cls = type(self)
+        origin = origin_of(cls)
+        tensors, state = self._get_state()
+        header = {"detector": origin.name, "target": f"{cls.__module__}:{cls.__qualname__}",
+                  "distribution": origin.distribution, "distribution_version": origin.distribution_version,
+                  "params": self.get_params(), "state": state}
+        return persistence.write(Path(path), tensors, header)
 
     @classmethod
     def load(cls, path: str | Path) -> BaseDetector:
-        """Rebuild a detector saved by :meth:`save`; predictions are bit-identical."""
-        from adcore.persistence import load_detector
+        """Rebuild a detector saved by :meth:`save`; predictions are bit-identical.
 
-        return load_detector(Path(path), expected=cls)
+        The file must hold this very class; ``adcore.load(path)`` finds the class a file needs.
+        """
+        from adcore import persistence
+        from adcore.errors import ModelFileError
+
+        path = Path(path)
+        tensors, header = persistence.read(path)
+        if header["target"] != f"{cls.__module__}:{cls.__qualname__}":
+            raise ModelFileError(f"{path} holds a {header['detector']!r} detector ({header['target']}), not a "
+                                 f"{cls.__name__}; use adcore.load(path) to load whatever it holds")
+
+        def tuples(value: Any) -> Any:  # JSON lists come back as tuples: sequence parameters are tuples by convention
+            if isinstance(value, list):
+                return tuple(tuples(v) for v in value)
+            if isinstance(value, dict):
+                return {k: tuples(v) for k, v in value.items()}
+            return value
+
+        origin = f"{header['distribution']} {header['distribution_version']}"
+        try:
+            detector = cls(**tuples(header["params"]))
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"{path} was written by {origin} with parameters this installed version of "
+                                 f"{cls.__name__} does not accept ({type(exc).__name__}: {exc}); install the version "
+                                 "that wrote it or retrain") from exc
+        try:
+            detector._set_state(tensors, dict(tuples(header["state"])))
+        except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelFileError(f"{path} was written by {origin}; its fitted state does not fit the installed "
+                                 f"{cls.__name__} ({type(exc).__name__}: {exc}); install the version that wrote it or "
+                                 "retrain") from exc
+        detector.fitted_ = True
+        return detector
 
     def _get_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Fitted attributes (ending in ``_``) split into tensors and JSON metadata."""
@@ -258,8 +301,10 @@ class BaseDetector(ABC):
             elif _json_able(value):
                 meta[name] = value
             else:
-                raise TypeError(f"{type(self).__name__}.{name} ({type(value).__name__}) cannot be saved: store "
-                                "tensors, nn.Modules or JSON values in fitted attributes, or override _get_state")
+                from adcore.errors import ModelFileError
+
+                raise ModelFileError(f"{type(self).__name__}.{name} ({type(value).__name__}) cannot be saved: store "
+                                     "tensors, nn.Modules or JSON values in fitted attributes, or override _get_state")
         meta["__modules__"] = modules
         return tensors, meta
 
@@ -273,7 +318,10 @@ class BaseDetector(ABC):
         for name in modules:
             module = getattr(self, name, None)
             if not isinstance(module, nn.Module):
-                raise TypeError(f"{type(self).__name__}._build_modules() must create the module {name!r} before loading")
+                from adcore.errors import ModelFileError
+
+                raise ModelFileError(f"{type(self).__name__}._build_modules() must create the module {name!r} "
+                                     "before loading")
             prefix = f"{name}."
             module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
             module.eval()

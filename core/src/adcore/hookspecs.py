@@ -24,9 +24,11 @@ import pluggy
 if TYPE_CHECKING:
     from adcore.registry import BackboneRegistry, DetectorRegistry
 
-__all__ = ["PROJECT_NAME", "hookimpl", "hookspec", "adcore_register_detectors", "adcore_register_backbones"]
+__all__ = ["PROJECT_NAME", "ENTRY_POINT_GROUP", "hookimpl", "hookspec", "adcore_register_detectors", "adcore_register_backbones"]
 
 PROJECT_NAME = "adcore"
+#: the entry-point group a plugin distribution declares its hook module in (``[project.entry-points.adcore]``)
+ENTRY_POINT_GROUP = "adcore"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)

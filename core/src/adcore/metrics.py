@@ -3,8 +3,8 @@
 All functions take ``labels`` (1 = anomalous) and ``scores`` (higher = more anomalous) as tensors or
 arrays. A metric that is undefined for the data (e.g. AUROC on a test set with only good images)
 raises :class:`UndefinedMetricError` saying why, instead of returning NaN; :func:`evaluate` turns
-that into ``None`` plus a note. NaN or Inf scores/maps raise ``ValueError`` (a detector bug, never
-averaged away). Defect regions for AUPRO are 8-connected, as in the MVTec AD evaluation code.
+that into ``None`` plus a note. NaN or Inf scores/maps raise :class:`~adcore.errors.InvalidInputError`
+(a ``ValueError``; a detector bug, never averaged away). Defect regions for AUPRO are 8-connected, as in the MVTec AD evaluation code.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from adcore.errors import AdcoreError, InvalidInputError
+
 __all__ = ["UndefinedMetricError", "auroc", "roc_curve", "f1_max", "aupro", "pro_curve", "evaluate"]
 
 
-class UndefinedMetricError(ValueError):
+class UndefinedMetricError(AdcoreError, ValueError):
     """The metric has no value for this data (the message says why)."""
 
 
@@ -28,12 +30,12 @@ def _as_numpy(x: Any, dtype: Any = np.float64) -> np.ndarray:
 
 def _check(labels: np.ndarray, scores: np.ndarray, what: str) -> None:
     if labels.shape != scores.shape:
-        raise ValueError(f"{what}: {labels.size} labels but {scores.size} scores")
+        raise InvalidInputError(f"{what}: {labels.size} labels but {scores.size} scores")
     if labels.size == 0:
         raise UndefinedMetricError(f"{what} is undefined: there are no samples")
     if not np.isfinite(scores).all():
         bad = np.flatnonzero(~np.isfinite(scores))
-        raise ValueError(f"{what}: {bad.size} score(s) are NaN or Inf (e.g. at index {bad[:5].tolist()}); "
+        raise InvalidInputError(f"{what}: {bad.size} score(s) are NaN or Inf (e.g. at index {bad[:5].tolist()}); "
                          "the detector produced invalid output")
     positives = int(labels.sum())
     if positives == 0 or positives == labels.size:
@@ -89,9 +91,9 @@ def pro_curve(masks: Any, maps: Any) -> tuple[np.ndarray, np.ndarray]:
     masks_np = masks_np.reshape(-1, *masks_np.shape[-2:]) > 0
     maps_np = maps_np.reshape(-1, *maps_np.shape[-2:]).astype(np.float64)
     if masks_np.shape != maps_np.shape:
-        raise ValueError(f"AUPRO: masks {masks_np.shape} and anomaly maps {maps_np.shape} differ in shape")
+        raise InvalidInputError(f"AUPRO: masks {masks_np.shape} and anomaly maps {maps_np.shape} differ in shape")
     if not np.isfinite(maps_np).all():
-        raise ValueError("AUPRO: anomaly maps contain NaN or Inf; the detector produced invalid output")
+        raise InvalidInputError("AUPRO: anomaly maps contain NaN or Inf; the detector produced invalid output")
     region_ids = np.zeros(masks_np.shape, dtype=np.int64)
     next_id = 0
     eight_connected = np.ones((3, 3), dtype=bool)
@@ -118,7 +120,7 @@ def pro_curve(masks: Any, maps: Any) -> tuple[np.ndarray, np.ndarray]:
 def aupro(masks: Any, maps: Any, fpr_limit: float = 0.3) -> float:
     """Area under the PRO curve up to ``fpr_limit``, divided by ``fpr_limit`` (1.0 is perfect)."""
     if not 0.0 < fpr_limit <= 1.0:
-        raise ValueError(f"AUPRO: fpr_limit must be in (0, 1], got {fpr_limit}")
+        raise InvalidInputError(f"AUPRO: fpr_limit must be in (0, 1], got {fpr_limit}")
     fpr, pro = pro_curve(masks, maps)
     keep = fpr <= fpr_limit
     x, y = fpr[keep], pro[keep]
@@ -145,12 +147,12 @@ def evaluate(labels: Any, scores: Any, masks: Any | None = None, maps: Any | Non
     attempt("image_f1_max", lambda: f1_max(labels, scores)[0])
     attempt("image_f1_threshold", lambda: f1_max(labels, scores)[1])
     if (masks is None) != (maps is None):
-        raise ValueError("evaluate: pass both masks and maps for pixel metrics, or neither")
+        raise InvalidInputError("evaluate: pass both masks and maps for pixel metrics, or neither")
     if masks is not None and maps is not None:
         masks_np = masks.detach().cpu().numpy() if hasattr(masks, "detach") else np.asarray(masks)
         maps_np = maps.detach().cpu().numpy() if hasattr(maps, "detach") else np.asarray(maps)
         if masks_np.shape != maps_np.shape:
-            raise ValueError(f"evaluate: masks {masks_np.shape} and anomaly maps {maps_np.shape} differ in shape")
+            raise InvalidInputError(f"evaluate: masks {masks_np.shape} and anomaly maps {maps_np.shape} differ in shape")
         attempt("pixel_auroc", lambda: auroc(masks_np.reshape(-1) > 0, maps_np.reshape(-1)))
         attempt("aupro", lambda: aupro(masks_np, maps_np))
     return results

@@ -1,138 +1,128 @@
-"""Model files: one safetensors file holding tensors plus a JSON header. Never pickle.
+"""The model file format: one safetensors file holding tensors plus a JSON header. Never pickle.
+
+This module is the format only: it writes and reads tensors and a header, and checks a file before
+anything is built from it. What goes into the header (which detector, its parameters and state) is
+decided by :meth:`adcore.base.BaseDetector.save`; which installed class a file needs is decided by
+:func:`adcore.factory.load`.
 
 Header (safetensors ``__metadata__``, all strings): ``format`` = ``adcore-detector``,
-``format_version``, ``detector`` (registry name), ``target`` (``module:Class``),
-``distribution`` and ``distribution_version`` of the plugin, ``adcore_version``, ``params``,
-``state`` (JSON values of fitted attributes), ``sha256`` over every tensor's name, dtype, shape
-and bytes. Writes go to a temporary file in the same folder, are flushed to disk, then renamed over
-the target, so a crash, a full disk or Ctrl-C mid-write leaves the previous file intact and no
-temporary file behind.
+``format_version``, ``adcore_version``, ``detector`` (registry name), ``target``
+(``module:Class``), ``distribution`` and ``distribution_version`` of the plugin, ``params`` and
+``state`` (JSON objects, written with sorted keys), and ``sha256`` over ``detector``, ``target``,
+``params``, ``state`` and every tensor's name, dtype, shape and bytes. The header JSON itself is
+written with sorted keys, so the same tensors and header always give the same file bytes.
+Writes are atomic (:func:`adcore.files.atomic_write_bytes`): a crash, a full disk or Ctrl-C
+mid-write leaves the previous file intact.
 
-Loading never executes code from the file: pickles and ``torch.save`` archives are refused by their
-first bytes, the header is plain JSON, and the class to build comes from the installed registry,
-never from the file. The checksum detects corruption and casual edits; it is not a signature (anyone
-who can write the file can recompute it), so keep model files where only trusted users can write.
+Reading never executes code from the file: pickles and ``torch.save`` archives are refused by their
+first bytes, the header is plain JSON with a size limit (:data:`MAX_HEADER_BYTES`) and a nesting
+limit (:data:`MAX_JSON_DEPTH`, so a header of nested brackets is an error, not a ``RecursionError``),
+and the class to build comes from the installed registry, never from the file. The checksum
+detects corruption and casual edits; it is not a signature (anyone who can write the file can
+recompute it), so keep model files where only trusted users can write.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import os
 import struct
-import tempfile
-from importlib.metadata import PackageNotFoundError, packages_distributions, version
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from adcore._version import __version__
 from adcore.errors import ModelFileError
+from adcore.files import atomic_write_bytes  # ad-distill's teachers.py still imports it from here; new code: adcore.files
 
-if TYPE_CHECKING:
-    from adcore.base import BaseDetector
-
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_detector", "load_detector", "read_header", "atomic_write_bytes"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_JSON_DEPTH", "write", "read", "read_header"]
 
 FORMAT_NAME = "adcore-detector"
 FORMAT_VERSION = 1
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
+#: the largest header (safetensors JSON, including ``params`` and ``state``) a file may claim
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+#: the deepest nesting of brackets allowed in the header and in ``params`` / ``state``
+MAX_JSON_DEPTH = 64
+
 _SIGNED_KEYS = ("detector", "target", "params", "state")
-
-
-def _looks_pickled(prefix: bytes) -> bool:
-    """A pickle (PROTO opcode 0x80 and protocol 2..5) or a zip archive (torch.save's format)."""
-    return (prefix[:1] == b"\x80" and prefix[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or prefix.startswith(b"PK\x03\x04")
-
-
 _REQUIRED_KEYS = ("detector", "target", "params", "state", "sha256")
+_TEXT_FIELDS = ("detector", "target", "distribution", "distribution_version")
+_JSON_FIELDS = ("params", "state")
 
 
-def _file_mode() -> int:
-    """Permissions of a newly created file under the current umask (mkstemp would give 0600)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
+def write(path: str | Path, tensors: Mapping[str, torch.Tensor], header: Mapping[str, Any]) -> Path:
+    """Write ``tensors`` and ``header`` to ``path`` atomically; returns ``path``.
 
-
-_FILE_MODE = _file_mode()
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a temporary file, ``fsync`` and ``os.replace``.
-
-    Any failure (``OSError`` such as a full disk, ``KeyboardInterrupt``) removes the temporary
-    file and leaves an existing ``path`` untouched.
+    ``header`` holds ``detector`` and ``target`` (strings), optionally ``distribution`` and
+    ``distribution_version`` (strings, default ``"unknown"``), and ``params`` and ``state``
+    (mappings of JSON values; tuples, paths and numpy scalars are converted). ``format``,
+    ``format_version``, ``adcore_version`` and ``sha256`` are added here.
     """
     path = Path(path)
     if path.is_dir():
         raise ModelFileError(f"cannot save to {path}: it is a folder; give a file name such as {path / 'model.safetensors'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "adcore_version": __version__,
+            **_encode_fields(header)}
+    tensors = _unshare({name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()})
+    meta["sha256"] = _digest(tensors, meta)
+    return atomic_write_bytes(path, _serialise(tensors, meta))
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The header of a model file, checked for format, version and fields (tensors not read).
+
+    ``params`` and ``state`` come back as dicts of JSON values, ``format_version`` as an int.
+    """
+    path = Path(path)
+    return _decode_fields(_read_meta(path), path)
+
+
+def read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(tensors, header)`` of a model file, after every check including the checksum."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    meta = _read_meta(path)
     try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, _FILE_MODE)
-        os.replace(temporary, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(temporary)
-        raise
-    _fsync_folder(path.parent)
+        tensors = load(path.read_bytes())
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"{path} is truncated or corrupt: {exc}") from exc
+    if _digest(tensors, meta) != meta["sha256"]:
+        raise ModelFileError(f"{path} failed its checksum: tensors or parameters were modified or corrupted after saving. "
+                             "Use an intact copy or retrain")
+    return tensors, _decode_fields(meta, path)
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (best effort: not every OS/filesystem allows it)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
-
-
-def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
-    hasher = hashlib.sha256()
-    for key in _SIGNED_KEYS:
-        hasher.update(f"{key}={meta.get(key, '')}|".encode())
-    for name in sorted(tensors):
-        tensor = tensors[name]
-        hasher.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        # reshape(-1): a 0-dim tensor cannot be viewed as bytes directly
-        hasher.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return hasher.hexdigest()
-
-
-@functools.lru_cache(maxsize=1)
-def _packages_distributions() -> dict[str, list[str]]:
-    # scanning every installed distribution takes about a second: once per process is enough
-    return packages_distributions()
-
-
-def _distribution_of(module: str) -> tuple[str, str]:
-    top = module.split(".")[0]
-    names = _packages_distributions().get(top, [])
-    for name in names:
-        try:
-            return name, version(name)
-        except PackageNotFoundError:
-            continue
-    return "unknown", "unknown"
+# -- writing -------------------------------------------------------------------------------------------------
+def _encode_fields(header: Mapping[str, Any]) -> dict[str, str]:
+    unknown = sorted(set(header) - set(_TEXT_FIELDS) - set(_JSON_FIELDS))
+    if unknown:
+        raise ModelFileError(f"header field(s) {unknown} are not part of the {FORMAT_NAME} format; "
+                             f"its fields are {list(_TEXT_FIELDS + _JSON_FIELDS)}")
+    fields: dict[str, str] = {}
+    for key in _TEXT_FIELDS:
+        value = header.get(key, "unknown") if key.startswith("distribution") else header.get(key)
+        if not isinstance(value, str) or not value:
+            raise ModelFileError(f"header field {key!r} must be a non-empty string, got {value!r}")
+        fields[key] = value
+    for key in _JSON_FIELDS:
+        value = header.get(key)
+        if not isinstance(value, Mapping):
+            raise ModelFileError(f"header field {key!r} must be a mapping of JSON values, got {type(value).__name__}")
+        depth = _nesting(dict(value))
+        if depth > MAX_JSON_DEPTH:
+            raise ModelFileError(f"the {key} of this detector nest more than {MAX_JSON_DEPTH} levels deep, which a model "
+                                 "file does not allow; store deep structures as tensors")
+        if key == "params":
+            encoded = {str(k): _to_json(v, f"parameter {k!r}") for k, v in value.items()}
+        else:
+            encoded = _to_json(dict(value), "fitted state")
+        # sorted keys: the same detector always gives the same bytes, however its attributes were set
+        fields[key] = json.dumps(encoded, sort_keys=True)
+    return fields
 
 
 def _to_json(value: Any, what: str) -> Any:
@@ -147,49 +137,6 @@ def _to_json(value: Any, what: str) -> Any:
     if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
         return _to_json(value.item(), what)  # numpy scalars, e.g. from a parameter grid
     raise ModelFileError(f"{what} of type {type(value).__name__} cannot be written to a model file; use JSON values")
-
-
-def _from_json(value: Any) -> Any:
-    """Lists come back as tuples: detectors' sequence parameters are tuples by convention."""
-    if isinstance(value, list):
-        return tuple(_from_json(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _from_json(v) for k, v in value.items()}
-    return value
-
-
-def save_detector(detector: BaseDetector, path: Path) -> Path:
-    from safetensors.torch import save
-
-    from adcore import __version__
-    from adcore.plugins import get_host
-
-    cls = type(detector)
-    target = f"{cls.__module__}:{cls.__qualname__}"
-    entry = get_host().detectors.find_by_target(target)
-    if entry is not None:
-        name, distribution, dist_version = entry.name, entry.distribution, entry.version
-    else:
-        name = cls.__name__.lower()
-        distribution, dist_version = _distribution_of(cls.__module__)
-    tensors, state = detector._get_state()
-    tensors = _unshare({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    params = {k: _to_json(v, f"parameter {k!r}") for k, v in detector.get_params().items()}
-    header = {
-        "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
-        "detector": name,
-        "target": target,
-        "distribution": distribution,
-        "distribution_version": dist_version,
-        "adcore_version": __version__,
-        # sorted keys: the same detector always gives the same bytes, however its attributes were set
-        "params": json.dumps(params, sort_keys=True),
-        "state": json.dumps(_to_json(state, "fitted state"), sort_keys=True),
-    }
-    header["sha256"] = _digest(tensors, header)
-    atomic_write_bytes(path, save(tensors, metadata=header))
-    return path
 
 
 def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -208,9 +155,72 @@ def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_header(path: Path) -> dict[str, str]:
-    """The JSON metadata of a model file, checked for format and version (tensors not read)."""
-    path = Path(path)
+def _serialise(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
+    """safetensors bytes with the header JSON's keys sorted.
+
+    safetensors keeps ``__metadata__`` in a hash map whose order changes from one save to the next,
+    so its own output differs between two saves of the same detector; the tensor layout it chooses
+    is kept, only the header is written again, canonically.
+    """
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=meta)
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # safetensors aligns the tensor data to 8 bytes
+    return struct.pack("<Q", len(text)) + text + raw[8 + length:]
+
+
+def _digest(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> str:
+    hasher = hashlib.sha256()
+    for key in _SIGNED_KEYS:
+        hasher.update(f"{key}={meta.get(key, '')}|".encode())
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        hasher.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        # reshape(-1): a 0-dim tensor cannot be viewed as bytes directly
+        hasher.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return hasher.hexdigest()
+
+
+# -- reading -------------------------------------------------------------------------------------------------
+def _looks_pickled(prefix: bytes) -> bool:
+    """A pickle (PROTO opcode 0x80 and protocol 2..5) or a zip archive (torch.save's format)."""
+    return (prefix[:1] == b"\x80" and prefix[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or prefix.startswith(b"PK\x03\x04")
+
+
+def _nesting(value: Any) -> int:
+    """How deeply lists and dicts nest in ``value`` (``{"a": 1}`` is 1), counted up to one level past
+    :data:`MAX_JSON_DEPTH`; walked without recursion."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, (list, tuple, dict)):
+            deepest = max(deepest, level)
+            if level > MAX_JSON_DEPTH:
+                break  # deep enough to refuse; the rest need not be walked
+            pending.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _parse_json(raw: bytes | str, path: Path, what: str) -> Any:
+    """``json.loads`` with the nesting limit; every failure is a :class:`ModelFileError`."""
+    try:
+        value = json.loads(raw)
+        too_deep = _nesting(value) > MAX_JSON_DEPTH
+    except RecursionError:  # nested deeper than the interpreter's recursion limit
+        value, too_deep = None, True
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path} has a corrupt {what} ({type(exc).__name__}: {exc}); it is not an adcore model file") from exc
+    if too_deep:
+        raise ModelFileError(f"{path} has a corrupt {what}: its JSON nests more than {MAX_JSON_DEPTH} levels deep; "
+                             "it is damaged or was not written by detector.save()")
+    return value
+
+
+def _read_meta(path: Path) -> dict[str, str]:
+    """The safetensors ``__metadata__`` of ``path``, checked for format, version and required fields."""
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist (or is not a file)")
     with open(path, "rb") as handle:
@@ -221,26 +231,26 @@ def read_header(path: Path) -> dict[str, str]:
         first = handle.read(1)
         # A safetensors file is an 8-byte header length and then a JSON object. Only when that does
         # not hold is the file sniffed for pickle: a legitimate header length may begin with 0x80.
-        if first != b"{" or length < 2 or length > _MAX_HEADER_BYTES or length > path.stat().st_size - 8:
-            if first == b"{" and 2 <= length <= _MAX_HEADER_BYTES:
+        if first != b"{" or length < 2 or length > MAX_HEADER_BYTES or length > path.stat().st_size - 8:
+            if first == b"{" and 2 <= length <= MAX_HEADER_BYTES:
                 raise ModelFileError(f"{path} is truncated (its header claims {length} bytes, the file has "
                                      f"{path.stat().st_size - 8} after the length)")
             if _looks_pickled(prefix):
                 raise ModelFileError(f"{path} is a pickle/torch.save file. adcore never unpickles (it can run code); "
                                      "model files are written by detector.save()")
+            if first == b"{" and length > MAX_HEADER_BYTES:
+                raise ModelFileError(f"{path} claims a header of {length} bytes, more than a model file may have "
+                                     f"({MAX_HEADER_BYTES}); it is truncated or not a safetensors file")
             raise ModelFileError(f"{path} is truncated or not a safetensors file; it is not an adcore model file")
         raw = first + handle.read(length - 1)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{path} has a corrupt header ({exc}); it is not an adcore model file") from exc
+    header = _parse_json(raw, path, "header")
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{path} is a safetensors file but not an adcore detector (no '{FORMAT_NAME}' header); "
                              "load raw weights with safetensors instead")
     try:
         file_version = int(meta.get("format_version", "0"))
-    except ValueError:
+    except (TypeError, ValueError):
         raise ModelFileError(f"{path} has an invalid format_version {meta.get('format_version')!r}") from None
     if file_version > FORMAT_VERSION:
         raise ModelFileError(f"{path} uses model format v{file_version}, newer than this adcore reads (v{FORMAT_VERSION}); "
@@ -256,61 +266,12 @@ def read_header(path: Path) -> dict[str, str]:
     return meta
 
 
-def load_detector(path: Path, expected: type | None = None) -> BaseDetector:
-    """Rebuild the detector in ``path``; ``expected`` is the class ``Cls.load`` was called on."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    meta = read_header(path)
-    if expected is None:
-        from adcore.plugins import get_host
-        from adcore.registry import ModelNotFoundError
-
-        try:
-            entry = get_host().detectors.get(meta["detector"])
-        except ModelNotFoundError:
-            if meta["distribution"] == "unknown":
-                raise ModelFileError(
-                    f"{path} holds a {meta['detector']!r} detector ({meta['target']}) that no installed plugin registers; "
-                    "load it with its class: TheClass.load(path)") from None
-            raise ModelFileError(
-                f"{path} holds a {meta['detector']!r} detector from {meta['distribution']} "
-                f"{meta['distribution_version']}, which is not installed: pip install {meta['distribution']}") from None
-        if entry.target_path != meta["target"]:
-            raise ModelFileError(f"{path} was written by {meta['target']} but {meta['detector']!r} is now provided by "
-                                 f"{entry.target_path} ({entry.distribution} {entry.version}); they may be incompatible")
-        cls = entry.load()
-    else:
-        cls = expected
-        if meta["target"] != f"{cls.__module__}:{cls.__qualname__}":
-            raise ModelFileError(f"{path} holds a {meta['detector']!r} detector ({meta['target']}), not a {cls.__name__}; "
-                                 "use adcore.load(path) to load whatever it holds")
-    try:
-        tensors = load(path.read_bytes())
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"{path} is truncated or corrupt: {exc}") from exc
-    if _digest(tensors, meta) != meta.get("sha256"):
-        raise ModelFileError(f"{path} failed its checksum: tensors or parameters were modified or corrupted after saving. "
-                             "Use an intact copy or retrain")
-    try:
-        params = _from_json(json.loads(meta["params"]))
-        state = _from_json(json.loads(meta["state"]))
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{path} has a corrupt parameter block: {exc}") from exc
-    if not isinstance(params, dict) or not isinstance(state, dict):
-        raise ModelFileError(f"{path} has a corrupt parameter block: params and state must be JSON objects")
-    origin = f"{meta['distribution']} {meta['distribution_version']}"
-    try:
-        detector = cls(**params)
-    except (TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path} was written by {origin} with parameters this installed version of "
-                             f"{cls.__name__} does not accept ({type(exc).__name__}: {exc}); install the version that "
-                             "wrote it or retrain") from exc
-    try:
-        detector._set_state(tensors, dict(state))
-    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelFileError(f"{path} was written by {origin}; its fitted state does not fit the installed "
-                             f"{cls.__name__} ({type(exc).__name__}: {exc}); install the version that wrote it or "
-                             "retrain") from exc
-    detector.fitted_ = True
-    return detector
+def _decode_fields(meta: dict[str, str], path: Path) -> dict[str, Any]:
+    header: dict[str, Any] = dict(meta)
+    header["format_version"] = int(meta["format_version"])
+    for key in _JSON_FIELDS:
+        value = _parse_json(meta[key], path, "parameter block")
+        if not isinstance(value, dict):
+            raise ModelFileError(f"{path} has a corrupt parameter block: params and state must be JSON objects")
+        header[key] = value
+    return header

@@ -37,6 +37,9 @@ from typing import Any
 import pluggy
 
 from adcore import hookspecs
+from adcore._version import __version__
+from adcore.errors import PluginError
+from adcore.hookspecs import ENTRY_POINT_GROUP
 from adcore.registry import BackboneRegistry, DetectorRegistry, DuplicateDetectorError
 
 __all__ = [
@@ -52,7 +55,6 @@ __all__ = [
     "reset_plugins",
 ]
 
-ENTRY_POINT_GROUP = "adcore"
 SLOW_IMPORT_SECONDS = 5.0
 #: failure stages that are warnings: reported, but the plugin loaded and strict mode ignores them
 WARNING_STAGES = frozenset({"slow-import"})
@@ -60,7 +62,7 @@ _BUILTIN = "adcore.builtin"
 _DETECTOR_METHODS = ("fit", "predict", "get_params")
 
 
-class PluginLoadError(RuntimeError):
+class PluginLoadError(PluginError):
     """Raised in strict mode when any plugin failed to load."""
 
     def __init__(self, failures: list[PluginFailure]) -> None:
@@ -311,7 +313,7 @@ def load_plugins(*, strict: bool | None = None, entry_points_list: list[EntryPoi
     strict = _env_flag("ADCORE_STRICT_PLUGINS") if strict is None else strict
     disabled = _disabled_names()
     loader = _Loader()
-    core_version = _core_version()
+    core_version = __version__
     loader.load_module(_BUILTIN, "adcore", core_version, builtin, 0.0)
 
     if entry_points_list is not None:
@@ -355,12 +357,6 @@ def load_plugins(*, strict: bool | None = None, entry_points_list: list[EntryPoi
     if strict and any(f.stage not in WARNING_STAGES for f in host.failures):
         raise PluginLoadError(host.failures)
     return host
-
-
-def _core_version() -> str:
-    from adcore import __version__
-
-    return __version__
 
 
 _host: PluginHost | None = None

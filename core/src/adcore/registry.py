@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from adcore.errors import AdcoreError, InvalidArgumentError, InvalidInputError, PluginError
+
 __all__ = [
     "CATEGORIES",
     "DetectorEntry",
@@ -51,7 +53,7 @@ _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 _CARD_KEYS = ("paper", "paradigm", "default_backbone", "input_size", "trains", "description", "quick_params")
 
 
-class ModelNotFoundError(KeyError):
+class ModelNotFoundError(AdcoreError, KeyError):
     """No registered detector has this name. The message lists close matches and what to install."""
 
     def __init__(self, name: str, known: list[str]) -> None:
@@ -75,11 +77,11 @@ class ModelNotFoundError(KeyError):
         return self.message
 
 
-class DuplicateDetectorError(ValueError):
+class DuplicateDetectorError(PluginError, ValueError):
     """Two plugins registered the same detector name."""
 
 
-class DetectorImportError(ImportError):
+class DetectorImportError(PluginError, ImportError):
     """A registered lazy target could not be imported; names the plugin that registered it."""
 
 
@@ -159,19 +161,19 @@ class DetectorRegistry:
                 the conformance kit and ``adcore benchmark --quick``).
         """
         if not isinstance(name, str) or not _NAME_PATTERN.match(name):
-            raise ValueError(f"detector name {name!r} is invalid: use lowercase letters, digits and '_' "
+            raise InvalidInputError(f"detector name {name!r} is invalid: use lowercase letters, digits and '_' "
                              "starting with a letter, e.g. 'my_detector'")
         if isinstance(target, str):
             if ":" not in target:
-                raise ValueError(f"lazy target {target!r} for {name!r} must look like 'package.module:ClassName'")
+                raise InvalidInputError(f"lazy target {target!r} for {name!r} must look like 'package.module:ClassName'")
         elif not callable(target):
-            raise TypeError(f"target for {name!r} must be a class, a callable or a 'module:attr' string, "
+            raise InvalidArgumentError(f"target for {name!r} must be a class, a callable or a 'module:attr' string, "
                             f"got {type(target).__name__}")
         if not isinstance(category, str) or not category:
-            raise ValueError(f"category for {name!r} must be a non-empty string such as {CATEGORIES[0]!r}")
+            raise InvalidInputError(f"category for {name!r} must be a non-empty string such as {CATEGORIES[0]!r}")
         quick = card.get("quick_params", {})
         if not isinstance(quick, dict):
-            raise TypeError(f"quick_params for {name!r} must be a dict of constructor arguments")
+            raise InvalidArgumentError(f"quick_params for {name!r} must be a dict of constructor arguments")
         plugin, distribution, version = self._source
         entry = DetectorEntry(name, target, category, distribution, version, plugin, dict(card))
         if self._staged is not None:
@@ -245,7 +247,7 @@ class BackboneRegistry:
     def add(self, name: str, provider: Callable[[], dict[str, Any]], *, description: str = "") -> None:
         """Register ``provider`` as the offline weight source for timm model ``name``."""
         if not callable(provider):
-            raise TypeError(f"backbone provider for {name!r} must be callable and return a state dict")
+            raise InvalidArgumentError(f"backbone provider for {name!r} must be callable and return a state dict")
         if name in self._providers:
             raise DuplicateDetectorError(f"backbone {name!r} already has an offline weight provider "
                                          f"(from {self._providers[name][1]})")

@@ -33,13 +33,15 @@ from typing import Any
 
 import torch
 
+from adcore.errors import AdcoreError, InvalidInputError
+from adcore.hookspecs import ENTRY_POINT_GROUP
 from adcore.prediction import AnomalyDetector, Prediction
 
 __all__ = ["ConformanceError", "ConformanceReport", "check_detector", "make_normal_images", "paste_defects",
            "registered_detector_params", "build_registered", "write_fake_distribution"]
 
 
-class ConformanceError(AssertionError):
+class ConformanceError(AdcoreError, AssertionError):
     """A detector broke the contract; the message lists every failed check."""
 
 
@@ -109,7 +111,7 @@ def check_detector(factory: Callable[[], AnomalyDetector], *, image_size: tuple[
 
     def require(condition: bool, message: str) -> None:
         if not condition:
-            raise AssertionError(message)
+            raise ConformanceError(message)
 
     check("implements AnomalyDetector", lambda: require(isinstance(detector, AnomalyDetector),
                                                         "needs fit, predict and get_params"))
@@ -127,7 +129,7 @@ def check_detector(factory: Callable[[], AnomalyDetector], *, image_size: tuple[
             factory().predict(clean[:1])
         except Exception:  # noqa: BLE001
             return
-        raise AssertionError("predict() before fit() must raise (e.g. adcore.NotFittedError)")
+        raise ConformanceError("predict() before fit() must raise (e.g. adcore.NotFittedError)")
 
     check("predict before fit raises", predict_before_fit)
 
@@ -288,18 +290,16 @@ def write_fake_distribution(site: str | PathLike[str], name: str, version: str =
     duplicate; ``adcore.plugins.reset_plugins()`` makes the process-wide host reload, for code
     under test that calls ``adcore.list_models``/``get_model``.
 
-    Raises ``ValueError`` for an invalid module name or when both ``entry_points`` and
-    ``entry_points_text`` are given, and ``FileExistsError`` when that distribution version is
-    already in ``site``.
+    Raises :class:`~adcore.errors.InvalidInputError` (a ``ValueError``) for an invalid module name
+    or when both ``entry_points`` and ``entry_points_text`` are given, and ``FileExistsError`` when
+    that distribution version is already in ``site``.
     """
-    from adcore.plugins import ENTRY_POINT_GROUP
-
     if entry_points is not None and entry_points_text is not None:
-        raise ValueError("give entry_points or entry_points_text, not both")
+        raise InvalidInputError("give entry_points or entry_points_text, not both")
     modules = dict(modules or {})
     for module in modules:
         if not all(part.isidentifier() for part in module.split(".")):
-            raise ValueError(f"not an importable module name: {module!r}")
+            raise InvalidInputError(f"not an importable module name: {module!r}")
     root = Path(site)
     root.mkdir(parents=True, exist_ok=True)
     info = root / f"{re.sub(r'[-_.]+', '_', name)}-{version}.dist-info"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from adcore.errors import TrainingDivergedError
 from adcore.progress import progress
 
 __all__ = ["TrainingHistory", "train_epochs", "split_holdout"]
@@ -78,7 +79,7 @@ def train_epochs(
                 batch = augment(batch, generator)
             loss = loss_fn(batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: the loss became {loss.item()} at epoch {epoch + 1}; lower the "
+                raise TrainingDivergedError(f"{desc}: the loss became {loss.item()} at epoch {epoch + 1}; lower the "
                                          "learning rate or check the input images")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

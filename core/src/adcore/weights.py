@@ -8,39 +8,28 @@ network: "pretrained" for a backbone without offline weights is a :class:`Backbo
 saying how to get them, never a silent download (a model file naming ``resnet18`` must not make a
 production line contact the internet) and never a silent fallback to random weights.
 
-The plugin host installs the provider lookup with :func:`set_weight_provider_lookup`, so this kit
-module never imports the host.
+Offline providers are found through :func:`adcore.lookups.weight_provider_for`, which the plugin
+host answers, so this kit module never imports the host.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from adcore.errors import BackboneWeightsError, InvalidInputError, ModelFileError
+from adcore.lookups import weight_provider_for
 
 if TYPE_CHECKING:  # torch is imported where weights are loaded: the plugin host imports this module cheaply
     import torch
     from torch import nn
 
-__all__ = ["WEIGHT_SOURCES", "ProviderLookup", "set_weight_provider_lookup", "load_weights"]
+__all__ = ["WEIGHT_SOURCES", "load_weights"]
 
 #: what ``weights=`` accepts besides ``None`` (random initialisation, asked for on purpose)
 WEIGHT_SOURCES = ("pretrained", "hub")
 
-#: ``lookup(timm_name) -> provider or None``; a provider returns a state dict
-ProviderLookup = Callable[[str], "Callable[[], dict[str, Any]] | None"]
-
-_provider_lookup: ProviderLookup | None = None
 _remapped: dict[str, dict[str, torch.Tensor]] = {}
-
-
-def set_weight_provider_lookup(lookup: ProviderLookup | None) -> None:
-    """Install the function that finds an offline weight provider for a timm name (the plugin host does)."""
-    global _provider_lookup
-    _provider_lookup = lookup
-    _remapped.clear()
 
 
 def load_weights(model: nn.Module, name: str, weights: str | None, checkpoint_path: str | Path | None) -> str:
@@ -54,7 +43,7 @@ def load_weights(model: nn.Module, name: str, weights: str | None, checkpoint_pa
     if weights not in WEIGHT_SOURCES:
         raise InvalidInputError(f"weights must be 'pretrained', 'hub' or None, got {weights!r}")
     if weights == "pretrained":
-        provider = _provider_lookup(name) if _provider_lookup is not None else None
+        provider = weight_provider_for(name)
         if provider is None:
             raise BackboneWeightsError(
                 f"no offline weights are installed for backbone {name!r}. Pass weights='hub' to download them from "

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 import adcore
+import adcore.files
+import adcore.persistence
 from adcore.base import BaseDetector
 from adcore.errors import ModelFileError, NotFittedError
 from adcore.persistence import _digest
@@ -94,11 +96,23 @@ def test_round_trip_is_bit_identical(rich, saved, normal_images, tmp_path):
     assert loaded.scale_.ndim == 0 and loaded.info_ == {"images": 8, "layers": ("a", "b"), "ratio": 0.1}
     assert torch.equal(loaded.flags_, rich.flags_) and torch.equal(loaded.view_, rich.view_)
     # saving the loaded detector again writes the same header fields and the same tensor bytes
-    # (safetensors orders the JSON metadata keys arbitrarily, so the files are compared field by field)
     again = loaded.save(tmp_path / "again.safetensors")
     (length_a, header_a), (length_b, header_b) = _header(again), _header(saved)
     assert header_a == header_b
     assert again.read_bytes()[8 + length_a:] == saved.read_bytes()[8 + length_b:]
+    # ... and, the header being written with sorted keys, the very same bytes
+    assert again.read_bytes() == saved.read_bytes()
+
+
+def test_identical_training_gives_identical_file_bytes(normal_images, tmp_path):
+    # safetensors' own metadata order changes from one save to the next; the file must not
+    first = RichDetector().fit(normal_images).save(tmp_path / "first.safetensors").read_bytes()
+    for index in range(5):
+        assert RichDetector().fit(normal_images).save(tmp_path / f"again{index}.safetensors").read_bytes() == first
+    length, header = _header(tmp_path / "first.safetensors")
+    keys = list(header)
+    assert keys == sorted(keys) and list(header["__metadata__"]) == sorted(header["__metadata__"])
+    assert length % 8 == 0  # tensor data stays 8-byte aligned, as safetensors writes it
 
 
 def test_round_trip_with_the_example_detector(gaussian, normal_images, tmp_path):
@@ -143,31 +157,31 @@ class _FailingFile:
 
 @pytest.mark.parametrize("failure", ["disk full during write", "fsync fails", "Ctrl-C during write", "rename fails"])
 def test_failed_save_keeps_the_previous_file(rich, saved, normal_images, monkeypatch, failure):
-    import adcore.persistence as persistence
+    import adcore.files as files  # the one atomic writer persistence.write goes through
 
     previous = saved.read_bytes()
     real_fdopen = os.fdopen
     if failure == "disk full during write":
         error: type[BaseException] = OSError
-        monkeypatch.setattr(persistence.os, "fdopen", lambda fd, mode: _FailingFile(real_fdopen(fd, mode),
+        monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: _FailingFile(real_fdopen(fd, mode),
                                                                                   OSError(errno.ENOSPC, "No space left on device")))
     elif failure == "Ctrl-C during write":
         error = KeyboardInterrupt
-        monkeypatch.setattr(persistence.os, "fdopen", lambda fd, mode: _FailingFile(real_fdopen(fd, mode), KeyboardInterrupt()))
+        monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: _FailingFile(real_fdopen(fd, mode), KeyboardInterrupt()))
     elif failure == "fsync fails":
         error = OSError
 
         def fsync(fd):
             raise OSError(errno.EIO, "Input/output error")
 
-        monkeypatch.setattr(persistence.os, "fsync", fsync)
+        monkeypatch.setattr(files.os, "fsync", fsync)
     else:
         error = OSError
 
         def replace(src, dst):
             raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-        monkeypatch.setattr(persistence.os, "replace", replace)
+        monkeypatch.setattr(files.os, "replace", replace)
     changed = RichDetector(width=5).fit(normal_images)
     with pytest.raises(error):
         changed.save(saved)
@@ -178,10 +192,10 @@ def test_failed_save_keeps_the_previous_file(rich, saved, normal_images, monkeyp
 
 
 def test_failed_first_save_leaves_nothing(rich, tmp_path, monkeypatch):
-    import adcore.persistence as persistence
+    import adcore.files as files  # the one atomic writer persistence.write goes through
 
     real_fdopen = os.fdopen
-    monkeypatch.setattr(persistence.os, "fdopen", lambda fd, mode: _FailingFile(real_fdopen(fd, mode), KeyboardInterrupt()))
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: _FailingFile(real_fdopen(fd, mode), KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         rich.save(tmp_path / "new.safetensors")
     assert list(tmp_path.iterdir()) == []
@@ -372,3 +386,136 @@ def test_numpy_scalar_parameters_are_saved_as_json(normal_images, tmp_path):
     with pytest.raises(ModelFileError, match="parameter 'width' of type object cannot be written to a model file"):
         detector.save(tmp_path / "bad.safetensors")
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+# -- the file format on its own (adcore.persistence) ---------------------------------------------------------
+def test_the_format_round_trips_tensors_and_header_without_a_detector(tmp_path):
+    from adcore import persistence
+
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.tensor(True), "tied": torch.zeros(4)}
+    tensors["view"] = tensors["tied"][:2]  # shares memory: written as a copy
+    header = {"detector": "thing", "target": "pkg.mod:Thing", "params": {"size": (3, 4), "path": Path("x/y")},
+              "state": {"info": {"k": [1, 2]}}}
+    path = persistence.write(tmp_path / "t.safetensors", tensors, header)
+    read_tensors, read_header = persistence.read(path)
+    assert sorted(read_tensors) == ["a", "b", "tied", "view"] and torch.equal(read_tensors["b"], tensors["b"])
+    assert read_header["params"] == {"size": [3, 4], "path": "x/y"} and read_header["state"] == {"info": {"k": [1, 2]}}
+    assert (read_header["distribution"], read_header["distribution_version"]) == ("unknown", "unknown")
+    assert read_header["format"] == "adcore-detector" and read_header["format_version"] == 1
+    assert read_header["adcore_version"] == adcore.__version__
+    assert persistence.read_header(path) == read_header
+    with pytest.raises(ModelFileError, match=r"header field\(s\) \['colour'\] are not part of the adcore-detector format"):
+        persistence.write(tmp_path / "u.safetensors", tensors, {**header, "colour": "red"})
+    with pytest.raises(ModelFileError, match="header field 'target' must be a non-empty string"):
+        persistence.write(tmp_path / "u.safetensors", tensors, {**header, "target": None})
+    assert not (tmp_path / "u.safetensors").exists()
+
+
+def test_the_format_knows_no_detector_and_no_plugin_host():
+    import ast
+
+    import adcore.persistence as persistence
+
+    tree = ast.parse(Path(persistence.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {name for name in imported if name.startswith(("adcore.base", "adcore.plugins", "adcore.factory"))}
+    assert "adcore" not in imported  # nor the package's front door
+    # the one atomic writer, still importable here for plugins that import it from persistence
+    assert persistence.atomic_write_bytes is adcore.files.atomic_write_bytes
+    assert "atomic_write_bytes" not in persistence.__all__
+
+
+def _deep_file(path: Path, *, depth: int, inside: str) -> Path:
+    """A safetensors-shaped file whose header (or whose params string) is ``depth`` nested brackets."""
+    nested = "[" * depth + "]" * depth
+    if inside == "header":
+        text = '{"__metadata__":{"format":"adcore-detector"},"x":' + nested + "}"
+    else:
+        meta = {"format": "adcore-detector", "format_version": "1", "detector": "d", "target": "m:C",
+                "params": '{"a": ' + nested + "}", "state": "{}", "sha256": "0"}
+        text = json.dumps({"__metadata__": meta})
+    raw = text.encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    return path
+
+
+@pytest.mark.parametrize("inside", ["header", "params"])
+def test_a_header_of_nested_brackets_is_a_model_file_error_not_a_recursion_error(tmp_path, inside):
+    path = _deep_file(tmp_path / "deep.safetensors", depth=200_000, inside=inside)  # about 400 KB
+    assert path.stat().st_size > 400_000
+    what = "header" if inside == "header" else "parameter block"
+    with pytest.raises(ModelFileError, match=rf"has a corrupt {what}: its JSON nests more than 64 levels deep; it is "
+                                             rf"damaged"):
+        adcore.load(path)
+    with pytest.raises(ModelFileError):  # the class path reads tensors and checksum first; still no RecursionError
+        RichDetector.load(path)
+    beyond = _deep_file(tmp_path / "beyond.safetensors", depth=70, inside=inside)
+    with pytest.raises(ModelFileError, match=rf"has a corrupt {what}: its JSON nests more than 64 levels deep"):
+        adcore.load(beyond)
+    shallow = _deep_file(tmp_path / "shallow.safetensors", depth=8, inside=inside)
+    with pytest.raises(ModelFileError) as info:  # within the limit: refused for its other faults, not its depth
+        adcore.load(shallow)
+    assert "levels deep" not in str(info.value)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(normal_images, tmp_path):
+    detector = RichDetector().fit(normal_images)
+    detector.info_ = {"note": "[" * 500 + "{" * 500 + '\\"]'}
+    loaded = RichDetector.load(detector.save(tmp_path / "strings.safetensors"))
+    assert loaded.info_ == detector.info_
+
+
+def test_state_nested_deeper_than_the_format_allows_is_refused_at_save(normal_images, tmp_path):
+    detector = RichDetector().fit(normal_images)
+    value: list = []
+    for _ in range(80):
+        value = [value]
+    detector.info_ = {"deep": value}
+    with pytest.raises(ModelFileError, match=r"the state of this detector nest more than 64 levels deep, which a model "
+                                             r"file does not allow"):
+        detector.save(tmp_path / "deep.safetensors")
+    assert not (tmp_path / "deep.safetensors").exists()
+
+
+def test_header_claiming_more_than_the_size_limit_says_so(tmp_path):
+    from adcore.persistence import MAX_HEADER_BYTES
+
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes(struct.pack("<Q", MAX_HEADER_BYTES + 8) + b'{"__metadata__":{}}')
+    with pytest.raises(ModelFileError, match=rf"claims a header of {MAX_HEADER_BYTES + 8} bytes, more than a model file "
+                                             rf"may have \({MAX_HEADER_BYTES}\)"):
+        adcore.load(path)
+
+
+# -- which detector a file needs (adcore.factory) and what the header records (adcore.lookups) --------------
+def test_a_file_loads_only_with_the_distribution_that_wrote_it(gaussian, tmp_path):
+    from adcore.factory import get_entry
+
+    path = gaussian.save(tmp_path / "g.safetensors")
+    header = adcore.persistence.read_header(path)
+    entry = get_entry("example_gaussian")
+    assert (header["detector"], header["distribution"], header["distribution_version"]) == \
+        ("example_gaussian", entry.distribution, entry.version)
+    # same name and class, but written by another distribution: never loaded with this one's detector
+    foreign = _rewrite(path, tmp_path / "foreign.safetensors", distribution="ad-elsewhere", distribution_version="1.0")
+    with pytest.raises(ModelFileError, match=rf"holds a 'example_gaussian' detector from ad-elsewhere 1.0, which is not "
+                                             rf"installed: pip install ad-elsewhere \('example_gaussian' is registered by "
+                                             rf"{entry.distribution} {entry.version}, a different detector\)"):
+        adcore.load(foreign)
+    # the distribution is matched like pip matches names (case, '-' and '_')
+    spelled = _rewrite(path, tmp_path / "spelled.safetensors", distribution=entry.distribution.upper().replace("-", "_"))
+    assert type(adcore.load(spelled)) is type(gaussian)
+
+
+def test_the_origin_written_into_files_comes_from_the_installed_resolver(rich, tmp_path, monkeypatch):
+    from adcore import lookups
+
+    assert lookups._origin_resolver is not None  # installed by adcore.factory at `import adcore`
+    monkeypatch.setattr(lookups, "_origin_resolver", None)
+    header = adcore.persistence.read_header(rich.save(tmp_path / "default.safetensors"))
+    assert (header["detector"], header["distribution"]) == ("richdetector", "unknown")
+    lookups.set_origin_resolver(lambda cls: ("rich_one", "ad-rich", "4.5"))
+    header = adcore.persistence.read_header(rich.save(tmp_path / "resolved.safetensors"))
+    assert (header["detector"], header["distribution"], header["distribution_version"]) == ("rich_one", "ad-rich", "4.5")
+    assert RichDetector.load(tmp_path / "resolved.safetensors").is_fitted

@@ -71,7 +71,7 @@ BROKEN = {
         def adcore_register_detectors(registry):
             registry.add("never_seen", "x.y:Z", category="example")
     """),
-    "invalid detector name": ("hook", r"ValueError: detector name 'Bad-Name' is invalid", """
+    "invalid detector name": ("hook", r"InvalidInputError: detector name 'Bad-Name' is invalid", """
         from adcore import hookimpl
 
         @hookimpl
