@@ -60,7 +60,7 @@ class Integer(Constraint):
 
     def __init__(self, low: int, high: int) -> None:
         if high < low:
-            raise ValueError(f"Integer({low}, {high}): empty range")
+            raise InvalidInputError(f"Integer({low}, {high}): empty range")
         self.low, self.high = int(low), int(high)
 
     def accepts(self, value: Any) -> bool:
@@ -75,7 +75,7 @@ class Real(Constraint):
 
     def __init__(self, low: float, high: float, closed: Literal["both", "left", "right", "neither"] = "both") -> None:
         if not (math.isfinite(low) and math.isfinite(high)) or high < low:
-            raise ValueError(f"Real({low}, {high}): bounds must be finite and ordered")
+            raise InvalidInputError(f"Real({low}, {high}): bounds must be finite and ordered")
         self.low, self.high, self.closed = float(low), float(high), closed
 
     def accepts(self, value: Any) -> bool:
