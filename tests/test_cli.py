@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -93,10 +94,12 @@ def test_help_explains_commands():
 
 @pytest.mark.parametrize("bad", ["coreset", "key=", "=1"])
 def test_param_parsing_rejects_malformed_pairs(bad: str):
-    from adcore.cli import _parse_params
+    from adcore.commands.options import detector_params
+    from adcore.errors import ConfigurationError
 
+    args = argparse.Namespace(command="train", param=[bad], input_size=None, seed=None)
     if bad == "key=":
-        assert _parse_params([bad]) == {"key": ""}
+        assert detector_params(args) == {"key": ""}
     else:
-        with pytest.raises(SystemExit):
-            _parse_params([bad])
+        with pytest.raises(ConfigurationError, match="KEY=VALUE"):
+            detector_params(args)

@@ -1,0 +1,26 @@
+"""``adcore plugins``: a JSON report of the loaded plugins, their detectors and their failures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from adcore.commands.options import host
+
+__all__ = ["NAME", "HELP", "add_arguments", "run"]
+
+NAME = "plugins"
+HELP = "JSON report of loaded plugins, their detectors and failures"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--details", action="store_true", help="include tracebacks of failures")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = host().report()
+    if not args.details:
+        for failure in report["failures"]:
+            failure.pop("details", None)
+    print(json.dumps(report, indent=2))
+    return 0
