@@ -58,6 +58,14 @@ def _message(exc: BaseException) -> str:
     return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
 
 
+def _is_backbone_weights_error(exc: BaseException) -> bool:
+    # adcore.backbones still defines its own BackboneWeightsError (a plain RuntimeError) until it raises
+    # adcore.errors.BackboneWeightsError; a hub backbone asked for offline must not end in a traceback
+    backbones = sys.modules.get("adcore.backbones")
+    kind = getattr(backbones, "BackboneWeightsError", None)
+    return isinstance(kind, type) and isinstance(exc, kind)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``adcore [--strict] COMMAND ...``; returns the exit code."""
     # torch and faiss each bring an OpenMP runtime; busy-waiting threads of one stall the other.
@@ -86,6 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ModelNotFoundError and DetectorImportError are listed until they derive from AdcoreError; the
     # stdlib kinds keep today's one-line errors for a detector's own checks (TypeError for a wrong -p)
     except (AdcoreError, ModelNotFoundError, DetectorImportError, TypeError, ValueError, OSError) as exc:
+        print(f"adcore {args.command}: error: {_message(exc)}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        if not _is_backbone_weights_error(exc):
+            raise
         print(f"adcore {args.command}: error: {_message(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

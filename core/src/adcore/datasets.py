@@ -99,11 +99,11 @@ class DatasetSpec:
     def describe(self) -> str:
         if self.kind == "mvtec":
             where = str(self.folder)
-        else:
-            good = self.good or (f"{self.test_fraction:g} of train held out" if self.defects else None)
+        elif not self.has_test:
+            where = f"good images {self.train} (no test set)"
+        else:  # the benchmark's wording, which its reports show
+            good = self.good or f"<{self.test_fraction:g} of train, held out>"
             where = f"train={self.train} good={good} defects={list(self.defects)}"
-            if self.masks:
-                where += f" masks={self.masks}"
         cap = f" (train capped at {self.max_train})" if self.max_train else ""
         return f"{self.name}: {where}{cap}"
 

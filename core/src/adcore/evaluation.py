@@ -21,8 +21,8 @@ __all__ = ["EvaluationResult", "split_calibration", "collect_predictions", "eval
            "masks_given", "NO_MASKS_NOTE"]
 
 #: the reason given for pixel AUROC and AUPRO when the test set has no ground-truth masks
-NO_MASKS_NOTE = ("not available: no masks given (the test set has no ground-truth masks for its defect images), "
-                 "so it is evaluated image-level only; give masks=DIR in a folder: dataset, or CATEGORY/ground_truth/")
+NO_MASKS_NOTE = ("not available: no masks given for the test set's defect images, so it is evaluated image-level "
+                 "only (give masks=DIR in a folder: dataset, or CATEGORY/ground_truth/)")
 
 
 def split_calibration(dataset: Any, fraction: float, seed: int = 0) -> tuple[Any, Any]:
