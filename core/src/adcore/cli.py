@@ -58,6 +58,13 @@ def _message(exc: BaseException) -> str:
     return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
 
 
+def _is_strict_plugin_failure(exc: BaseException) -> bool:
+    # only a loaded plugin host raises PluginLoadError (--strict); the CLI talks to the host through
+    # adcore.factory alone, so it looks the class up instead of importing adcore.plugins
+    kind = getattr(sys.modules.get("adcore.plugins"), "PluginLoadError", None)
+    return isinstance(kind, type) and isinstance(exc, kind)
+
+
 def _is_backbone_weights_error(exc: BaseException) -> bool:
     # adcore.backbones still defines its own BackboneWeightsError (a plain RuntimeError) until it raises
     # adcore.errors.BackboneWeightsError; a hub backbone asked for offline must not end in a traceback
@@ -72,7 +79,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Only effective before either is imported, which adcore's CLI guarantees (imports are lazy).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from adcore.errors import AdcoreError
-    from adcore.plugins import PluginLoadError
     from adcore.registry import DetectorImportError, ModelNotFoundError
 
     parser = build_parser()
@@ -86,24 +92,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 0
-    try:
-        return int(args.run(args) or 0)
-    except PluginLoadError as exc:
-        print(f"adcore: {exc}", file=sys.stderr)
-        return 2
     # ModelNotFoundError and DetectorImportError are listed until they derive from AdcoreError; the
     # stdlib kinds keep today's one-line errors for a detector's own checks (TypeError for a wrong -p)
-    except (AdcoreError, ModelNotFoundError, DetectorImportError, TypeError, ValueError, OSError) as exc:
-        print(f"adcore {args.command}: error: {_message(exc)}", file=sys.stderr)
-        return 1
-    except RuntimeError as exc:
-        if not _is_backbone_weights_error(exc):
-            raise
-        print(f"adcore {args.command}: error: {_message(exc)}", file=sys.stderr)
-        return 1
+    one_line = (AdcoreError, ModelNotFoundError, DetectorImportError, TypeError, ValueError, OSError)
+    try:
+        return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("adcore: interrupted; no partial model file was written (saves are atomic)", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if _is_strict_plugin_failure(exc):
+            print(f"adcore: {exc}", file=sys.stderr)
+            return 2
+        if not (isinstance(exc, one_line) or _is_backbone_weights_error(exc)):
+            raise  # a bug: the traceback is what its report needs
+        print(f"adcore {args.command}: error: {_message(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from adcore.commands.options import host, report_plugin_failures
+from adcore.commands.options import detector_entries, report_plugin_failures
 
 __all__ = ["NAME", "HELP", "add_arguments", "run"]
 
@@ -20,8 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    plugin_host = host()
-    entries = plugin_host.detectors.select(args.pattern, args.category)
+    entries = detector_entries(args.pattern, args.category)
     if args.json:
         print(json.dumps([entry.as_dict() for entry in entries], indent=2))
     elif not entries:
@@ -34,5 +33,5 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{category}:")
             trains = "trains" if entry.card.get("trains") else "no training"
             print(f"  {entry.name:<18} {entry.distribution} {entry.version:<8} {trains:<12} {entry.card.get('paper', '')}")
-    report_plugin_failures(plugin_host)
+    report_plugin_failures()
     return 0

@@ -11,22 +11,56 @@ from adcore.datasets import SPEC_HELP
 from adcore.errors import ConfigurationError
 
 __all__ = ["add_model_options", "add_dataset_options", "add_fit_options", "detector_params", "build_detector",
-           "dataset_from_args", "report_plugin_failures", "host"]
+           "dataset_from_args", "detector_entries", "plugin_failures", "plugin_report", "report_plugin_failures"]
 
 
 
-def host() -> Any:
-    """The plugin host (loaded on first use)."""
-    from adcore.plugins import get_host
+# The plugin host is reached through adcore.factory (the one module besides adcore.plugins that talks
+# to it). Until factory offers these queries (the layers branch adds detector_entries, plugin_failures
+# and plugin_report), each falls back to the host itself: delete the fallbacks at that merge.
+def detector_entries(pattern: str = "*", category: str | None = None) -> list[Any]:
+    """Registered detectors matching ``pattern`` and ``category``, by category then name."""
+    from adcore import factory
 
-    return get_host()
+    if hasattr(factory, "detector_entries"):
+        return factory.detector_entries(pattern, category)
+    from adcore.plugins import get_host  # fallback, see above
+
+    return get_host().detectors.select(pattern, category)
 
 
-def report_plugin_failures(plugin_host: Any) -> None:
+def plugin_failures() -> list[Any]:
+    """Plugins (or single detectors) that did not load."""
+    from adcore import factory
+
+    if hasattr(factory, "plugin_failures"):
+        return factory.plugin_failures()
+    from adcore.plugins import get_host  # fallback, see above
+
+    return list(get_host().failures)
+
+
+def plugin_report(*, details: bool = False) -> dict[str, Any]:
+    """The ``adcore plugins`` JSON report (tracebacks of failures only with ``details``)."""
+    from adcore import factory
+
+    if hasattr(factory, "plugin_report"):
+        return factory.plugin_report(details=details)
+    from adcore.plugins import get_host  # fallback, see above
+
+    report = get_host().report()
+    if not details:
+        for failure in report["failures"]:
+            failure.pop("details", None)
+    return report
+
+
+def report_plugin_failures() -> None:
     """One warning line per plugin that failed to load, on stderr; the other detectors still work."""
-    for failure in plugin_host.failures:
+    failures = plugin_failures()
+    for failure in failures:
         print(f"adcore: warning: plugin {failure.describe()}", file=sys.stderr)
-    if plugin_host.failures:
+    if failures:
         print("adcore: run `adcore plugins` for details; other detectors are unaffected.", file=sys.stderr)
 
 

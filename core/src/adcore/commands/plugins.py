@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from adcore.commands.options import host
+from adcore.commands.options import plugin_report
 
 __all__ = ["NAME", "HELP", "add_arguments", "run"]
 
@@ -18,9 +18,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = host().report()
-    if not args.details:
-        for failure in report["failures"]:
-            failure.pop("details", None)
-    print(json.dumps(report, indent=2))
+    print(json.dumps(plugin_report(details=args.details), indent=2))
     return 0
