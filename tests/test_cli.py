@@ -189,24 +189,26 @@ def test_train_on_a_plain_folder_of_good_images(tiny_mvtec: Path, tmp_path: Path
     assert detector.threshold_ is not None and detector.get_params()["input_size"] == 64
 
 
-def test_data_and_category_is_the_same_as_the_category_folder(tiny_mvtec: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
-    old = main_in_process(capsys, "train", "example_gaussian", "--data", str(tiny_mvtec), "--category", "widget", "--input-size", "64",
-                  "--out", str(tmp_path / "a.safetensors"))
+def test_data_and_category_is_the_same_as_the_category_folder(tiny_mvtec: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture):
+    old = main_in_process(capsys, "train", "example_gaussian", "--data", str(tiny_mvtec), "--category", "widget",
+                          "--input-size", "64", "--out", str(tmp_path / "a.safetensors"))
     new = main_in_process(capsys, "train", "example_gaussian", str(tiny_mvtec / "widget"), "--input-size", "64",
-                  "--out", str(tmp_path / "b.safetensors"))
+                          "--out", str(tmp_path / "b.safetensors"))
     assert old.returncode == 0 and new.returncode == 0, (old.stderr, new.stderr)
     assert old.stderr.splitlines()[-1] == new.stderr.splitlines()[-1]  # the same threshold line
     both = main_in_process(capsys, "train", "example_gaussian", str(tiny_mvtec / "widget"), "--data", str(tiny_mvtec),
-                   "--out", str(tmp_path / "c.safetensors"))
+                           "--out", str(tmp_path / "c.safetensors"))
     assert "give the data once" in _one_line_error(both, "train")
 
 
-def test_eval_of_a_folder_spec_without_masks_is_image_level(tiny_mvtec: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+def test_eval_of_a_folder_spec_without_masks_is_image_level(tiny_mvtec: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture):
     widget = tiny_mvtec / "widget"
     out = tmp_path / "eval"
     result = main_in_process(capsys, "eval", "example_gaussian", "--dataset",
-                     f"folder:good={widget}/train/good,defect={widget}/test/scratch,test_good={widget}/test/good",
-                     "--input-size", "64", "--out", str(out), "--max-heatmaps", "1")
+                             f"folder:good={widget}/train/good,defect={widget}/test/scratch,test_good={widget}/test/good",
+                             "--input-size", "64", "--out", str(out), "--max-heatmaps", "1")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["image_auroc"] > 0.9 and metrics["image_f1_max"] is not None
@@ -218,10 +220,12 @@ def test_eval_of_a_folder_spec_without_masks_is_image_level(tiny_mvtec: Path, tm
     assert (out / "metrics.md").read_text() == result.stdout
 
 
-def test_eval_holds_out_good_test_images_when_none_are_given(tiny_mvtec: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+def test_eval_holds_out_good_test_images_when_none_are_given(tiny_mvtec: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture):
     widget = tiny_mvtec / "widget"
-    result = main_in_process(capsys, "eval", "example_gaussian", "--dataset", f"folder:good={widget}/train/good,defect={widget}/test/scratch",
-                     "--input-size", "64", "--out", str(tmp_path / "eval"), "--max-heatmaps", "0")
+    result = main_in_process(capsys, "eval", "example_gaussian", "--dataset",
+                             f"folder:good={widget}/train/good,defect={widget}/test/scratch",
+                             "--input-size", "64", "--out", str(tmp_path / "eval"), "--max-heatmaps", "0")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     # 10 good images: 2 held out as good test images, 8 for training (6 fitted, 2 for the threshold)
@@ -229,7 +233,8 @@ def test_eval_holds_out_good_test_images_when_none_are_given(tiny_mvtec: Path, t
     assert metrics["image_auroc"] is not None and metrics["pixel_auroc"] is None
 
 
-def test_a_folder_spec_with_masks_evaluates_exactly_like_the_mvtec_layout(tiny_mvtec: Path, capsys: pytest.CaptureFixture):
+def test_a_folder_spec_with_masks_evaluates_exactly_like_the_mvtec_layout(tiny_mvtec: Path,
+                                                                          capsys: pytest.CaptureFixture):
     widget = tiny_mvtec / "widget"
     spec = (f"folder:train={widget}/train/good,good={widget}/test/good,defect={widget}/test/scratch,"
             f"masks={widget}/ground_truth/scratch")
@@ -243,7 +248,8 @@ def test_a_folder_spec_with_masks_evaluates_exactly_like_the_mvtec_layout(tiny_m
     assert "n/a" not in "".join(rows[0])
 
 
-def test_param_none_means_none_in_train_as_in_benchmark(tiny_mvtec: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+def test_param_none_means_none_in_train_as_in_benchmark(tiny_mvtec: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture):
     from adcore.benchmark import parse_param
     from adcore.commands.options import detector_params
     from adcore.factory import load
@@ -254,13 +260,14 @@ def test_param_none_means_none_in_train_as_in_benchmark(tiny_mvtec: Path, tmp_pa
     assert params == {"seed": None, "flag": True, "size": [1, 2], "name": "resnet18"}
     assert {key: parse_param(text)[2] for key, text in zip(params, args.param)} == params
     model = tmp_path / "m.safetensors"
-    result = main_in_process(capsys, "train", "example_gaussian", str(tiny_mvtec / "widget"), "--input-size", "64", "-p", "seed=None",
-                     "--out", str(model))
+    result = main_in_process(capsys, "train", "example_gaussian", str(tiny_mvtec / "widget"), "--input-size", "64",
+                             "-p", "seed=None", "--out", str(model))
     assert result.returncode == 0, result.stderr
     assert load(model).get_params()["seed"] is None
 
 
-def test_an_option_and_a_param_of_another_value_disagree(tiny_mvtec: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+def test_an_option_and_a_param_of_another_value_disagree(tiny_mvtec: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture):
     common = ["train", "example_gaussian", str(tiny_mvtec / "widget"), "--out", str(tmp_path / "m.safetensors")]
     line = _one_line_error(main_in_process(capsys, *common, "--input-size", "64", "-p", "input_size=128"), "train")
     assert "--input-size 64 and -p input_size=128 disagree" in line
@@ -276,6 +283,7 @@ def test_a_folder_of_fifty_other_files_is_listed_capped(tmp_path: Path, capsys: 
     for i in range(50):
         (junk / f"notes_{i:02d}.txt").write_text("x")
     for data in ([str(junk)], ["--dataset", f"folder:good={junk}"]):
-        line = _one_line_error(main_in_process(capsys, "train", "example_gaussian", *data, "--out", str(tmp_path / "m")), "train")
+        result = main_in_process(capsys, "train", "example_gaussian", *data, "--out", str(tmp_path / "m"))
+        line = _one_line_error(result, "train")
         assert "50" in line and "notes_09.txt, ... and 40 more" in line and "notes_10.txt" not in line
         assert len(line) < 800
