@@ -136,6 +136,11 @@ def dataset_from_args(args: argparse.Namespace) -> Any:
     if len(given) > 1:
         raise ConfigurationError(f"give the data once: {' and '.join(name for name, _ in given)} were both given")
     name, value = given[0]
-    if name == "--data":
-        value = str(args.data / args.category) if args.category else str(args.data)
+    if name == "--data" and args.category:
+        # ROOT:CATEGORY keeps root and category apart (as metrics.json reports them); a missing
+        # folder is named whole in the error
+        folder = args.data / args.category
+        value = f"{args.data}:{args.category}" if folder.is_dir() else str(folder)
+    elif name == "--data":
+        value = str(args.data)
     return parse_dataset(value)
