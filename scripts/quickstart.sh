@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 MODEL=${ADCORE_QUICKSTART_MODEL:-patchcore}
-.venv/bin/adcore eval "$MODEL" --data examples/sample_data/piped --category PA_FLR01_TL --out runs/quickstart
+.venv/bin/adcore eval "$MODEL" examples/sample_data/piped/PA_FLR01_TL --out runs/quickstart
 echo "Heatmaps: runs/quickstart/heatmaps/   model: runs/quickstart/model.safetensors"
 echo "Score new images: .venv/bin/adcore predict runs/quickstart/model.safetensors IMAGE_OR_FOLDER --out runs/predictions"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -93,10 +94,196 @@ def test_help_explains_commands():
 
 @pytest.mark.parametrize("bad", ["coreset", "key=", "=1"])
 def test_param_parsing_rejects_malformed_pairs(bad: str):
-    from adcore.cli import _parse_params
+    from adcore.commands.options import detector_params
+    from adcore.errors import ConfigurationError
 
+    args = argparse.Namespace(command="train", param=[bad], input_size=None, seed=None)
     if bad == "key=":
-        assert _parse_params([bad]) == {"key": ""}
+        assert detector_params(args) == {"key": ""}
     else:
-        with pytest.raises(SystemExit):
-            _parse_params([bad])
+        with pytest.raises(ConfigurationError, match="KEY=VALUE"):
+            detector_params(args)
+
+
+# -- the table of commands, the dataset grammar, one-line errors -----------------------------------
+def test_every_command_module_is_a_row_of_the_table():
+    import importlib
+    import pkgutil
+
+    import adcore.commands
+    from adcore.cli import COMMANDS, build_parser
+
+    names = [command.NAME for command in COMMANDS]
+    assert names == ["list", "plugins", "train", "eval", "predict", "benchmark"]
+    for command in COMMANDS:
+        assert isinstance(command.HELP, str) and command.HELP
+        assert callable(command.add_arguments) and callable(command.run)
+        assert {"NAME", "HELP", "add_arguments", "run"} <= set(command.__all__)
+    modules = {info.name for info in pkgutil.iter_modules(adcore.commands.__path__)} - {"options"}
+    assert modules == {command.__name__.rpartition(".")[2] for command in COMMANDS}
+    for name in modules | {"options"}:
+        importlib.import_module(f"adcore.commands.{name}")
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == names
+
+
+def test_listing_and_help_import_no_torch():
+    code = ("import sys, contextlib, io; from adcore.cli import main; out = io.StringIO(); "
+            "redirect = contextlib.redirect_stdout(out); redirect.__enter__(); main(['list']); "
+            "redirect.__exit__(None, None, None); print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "False", result.stderr
+
+
+def main_in_process(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
+    """``adcore ARGS`` through ``adcore.cli.main`` in this process (no interpreter start-up to pay)."""
+    from adcore.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["adcore", *args], code, captured.out, captured.err)
+
+
+def _one_line_error(result: subprocess.CompletedProcess, command: str) -> str:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith(f"adcore {command}: error: ")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_an_adcore_error_is_one_line_with_exit_code_1(monkeypatch, capsys):
+    from adcore import cli
+    from adcore.commands import train
+    from adcore.errors import BackboneWeightsError
+
+    def fail(args: argparse.Namespace) -> int:
+        raise BackboneWeightsError("could not download pretrained weights for 'resnet18'\nOffline, use a checkpoint")
+
+    monkeypatch.setattr(train, "run", fail)
+    assert cli.main(["train", "padim", "somewhere", "--out", "m.safetensors"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "adcore train: error: could not download pretrained weights for 'resnet18'; Offline, use a checkpoint"]
+
+
+def test_a_hub_backbone_asked_for_offline_is_a_one_line_error(tiny_mvtec: Path, tmp_path: Path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hub-cache")}
+    result = run_cli("train", "example_gaussian", str(tiny_mvtec / "widget"), "-p", "backbone=resnet10t",
+                     "-p", "layer=layer2", "--input-size", "64", "--out", str(tmp_path / "m.safetensors"), env_extra=env)
+    line = _one_line_error(result, "train")
+    assert "resnet10t" in line and "checkpoint_path" in line
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_train_on_a_plain_folder_of_good_images(tiny_mvtec: Path, tmp_path: Path):
+    from adcore.factory import load
+
+    model = tmp_path / "plain.safetensors"
+    result = run_cli("train", "padim", str(tiny_mvtec / "widget" / "train" / "good"), "-p", "input_size=64",
+                     "-p", "n_features=32", "--out", str(model))
+    assert result.returncode == 0, result.stderr
+    assert "fitting padim on 8 good images" in result.stderr  # 10 images, 2 held out for the threshold
+    assert "threshold" in result.stderr and "from 2 held-out good images" in result.stderr
+    detector = load(model)
+    assert detector.threshold_ is not None and detector.get_params()["input_size"] == 64
+
+
+def test_data_and_category_is_the_same_as_the_category_folder(tiny_mvtec: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture):
+    old = main_in_process(capsys, "train", "example_gaussian", "--data", str(tiny_mvtec), "--category", "widget",
+                          "--input-size", "64", "--out", str(tmp_path / "a.safetensors"))
+    new = main_in_process(capsys, "train", "example_gaussian", str(tiny_mvtec / "widget"), "--input-size", "64",
+                          "--out", str(tmp_path / "b.safetensors"))
+    assert old.returncode == 0 and new.returncode == 0, (old.stderr, new.stderr)
+    assert old.stderr.splitlines()[-1] == new.stderr.splitlines()[-1]  # the same threshold line
+    both = main_in_process(capsys, "train", "example_gaussian", str(tiny_mvtec / "widget"), "--data", str(tiny_mvtec),
+                           "--out", str(tmp_path / "c.safetensors"))
+    assert "give the data once" in _one_line_error(both, "train")
+
+
+def test_eval_of_a_folder_spec_without_masks_is_image_level(tiny_mvtec: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture):
+    widget = tiny_mvtec / "widget"
+    out = tmp_path / "eval"
+    result = main_in_process(capsys, "eval", "example_gaussian", "--dataset",
+                             f"folder:good={widget}/train/good,defect={widget}/test/scratch,test_good={widget}/test/good",
+                             "--input-size", "64", "--out", str(out), "--max-heatmaps", "1")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["image_auroc"] > 0.9 and metrics["image_f1_max"] is not None
+    assert metrics["pixel_auroc"] is None and metrics["aupro"] is None
+    assert "no masks given" in metrics["notes"]["pixel_auroc"] and "no masks given" in metrics["notes"]["aupro"]
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in result.stdout.splitlines()[2:]}
+    assert rows["pixel_auroc"] == "n/a" and rows["aupro"] == "n/a" and rows["image_auroc"] != "n/a"
+    assert "no masks given" in rows["note: pixel_auroc"] and "no masks given" in rows["note: aupro"]
+    assert (out / "metrics.md").read_text() == result.stdout
+
+
+def test_eval_holds_out_good_test_images_when_none_are_given(tiny_mvtec: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture):
+    widget = tiny_mvtec / "widget"
+    result = main_in_process(capsys, "eval", "example_gaussian", "--dataset",
+                             f"folder:good={widget}/train/good,defect={widget}/test/scratch",
+                             "--input-size", "64", "--out", str(tmp_path / "eval"), "--max-heatmaps", "0")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    # 10 good images: 2 held out as good test images, 8 for training (6 fitted, 2 for the threshold)
+    assert (metrics["train_images"], metrics["test_images"]) == (6, 5)
+    assert metrics["image_auroc"] is not None and metrics["pixel_auroc"] is None
+
+
+def test_a_folder_spec_with_masks_evaluates_exactly_like_the_mvtec_layout(tiny_mvtec: Path,
+                                                                          capsys: pytest.CaptureFixture):
+    widget = tiny_mvtec / "widget"
+    spec = (f"folder:train={widget}/train/good,good={widget}/test/good,defect={widget}/test/scratch,"
+            f"masks={widget}/ground_truth/scratch")
+    tables = [main_in_process(capsys, "eval", "example_gaussian", *data, "--input-size", "64") for data in
+              (["--data", str(tiny_mvtec), "--category", "widget"], ["--dataset", spec])]
+    for result in tables:
+        assert result.returncode == 0, result.stderr
+    keep = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "threshold_f1")
+    rows = [[line for line in result.stdout.splitlines() if line.split("|")[1].strip() in keep] for result in tables]
+    assert rows[0] == rows[1] and len(rows[0]) == len(keep)
+    assert "n/a" not in "".join(rows[0])
+
+
+def test_param_none_means_none_in_train_as_in_benchmark(tiny_mvtec: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture):
+    from adcore.benchmark import parse_param
+    from adcore.commands.options import detector_params
+    from adcore.factory import load
+
+    args = argparse.Namespace(command="train", param=["seed=None", "flag=true", "size=[1, 2]", "name=resnet18"],
+                              input_size=None, seed=None)
+    params = detector_params(args)
+    assert params == {"seed": None, "flag": True, "size": [1, 2], "name": "resnet18"}
+    assert {key: parse_param(text)[2] for key, text in zip(params, args.param)} == params
+    model = tmp_path / "m.safetensors"
+    result = main_in_process(capsys, "train", "example_gaussian", str(tiny_mvtec / "widget"), "--input-size", "64",
+                             "-p", "seed=None", "--out", str(model))
+    assert result.returncode == 0, result.stderr
+    assert load(model).get_params()["seed"] is None
+
+
+def test_an_option_and_a_param_of_another_value_disagree(tiny_mvtec: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture):
+    common = ["train", "example_gaussian", str(tiny_mvtec / "widget"), "--out", str(tmp_path / "m.safetensors")]
+    line = _one_line_error(main_in_process(capsys, *common, "--input-size", "64", "-p", "input_size=128"), "train")
+    assert "--input-size 64 and -p input_size=128 disagree" in line
+    line = _one_line_error(main_in_process(capsys, *common, "--seed", "1", "-p", "seed=2"), "train")
+    assert "--seed 1 and -p seed=2 disagree" in line
+    assert not (tmp_path / "m.safetensors").exists()
+    assert main_in_process(capsys, *common, "--input-size", "64", "-p", "input_size=64").returncode == 0
+
+
+def test_a_folder_of_fifty_other_files_is_listed_capped(tmp_path: Path, capsys: pytest.CaptureFixture):
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for i in range(50):
+        (junk / f"notes_{i:02d}.txt").write_text("x")
+    for data in ([str(junk)], ["--dataset", f"folder:good={junk}"]):
+        result = main_in_process(capsys, "train", "example_gaussian", *data, "--out", str(tmp_path / "m"))
+        line = _one_line_error(result, "train")
+        assert "50" in line and "notes_09.txt, ... and 40 more" in line and "notes_10.txt" not in line
+        assert len(line) < 800

@@ -25,3 +25,54 @@ def test_collected_maps_stay_finite_and_keep_full_precision() -> None:
     assert torch.isfinite(maps).all()
     # neighbouring pixels differ by 1/63 at 1e5: float16 (spacing 64 there) would make them all equal
     assert maps[0].unique().numel() == 64
+
+
+class _BrightnessDetector:
+    """Scores an image by its mean brightness, its map by the pixels' brightness (no training)."""
+
+    def fit(self, loader):
+        return self
+
+    def predict(self, images: torch.Tensor) -> Prediction:
+        maps = images.mean(1)
+        return Prediction(pred_score=maps.flatten(1).mean(1), anomaly_map=maps)
+
+
+def _folders(tmp_path, with_masks: bool):
+    import numpy as np
+    from PIL import Image
+
+    from adcore.data import FolderDataset
+
+    def write(path, array):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(path)
+
+    for i in range(4):
+        write(tmp_path / "good" / f"{i}.png", np.full((16, 16, 3), 40 + i, dtype=np.uint8))
+        spot = np.full((16, 16, 3), 40, dtype=np.uint8)
+        spot[2:6 + i, 2:6] = 250
+        write(tmp_path / "bad" / f"{i}.png", spot)
+        mask = np.zeros((16, 16), dtype=np.uint8)
+        mask[2:6 + i, 2:6] = 255
+        write(tmp_path / "masks" / f"{i}_mask.png", mask)
+    return FolderDataset(tmp_path / "good", [tmp_path / "bad"], tmp_path / "masks" if with_masks else None, image_size=16)
+
+
+def test_a_test_set_without_masks_gets_image_level_metrics_and_the_reason(tmp_path) -> None:
+    from adcore.evaluation import NO_MASKS_NOTE, evaluate_detector
+    from adcore.metrics import evaluate
+
+    with_masks, without = _folders(tmp_path, True), _folders(tmp_path, False)
+    assert with_masks.masks_given and not without.masks_given
+    good = torch.zeros(4, 3, 16, 16)
+    full, outputs = evaluate_detector(_BrightnessDetector(), good, with_masks, calibration_set=[], latency=False)
+    image_only, _ = evaluate_detector(_BrightnessDetector(), good, without, calibration_set=[], latency=False)
+    reference = evaluate(outputs["labels"], outputs["scores"], outputs["masks"], outputs["maps"])
+    assert (full.image_auroc, full.pixel_auroc, full.aupro) == (reference["image_auroc"], reference["pixel_auroc"],
+                                                                reference["aupro"])
+    assert full.pixel_auroc is not None and full.aupro is not None and not full.notes
+    assert image_only.image_auroc == full.image_auroc and image_only.image_f1_max == full.image_f1_max
+    assert image_only.pixel_auroc is None and image_only.aupro is None
+    assert image_only.notes == {"pixel_auroc": NO_MASKS_NOTE, "aupro": NO_MASKS_NOTE}
+    assert "no masks given" in NO_MASKS_NOTE

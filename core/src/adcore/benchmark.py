@@ -1458,5 +1458,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(parser.parse_args(argv))
 
 
+add_arguments = _add_arguments  # the public name `adcore.commands.benchmark` imports
+
 if __name__ == "__main__":
     sys.exit(main())

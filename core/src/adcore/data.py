@@ -50,6 +50,7 @@ __all__ = [
     "make_loader",
     "collate_items",
     "list_images",
+    "summarize_names",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -102,15 +103,23 @@ def list_images(folder: Path) -> list[Path]:
     return images
 
 
+def summarize_names(names: Sequence[str], limit: int = 10) -> str:
+    """``"a, b, c"``, or the first ``limit`` names then ``"... and N more"``: folder listings in error
+    messages stay one readable line even for a folder of 50,000 files."""
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, ... and {len(names) - limit} more"
+
+
 def _other_files(folder: Path) -> str:
-    """For 'no images' errors: what the folder holds instead."""
+    """For 'no images' errors: what the folder holds instead (at most ten names)."""
     try:
         others = sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith("."))
     except OSError:
         return ""
     if not others:
         return " (the folder is empty)"
-    return f" (it holds {len(others)} other entries, e.g. {', '.join(others[:3])})"
+    return f" (it holds {len(others)} other entries, e.g. {summarize_names(others)})"
 
 
 def _open(path: Path, max_pixels: int | None):
@@ -251,6 +260,13 @@ class _Samples(Dataset):
     def labels(self) -> list[int]:
         return [label for _, label, _, _ in self.samples]
 
+    @property
+    def masks_given(self) -> bool:
+        """False when the set holds defect images and not one of them has a mask file, so only
+        image-level metrics mean anything (:func:`adcore.evaluation.evaluate_detector` reads this)."""
+        defect_masks = [mask for _, label, mask, _ in self.samples if label]
+        return not defect_masks or any(mask is not None for mask in defect_masks)
+
 
 def _mask_index(folder: Path | None) -> dict[str, Path]:
     """``{image stem: mask path}`` for masks named ``<stem>_mask.<ext>`` (preferred) or ``<stem>.<ext>``."""
@@ -298,7 +314,8 @@ class MVTecDataset(_Samples):
         split_dir = folder / split
         if not split_dir.is_dir():
             found = sorted(p.name for p in folder.iterdir())
-            raise DatasetLayoutError(f"{folder} has no '{split}' folder (found {found}); {expected}")
+            found_text = f"{found[:10]} and {len(found) - 10} more" if len(found) > 10 else str(found)
+            raise DatasetLayoutError(f"{folder} has no '{split}' folder (found {found_text}); {expected}")
         loose = list_images(split_dir)
         if loose:
             raise DatasetLayoutError(f"{split_dir} holds {len(loose)} image(s) directly (e.g. {loose[0].name}); put them "
@@ -362,6 +379,7 @@ class FolderDataset(_Samples):
 
     Masks are looked up in ``mask_dir`` as ``<stem>_mask.<ext>`` or ``<stem>.<ext>``. With a
     ``mask_dir``, a defect image without a mask is an error unless ``missing_masks="empty"``.
+    Without one the set has no masks (:attr:`masks_given` is False) and is evaluated image-level.
     """
 
     def __init__(self, good_dir: str | Path, defect_dirs: Sequence[str | Path] = (), mask_dir: str | Path | None = None,

@@ -17,7 +17,12 @@ from adcore.data import make_loader
 from adcore.metrics import evaluate
 from adcore.progress import progress
 
-__all__ = ["EvaluationResult", "split_calibration", "collect_predictions", "evaluate_detector", "measure_latency", "peak_rss_mb"]
+__all__ = ["EvaluationResult", "split_calibration", "collect_predictions", "evaluate_detector", "measure_latency", "peak_rss_mb",
+           "masks_given", "NO_MASKS_NOTE"]
+
+#: the reason given for pixel AUROC and AUPRO when the test set has no ground-truth masks
+NO_MASKS_NOTE = ("not available: no masks given for the test set's defect images, so it is evaluated image-level "
+                 "only (give masks=DIR in a folder: dataset, or CATEGORY/ground_truth/)")
 
 
 def split_calibration(dataset: Any, fraction: float, seed: int = 0) -> tuple[Any, Any]:
@@ -32,6 +37,22 @@ def split_calibration(dataset: Any, fraction: float, seed: int = 0) -> tuple[Any
     held = 0 if fraction <= 0 or count < 4 else max(1, int(round(fraction * count)))
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
     return Subset(dataset, sorted(order[held:])), Subset(dataset, sorted(order[:held]))
+
+
+def masks_given(dataset: Any) -> bool:
+    """Whether ``dataset`` has ground-truth masks for pixel metrics.
+
+    adcore's datasets say so in ``masks_given``; a ``Subset`` or ``ConcatDataset`` asks what it wraps;
+    any other dataset is taken to have masks (its items carry them).
+    """
+    flag = getattr(dataset, "masks_given", None)
+    if flag is not None:
+        return bool(flag)
+    if hasattr(dataset, "dataset"):  # torch.utils.data.Subset
+        return masks_given(dataset.dataset)
+    if hasattr(dataset, "datasets"):  # torch.utils.data.ConcatDataset
+        return any(masks_given(part) for part in dataset.datasets)
+    return True
 
 
 def peak_rss_mb() -> float:
@@ -102,6 +123,8 @@ def evaluate_detector(detector: Any, train_set: Any, test_set: Any, *, batch_siz
 
     The threshold comes from ``calibration_set`` (held-out good images; when omitted, a fifth of
     ``train_set`` is held out), so the test set never chooses it; its F1 on the test set is reported.
+    A test set without masks (:func:`masks_given` False) gets image-level metrics only; pixel AUROC
+    and AUPRO are ``None`` with :data:`NO_MASKS_NOTE` as their note.
     """
     if calibration_set is None:
         train_set, calibration_set = split_calibration(train_set, 0.2)
@@ -113,7 +136,11 @@ def evaluate_detector(detector: Any, train_set: Any, test_set: Any, *, batch_siz
         detector.calibrate(make_loader(calibration_set, batch_size), target_fpr=target_fpr)
         result.threshold = getattr(detector, "threshold_", None)
     outputs = collect_predictions(detector, make_loader(test_set, batch_size))
-    metrics = evaluate(outputs["labels"], outputs["scores"], outputs["masks"], outputs["maps"])
+    if masks_given(test_set):
+        metrics = evaluate(outputs["labels"], outputs["scores"], outputs["masks"], outputs["maps"])
+    else:
+        metrics = {**evaluate(outputs["labels"], outputs["scores"]), "pixel_auroc": None, "aupro": None}
+        metrics["notes"].update(pixel_auroc=NO_MASKS_NOTE, aupro=NO_MASKS_NOTE)
     result.notes.update(metrics.pop("notes"))
     for key, value in metrics.items():
         setattr(result, key, value)

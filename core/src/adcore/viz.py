@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from adcore.files import atomic_write_bytes
 
 __all__ = ["overlay_heatmap", "save_heatmap_panel"]
 
@@ -25,7 +28,7 @@ def overlay_heatmap(image: torch.Tensor, anomaly_map: torch.Tensor, *, vmin: flo
 
 def save_heatmap_panel(path: str | Path, image: torch.Tensor, anomaly_map: torch.Tensor, *, vmin: float, vmax: float,
                        mask: torch.Tensor | None = None, title: str = "") -> Path:
-    """Write ``image | overlay [| ground truth]`` side by side as a PNG (matplotlib, Agg backend)."""
+    """Write ``image | overlay [| ground truth]`` side by side as a PNG (matplotlib, Agg backend), atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,8 +48,9 @@ def save_heatmap_panel(path: str | Path, image: torch.Tensor, anomaly_map: torch
     if title:
         figure.suptitle(title, fontsize=9)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-    return path
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, format="png", dpi=90)
+    finally:
+        plt.close(figure)
+    return atomic_write_bytes(path, buffer.getvalue())

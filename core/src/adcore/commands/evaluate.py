@@ -1,0 +1,97 @@
+"""``adcore eval MODEL PATH``: fit, calibrate, evaluate on the test split; metrics table, model, heatmaps.
+
+A test set without ground-truth masks is evaluated image-level: pixel AUROC and AUPRO are shown as
+not available, with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from adcore.commands.options import (add_dataset_options, add_fit_options, add_model_options, build_detector,
+                                     dataset_from_args, detector_params)
+
+__all__ = ["NAME", "HELP", "add_arguments", "run", "metrics_table", "METRIC_KEYS"]
+
+NAME = "eval"
+HELP = "fit, calibrate and evaluate on the test split; metrics table, heatmaps"
+
+#: the rows of the metrics table, in order
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "threshold_f1", "fit_seconds",
+               "ms_per_image_batch1", "ms_per_image_batched", "peak_rss_mb")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_options(parser)
+    add_dataset_options(parser)
+    add_fit_options(parser)
+    parser.add_argument("--out", type=Path, default=None, help="folder for model.safetensors, metrics.json/md, heatmaps/")
+    parser.add_argument("--max-heatmaps", type=int, default=24, help="heatmap PNGs to write (defects first)")
+
+
+def _value_text(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def metrics_table(row: dict[str, Any]) -> str:
+    """``| metric | value |`` for :data:`METRIC_KEYS` (``n/a`` when undefined), then one row per note."""
+    from adcore.tables import markdown_table
+
+    notes = row.get("notes", {})
+    rows = [{"metric": key, "value": _value_text(row.get(key))} for key in METRIC_KEYS]
+    rows += [{"metric": f"note: {key}", "value": note} for key, note in notes.items()]
+    return markdown_table(rows, [("metric", "metric", "s"), ("value", "value", "s")])
+
+
+def run(args: argparse.Namespace) -> int:
+    from adcore.datasets import open_dataset
+    from adcore.evaluation import evaluate_detector, split_calibration
+    from adcore.files import atomic_write_text
+
+    detector = build_detector(args)
+    spec = dataset_from_args(args)
+    size = getattr(detector, "input_size", 256)
+    train = open_dataset(spec, "train", size)
+    test_set = open_dataset(spec, "test", size)
+    seed = detector_params(args).get("seed") or 0
+    fit_set, calibration_set = split_calibration(train, args.calibration_fraction, seed=seed)
+    result, outputs = evaluate_detector(detector, fit_set, test_set, batch_size=args.batch_size,
+                                        calibration_set=calibration_set if len(calibration_set) else None,
+                                        target_fpr=args.target_fpr)
+    row = {"model": args.model, "data": spec.root or spec.train, "category": spec.category or spec.name,
+           "dataset": spec.describe(), "params": detector.get_params(), **result.as_dict()}
+    table = metrics_table(row)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        detector.save(out / "model.safetensors")
+        atomic_write_text(out / "metrics.json", json.dumps(row, indent=2, default=str))
+        atomic_write_text(out / "metrics.md", table + "\n")
+        _write_heatmaps(out / "heatmaps", test_set, outputs, getattr(detector, "threshold_", None), args.max_heatmaps)
+        print(f"wrote {out}/model.safetensors, metrics.json, metrics.md and heatmaps/", file=sys.stderr)
+    return 0
+
+
+def _write_heatmaps(folder: Path, dataset: Any, outputs: dict[str, Any], threshold: float | None, limit: int) -> None:
+    from adcore.progress import progress
+    from adcore.viz import save_heatmap_panel
+
+    maps = outputs["maps"]
+    vmin, vmax = float(maps.min()), float(maps.max())
+    # defective images first, so a capped run still shows defects
+    order = sorted(range(len(dataset)), key=lambda i: -int(outputs["labels"][i]))[:limit]
+    for index in progress(order, desc="heatmaps", total=len(order)):
+        item = dataset[index]
+        score = float(outputs["scores"][index])
+        verdict = "" if threshold is None else (" ANOMALOUS" if score >= threshold else " ok")
+        name = f"{item['defect_type']}_{Path(item['path']).stem}.png"
+        save_heatmap_panel(folder / name, item["image"], maps[index], vmin=vmin, vmax=vmax, mask=item["mask"],
+                           title=f"{Path(item['path']).name}  score {score:.4g}{verdict}")

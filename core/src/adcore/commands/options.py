@@ -1,0 +1,146 @@
+"""Option groups and helpers shared by the ``train``, ``eval`` and ``predict`` commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from adcore.datasets import SPEC_HELP
+from adcore.errors import ConfigurationError
+
+__all__ = ["add_model_options", "add_dataset_options", "add_fit_options", "detector_params", "build_detector",
+           "dataset_from_args", "detector_entries", "plugin_failures", "plugin_report", "report_plugin_failures"]
+
+
+
+# The plugin host is reached through adcore.factory (the one module besides adcore.plugins that talks
+# to it). Until factory offers these queries (the layers branch adds detector_entries, plugin_failures
+# and plugin_report), each falls back to the host itself: delete the fallbacks at that merge.
+def detector_entries(pattern: str = "*", category: str | None = None) -> list[Any]:
+    """Registered detectors matching ``pattern`` and ``category``, by category then name."""
+    from adcore import factory
+
+    if hasattr(factory, "detector_entries"):
+        return factory.detector_entries(pattern, category)
+    from adcore.plugins import get_host  # fallback, see above
+
+    return get_host().detectors.select(pattern, category)
+
+
+def plugin_failures() -> list[Any]:
+    """Plugins (or single detectors) that did not load."""
+    from adcore import factory
+
+    if hasattr(factory, "plugin_failures"):
+        return factory.plugin_failures()
+    from adcore.plugins import get_host  # fallback, see above
+
+    return list(get_host().failures)
+
+
+def plugin_report(*, details: bool = False) -> dict[str, Any]:
+    """The ``adcore plugins`` JSON report (tracebacks of failures only with ``details``)."""
+    from adcore import factory
+
+    if hasattr(factory, "plugin_report"):
+        return factory.plugin_report(details=details)
+    from adcore.plugins import get_host  # fallback, see above
+
+    report = get_host().report()
+    if not details:
+        for failure in report["failures"]:
+            failure.pop("details", None)
+    return report
+
+
+def report_plugin_failures() -> None:
+    """One warning line per plugin that failed to load, on stderr; the other detectors still work."""
+    failures = plugin_failures()
+    for failure in failures:
+        print(f"adcore: warning: plugin {failure.describe()}", file=sys.stderr)
+    if failures:
+        print("adcore: run `adcore plugins` for details; other detectors are unaffected.", file=sys.stderr)
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``MODEL``, ``-p KEY=VALUE``, ``--input-size``, ``--seed``."""
+    parser.add_argument("model", help="registered detector name, e.g. patchcore (see `adcore list`)")
+    parser.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
+                        help="detector parameter (repeatable; JSON values, true/false/none), e.g. -p coreset_ratio=0.05")
+    parser.add_argument("--input-size", type=int, default=None, help="detector input size in pixels (= -p input_size=N)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: the detector's; = -p seed=N)")
+
+
+def add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    """``[PATH]``, ``--dataset SPEC`` and the older ``--data ROOT [--category C]`` (= PATH ROOT/C)."""
+    parser.add_argument("path", nargs="?", default=None, metavar="PATH",
+                        help="an MVTec-layout category folder (train/good, test/, ground_truth/) or a plain folder of "
+                             "good images; any --dataset SPEC works here too")
+    parser.add_argument("--dataset", "-d", default=None, metavar="SPEC", help=SPEC_HELP)
+    parser.add_argument("--data", type=Path, default=None, metavar="ROOT",
+                        help="MVTec-layout root; with --category C the same as PATH ROOT/C")
+    parser.add_argument("--category", default=None, help="category folder under --data, e.g. bottle")
+
+
+def add_fit_options(parser: argparse.ArgumentParser) -> None:
+    """``--batch-size``, ``--calibration-fraction``, ``--target-fpr``."""
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--calibration-fraction", type=float, default=0.2,
+                        help="share of the good training images held out to set the threshold (default 0.2)")
+    parser.add_argument("--target-fpr", type=float, default=0.01,
+                        help="false-positive rate the threshold allows on held-out good images (default 0.01)")
+
+
+def detector_params(args: argparse.Namespace) -> dict[str, Any]:
+    """``-p`` pairs (the one ``key=value`` grammar) merged with ``--input-size``/``--seed``.
+
+    An option and a ``-p`` of the same parameter with different values is an error, never a silent
+    override.
+    """
+    from adcore.values import parse_assignments
+
+    params = parse_assignments(args.param, option="--param")
+    dotted = [key for key in params if "." in key]
+    if dotted:
+        raise ConfigurationError(f"--param {dotted[0]}: {args.command} builds one detector, so give plain names "
+                                 f"(-p {dotted[0].rpartition('.')[2]}=...); DETECTOR.KEY is for `adcore benchmark`")
+    for option, key in (("--input-size", "input_size"), ("--seed", "seed")):
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if key in params and params[key] != value:
+            raise ConfigurationError(f"{option} {value} and -p {key}={params[key]!r} disagree; give the value once")
+        params[key] = value
+    return params
+
+
+def build_detector(args: argparse.Namespace) -> Any:
+    """The detector ``args.model`` with :func:`detector_params`."""
+    from adcore.factory import get_model
+
+    return get_model(args.model, **detector_params(args))
+
+
+def dataset_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~adcore.datasets.DatasetSpec` named by ``PATH``, ``--dataset`` or ``--data``/``--category``."""
+    from adcore.datasets import parse_dataset
+
+    given = [(name, value) for name, value in (("PATH", args.path), ("--dataset", args.dataset),
+                                               ("--data", args.data)) if value is not None]
+    if args.category is not None and args.data is None:
+        raise ConfigurationError("--category needs --data ROOT (or give the category folder as PATH)")
+    if not given:
+        raise ConfigurationError(f"give the data: adcore {args.command} {args.model} PATH, or --dataset {SPEC_HELP}")
+    if len(given) > 1:
+        raise ConfigurationError(f"give the data once: {' and '.join(name for name, _ in given)} were both given")
+    name, value = given[0]
+    if name == "--data" and args.category:
+        # ROOT:CATEGORY keeps root and category apart (as metrics.json reports them); a missing
+        # folder is named whole in the error
+        folder = args.data / args.category
+        value = f"{args.data}:{args.category}" if folder.is_dir() else str(folder)
+    elif name == "--data":
+        value = str(args.data)
+    return parse_dataset(value)
