@@ -46,7 +46,6 @@ MAX_LINES = 500
 #: (rule, module) pairs that files other branches are rewriting break today; the lead removes an
 #: entry at merge (strict=False: a pair that already passes is reported as XPASS, not as a failure).
 PENDING = {
-    ("host", "adcore.cli"): "until the cli branch lands (cli calls get_host() instead of adcore.factory)",
     ("host", "adcore.benchmark"): "until the bench branch lands (benchmark calls get_host() instead of adcore.factory)",
     ("raises", "adcore.benchmark"): "until the bench branch lands (benchmark raises bare ValueErrors)",
 }

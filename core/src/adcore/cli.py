@@ -58,28 +58,13 @@ def _message(exc: BaseException) -> str:
     return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
 
 
-def _is_strict_plugin_failure(exc: BaseException) -> bool:
-    # only a loaded plugin host raises PluginLoadError (--strict); the CLI talks to the host through
-    # adcore.factory alone, so it looks the class up instead of importing adcore.plugins
-    kind = getattr(sys.modules.get("adcore.plugins"), "PluginLoadError", None)
-    return isinstance(kind, type) and isinstance(exc, kind)
-
-
-def _is_backbone_weights_error(exc: BaseException) -> bool:
-    # adcore.backbones still defines its own BackboneWeightsError (a plain RuntimeError) until it raises
-    # adcore.errors.BackboneWeightsError; a hub backbone asked for offline must not end in a traceback
-    backbones = sys.modules.get("adcore.backbones")
-    kind = getattr(backbones, "BackboneWeightsError", None)
-    return isinstance(kind, type) and isinstance(exc, kind)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``adcore [--strict] COMMAND ...``; returns the exit code."""
     # torch and faiss each bring an OpenMP runtime; busy-waiting threads of one stall the other.
     # Only effective before either is imported, which adcore's CLI guarantees (imports are lazy).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from adcore.errors import AdcoreError
-    from adcore.registry import DetectorImportError, ModelNotFoundError
+    from adcore.factory import PluginLoadError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -92,19 +77,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 0
-    # ModelNotFoundError and DetectorImportError are listed until they derive from AdcoreError; the
-    # stdlib kinds keep today's one-line errors for a detector's own checks (TypeError for a wrong -p)
-    one_line = (AdcoreError, ModelNotFoundError, DetectorImportError, TypeError, ValueError, OSError)
+    # the stdlib kinds keep one-line errors for a third-party detector's own checks (a TypeError
+    # for a wrong -p, a ValueError for a bad value): they are about input, not adcore bugs
+    one_line = (AdcoreError, TypeError, ValueError, OSError)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("adcore: interrupted; no partial model file was written (saves are atomic)", file=sys.stderr)
         return 130
     except Exception as exc:
-        if _is_strict_plugin_failure(exc):
+        if isinstance(exc, PluginLoadError):
             print(f"adcore: {exc}", file=sys.stderr)
             return 2
-        if not (isinstance(exc, one_line) or _is_backbone_weights_error(exc)):
+        if not isinstance(exc, one_line):
             raise  # a bug: the traceback is what its report needs
         print(f"adcore {args.command}: error: {_message(exc)}", file=sys.stderr)
         return 1

@@ -14,45 +14,26 @@ __all__ = ["add_model_options", "add_dataset_options", "add_fit_options", "detec
            "dataset_from_args", "detector_entries", "plugin_failures", "plugin_report", "report_plugin_failures"]
 
 
-
-# The plugin host is reached through adcore.factory (the one module besides adcore.plugins that talks
-# to it). Until factory offers these queries (the layers branch adds detector_entries, plugin_failures
-# and plugin_report), each falls back to the host itself: delete the fallbacks at that merge.
+# The plugin host is reached through adcore.factory, the one module besides adcore.plugins that talks to it.
 def detector_entries(pattern: str = "*", category: str | None = None) -> list[Any]:
     """Registered detectors matching ``pattern`` and ``category``, by category then name."""
     from adcore import factory
 
-    if hasattr(factory, "detector_entries"):
-        return factory.detector_entries(pattern, category)
-    from adcore.plugins import get_host  # fallback, see above
-
-    return get_host().detectors.select(pattern, category)
+    return factory.detector_entries(pattern, category)
 
 
 def plugin_failures() -> list[Any]:
     """Plugins (or single detectors) that did not load."""
     from adcore import factory
 
-    if hasattr(factory, "plugin_failures"):
-        return factory.plugin_failures()
-    from adcore.plugins import get_host  # fallback, see above
-
-    return list(get_host().failures)
+    return factory.plugin_failures()
 
 
 def plugin_report(*, details: bool = False) -> dict[str, Any]:
     """The ``adcore plugins`` JSON report (tracebacks of failures only with ``details``)."""
     from adcore import factory
 
-    if hasattr(factory, "plugin_report"):
-        return factory.plugin_report(details=details)
-    from adcore.plugins import get_host  # fallback, see above
-
-    report = get_host().report()
-    if not details:
-        for failure in report["failures"]:
-            failure.pop("details", None)
-    return report
+    return factory.plugin_report(details=details)
 
 
 def report_plugin_failures() -> None:
