@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from adcore.base import BaseDetector
+from adcore.base import COMMON_PARAMETERS, BaseDetector
 from adcore.errors import InvalidInputError, NotFittedError
 
 
@@ -40,7 +40,7 @@ class MeanDetector(BaseDetector):
 
 def test_get_params_reads_the_signature_and_set_params_validates():
     detector = MeanDetector(scale=2.0)
-    assert detector.get_params() == {"input_size": 32, "scale": 2.0, "seed": 0}
+    assert detector.get_params() == {"input_size": 32, "scale": 2.0, "seed": 0, **COMMON_PARAMETERS}
     with pytest.raises(InvalidInputError, match=r"scale must be in \(0, 10\]"):
         detector.set_params(scale=0)
     with pytest.raises(InvalidInputError, match="no parameter 'scal'"):
@@ -127,7 +127,7 @@ def test_rejected_set_params_leaves_the_old_value():
     detector = MeanDetector(scale=2.0)
     with pytest.raises(InvalidInputError):
         detector.set_params(scale=0, input_size=64)
-    assert detector.get_params() == {"input_size": 32, "scale": 2.0, "seed": 0}
+    assert detector.get_params() == {"input_size": 32, "scale": 2.0, "seed": 0, **COMMON_PARAMETERS}
 
 
 @pytest.mark.parametrize("seed", ["x", 1.5, True, -1, 2**70])

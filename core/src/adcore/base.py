@@ -29,14 +29,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from adcore.errors import InvalidArgumentError, InvalidInputError, NotFittedError
-from adcore.inputs import ImageStream, to_size, validate_images
-from adcore.params import ConstraintSpec, Integer, Size, validate_parameters
+from adcore.inputs import ImageStream, resize_images, to_size, validate_images
+from adcore.params import ConstraintSpec, Integer, Real, Size, validate_parameters
 from adcore.prediction import Prediction
 from adcore.seeding import seeded
+from adcore.tiling import TileStream, blend_tiles, tile_grid
 
-__all__ = ["BaseDetector"]
+__all__ = ["BaseDetector", "COMMON_PARAMETERS"]
 
 _JSON_TYPES = (bool, int, float, str, type(None))
+
+#: parameters every detector has without listing them in its ``__init__``, handled here once:
+#: tiling (see :mod:`adcore.tiling`). They are part of ``get_params`` and of the model file.
+COMMON_PARAMETERS: dict[str, Any] = {"tile_size": None, "tile_overlap": 0.25, "tile_input_size": None}
 
 
 class BaseDetector(ABC):
@@ -51,6 +56,9 @@ class BaseDetector(ABC):
         "input_size": [Size(16, 4096)],
         "seed": [Integer(0, 2**63 - 1), None],
         "batch_size": [Integer(1, 4096)],
+        "tile_size": [Size(16, 8192), None],
+        "tile_overlap": [Real(0.0, 0.9)],
+        "tile_input_size": [Size(16, 65536), None],
     }
     #: renamed parameters still accepted, with a DeprecationWarning: ``{"lr": "learning_rate"}``, or
     #: ``{"layer": ("layers", lambda v: (v,))}`` when the value changes form too
@@ -65,10 +73,16 @@ class BaseDetector(ABC):
         @functools.wraps(init)
         def validating_init(self: BaseDetector, *args: Any, **kw: Any) -> None:
             most_derived = type(self).__init__ is validating_init
-            if most_derived and kw:
-                kw = type(self)._resolve_aliases(kw)
+            common: dict[str, Any] = {}
+            if most_derived:
+                if kw:
+                    kw = type(self)._resolve_aliases(kw)
+                own = set(inspect.signature(init).parameters)
+                common = {name: kw.pop(name, default) for name, default in COMMON_PARAMETERS.items() if name not in own}
             init(self, *args, **kw)
             if most_derived:  # only once, after the most derived __init__
+                for name, value in common.items():
+                    setattr(self, name, value)
                 self._validate_params()
 
         cls.__init__ = validating_init  # type: ignore[method-assign]
@@ -112,11 +126,12 @@ class BaseDetector(ABC):
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 raise InvalidArgumentError(f"{cls.__name__}.__init__ must list its parameters explicitly (no *args/**kwargs)")
             names.append(name)
-        return names
+        return names + [name for name in COMMON_PARAMETERS if name not in names]
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The constructor parameters, read back from the attributes ``__init__`` stored."""
-        return {name: getattr(self, name) for name in self._param_names()}
+        """The constructor parameters, read back from the attributes ``__init__`` stored (plus the
+        common ones every detector has, such as ``tile_size``)."""
+        return {name: getattr(self, name, COMMON_PARAMETERS.get(name)) for name in self._param_names()}
 
     def set_params(self, **params: Any) -> BaseDetector:
         valid = set(self._param_names())
@@ -151,7 +166,10 @@ class BaseDetector(ABC):
     def fit(self, data: Any) -> BaseDetector:
         """Learn normality from good images only; returns ``self``."""
         self._validate_params()
-        stream = ImageStream(data, self.image_size, batch_size=getattr(self, "batch_size", 8), where="fit")
+        stream: Any = ImageStream(data, self.load_size, batch_size=getattr(self, "batch_size", 8), where="fit")
+        if self.tiled:
+            stream = TileStream(stream, self.tile_size, self.tile_overlap, self.image_size, self._tile_input_size(),
+                                batch_size=getattr(self, "batch_size", 8))
         self.threshold_: float | None = None
         self.fitted_ = False
         with seeded(getattr(self, "seed", 0)):
@@ -163,28 +181,76 @@ class BaseDetector(ABC):
         """Score a ``(B,3,H,W)`` float batch in [0, 1]; maps come back at the input's own H×W."""
         self._check_fitted("predict")
         images = validate_images(images, where="predict")
-        height, width = images.shape[-2:]
-        scores, maps = [], []
         context = torch.inference_mode() if self.inference_mode else torch.no_grad()
         with context:
-            for start in range(0, images.shape[0], self.predict_batch_size):
-                chunk = images[start:start + self.predict_batch_size]
-                resized = F.interpolate(chunk, size=self.image_size, mode="bilinear", align_corners=False,
-                                        antialias=chunk.shape[-2] > self.image_size[0] or chunk.shape[-1] > self.image_size[1]) \
-                    if tuple(chunk.shape[-2:]) != self.image_size else chunk
-                score, amap = self._predict(resized)
-                if amap.ndim == 4 and amap.shape[1] == 1:
-                    amap = amap[:, 0]
-                self._check_output(score, amap, resized.shape[0])
-                amap = F.interpolate(amap[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[:, 0]
-                scores.append(score.detach().float().reshape(-1))
-                maps.append(amap.detach())
-        pred_score = torch.cat(scores).clone()
-        anomaly_map = torch.cat(maps).clone()
+            if self.tiled:
+                scores, maps = zip(*(self._predict_tiled(image) for image in images))
+                pred_score, anomaly_map = torch.stack(scores), torch.stack(maps)
+            else:
+                pred_score, anomaly_map = self._predict_resized(images, tuple(images.shape[-2:]))
         label = None
         if getattr(self, "threshold_", None) is not None:
             label = pred_score >= self.threshold_
         return Prediction(pred_score, anomaly_map, label)
+
+    def _predict_resized(self, images: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_predict`` in chunks of ``predict_batch_size`` on images resized to ``input_size``; maps at ``size``."""
+        scores, maps = [], []
+        for start in range(0, images.shape[0], self.predict_batch_size):
+            chunk = images[start:start + self.predict_batch_size]
+            resized = F.interpolate(chunk, size=self.image_size, mode="bilinear", align_corners=False,
+                                    antialias=chunk.shape[-2] > self.image_size[0] or chunk.shape[-1] > self.image_size[1]) \
+                if tuple(chunk.shape[-2:]) != self.image_size else chunk
+            score, amap = self._predict(resized)
+            if amap.ndim == 4 and amap.shape[1] == 1:
+                amap = amap[:, 0]
+            self._check_output(score, amap, resized.shape[0])
+            amap = F.interpolate(amap[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+            scores.append(score.detach().float().reshape(-1))
+            maps.append(amap.detach())
+        return torch.cat(scores).clone(), torch.cat(maps).clone()
+
+    # -- tiling (adcore.tiling) -----------------------------------------------------------------
+    @property
+    def tiled(self) -> bool:
+        """Whether this detector scores images tile by tile (``tile_size`` is set)."""
+        return getattr(self, "tile_size", None) is not None
+
+    @property
+    def load_size(self) -> tuple[int, int] | None:
+        """The size datasets should load images at for this detector: ``input_size``, or ``None``
+        (each image's own size) when it tiles, since tiles are cut from the full-resolution image."""
+        return None if self.tiled else self.image_size
+
+    def _tile_input_size(self) -> tuple[int, int] | None:
+        value = getattr(self, "tile_input_size", None)
+        return None if value is None else to_size(value)
+
+    def aggregate_tile_scores(self, tile_scores: torch.Tensor) -> torch.Tensor:
+        """The image score from its tiles' scores: the maximum (a detector may aggregate its own way)."""
+        return tile_scores.max()
+
+    def _predict_tiled(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ``(3,H,W)`` image scored tile by tile; at most ``predict_batch_size`` tiles at a time."""
+        height, width = image.shape[-2:]
+        resize_to = self._tile_input_size()
+        source = resize_images(image[None], resize_to)[0] if resize_to is not None else image
+        grid = tile_grid(source.shape[-2], source.shape[-1], self.tile_size, self.tile_overlap)
+        boxes = list(grid.boxes())
+        tile_scores: list[torch.Tensor] = []
+
+        def tile_maps():
+            for start in range(0, len(boxes), self.predict_batch_size):
+                chunk = boxes[start:start + self.predict_batch_size]
+                tiles = torch.stack([source[:, t:t + grid.tile_h, l:l + grid.tile_w] for t, l in chunk])
+                scores, maps = self._predict_resized(tiles, (grid.tile_h, grid.tile_w))
+                tile_scores.append(scores)
+                yield from ((t, l, amap) for (t, l), amap in zip(chunk, maps))
+
+        blended = blend_tiles(grid, tile_maps(), self.tile_overlap)
+        if tuple(blended.shape) != (height, width):
+            blended = F.interpolate(blended[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+        return self.aggregate_tile_scores(torch.cat(tile_scores)).float().reshape(()), blended
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         """Image scores only (``predict(images).pred_score``)."""
@@ -205,7 +271,8 @@ class BaseDetector(ABC):
         from adcore.metrics import f1_max
 
         scores, labels = [], []
-        stream = ImageStream(data, self.image_size, batch_size=getattr(self, "batch_size", 8), where="calibrate")
+        # full images: predict() tiles them itself when tiling is on
+        stream = ImageStream(data, self.load_size, batch_size=getattr(self, "batch_size", 8), where="calibrate")
         for batch, found in stream.with_labels():
             scores.append(self.predict(batch).pred_score)
             labels.append(found if found is not None else torch.zeros(batch.shape[0], dtype=torch.long))

@@ -117,11 +117,13 @@ class ImageStream:
     iterable of batches. A one-shot iterator (e.g. a generator) is cached on its first pass so
     that multi-epoch training can iterate again; everything else is re-read each pass, so a
     dataset larger than memory is never loaded at once. Items of a map-style dataset may have
-    different sizes: each is resized to ``size`` before batching. A batch that fails validation
+    different sizes: each is resized to ``size`` before batching. ``size=None`` keeps every image at
+    its own size (for tiling); a map-style dataset is then read one image per batch, since images
+    of different sizes cannot share a batch. A batch that fails validation
     is reported with its index and, when the items carry them, the files it came from.
     """
 
-    def __init__(self, data: Any, size: tuple[int, int], *, batch_size: int = 8, where: str = "fit") -> None:
+    def __init__(self, data: Any, size: tuple[int, int] | None, *, batch_size: int = 8, where: str = "fit") -> None:
         import os
 
         if data is None:
@@ -141,7 +143,7 @@ class ImageStream:
         elif _is_map_dataset(data):
             from torch.utils.data import DataLoader
 
-            self._source = DataLoader(data, batch_size=batch_size, shuffle=False,
+            self._source = DataLoader(data, batch_size=batch_size if size is not None else 1, shuffle=False,
                                       collate_fn=_ResizingCollate(size, where))
         else:
             try:
@@ -180,7 +182,8 @@ class ImageStream:
                 labels = _labels_of(item, batch.shape[0], self.where) if with_labels else None
             except InvalidInputError as exc:
                 raise InvalidInputError(f"{exc} (in batch {index}{_files_of(item)})") from None
-            batch = resize_images(batch, self.size)
+            if self.size is not None:
+                batch = resize_images(batch, self.size)
             count += batch.shape[0]
             if self._cache is not None:
                 self._cache.append(batch)
@@ -227,7 +230,7 @@ def _is_map_dataset(data: Any) -> bool:
 class _ResizingCollate:
     """Batch single-image items of any size: validate and resize each image to ``size`` first."""
 
-    def __init__(self, size: tuple[int, int], where: str) -> None:
+    def __init__(self, size: tuple[int, int] | None, where: str) -> None:
         self.size = size
         self.where = where
 
@@ -245,11 +248,14 @@ class _ResizingCollate:
         except InvalidInputError as exc:
             origin = _files_of(item).lstrip(", ")
             raise InvalidInputError(f"{exc} ({origin or 'one dataset item'})") from None
-        image = resize_images(image, self.size)[0]
+        if self.size is None:
+            image = image[0]
+        else:
+            image = resize_images(image, self.size)[0]
         if isinstance(item, dict):
             resized = {**item, "image": image}
             mask = item.get("mask")
-            if isinstance(mask, torch.Tensor) and mask.ndim == 2 and tuple(mask.shape) != self.size:
+            if self.size is not None and isinstance(mask, torch.Tensor) and mask.ndim == 2 and tuple(mask.shape) != self.size:
                 resized["mask"] = F.interpolate(mask[None, None].float(), size=self.size, mode="nearest")[0, 0]
             return resized
         if isinstance(item, (tuple, list)):

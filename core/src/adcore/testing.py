@@ -12,7 +12,9 @@ Checks: the protocol; ``get_params`` round-trips through the constructor; ``pred
 ``fit`` fails; ``fit`` returns ``self``; shapes and dtypes at a non-square input size (and a batch
 of one); finite scores; a pasted defect scores higher than clean images and its map is higher
 inside the defect; ``calibrate`` yields boolean labels; save/load gives bit-identical predictions;
-two fits under the same seed give bit-identical predictions.
+two fits under the same seed give bit-identical predictions; and, for detectors with adcore's
+common parameters, tiling (``tile_size``): fit on tiles of larger images, full-resolution maps,
+the defect found, the tiling carried through save/load.
 
 :func:`write_fake_distribution` writes an installed-looking distribution into a folder, so a test
 can check how a plugin loads (``adcore.plugins.load_plugins``) without ``pip install``.
@@ -215,6 +217,35 @@ def check_detector(factory: Callable[[], AnomalyDetector], *, image_size: tuple[
                 "two fits with the same parameters and seed gave different predictions")
 
     check("same seed, same predictions", reproducible)
+
+    def tiling() -> None:
+        tiled = factory()
+        if "tile_size" not in tiled.get_params():
+            return  # not built on BaseDetector: tiling is the base class's
+        side = min(image_size)
+        tiled.set_params(tile_size=side, tile_overlap=0.25)
+        large = (image_size[0] * 3 // 2, image_size[1] * 3 // 2)
+        tiled.fit(_batches(make_normal_images(max(4, train_images // 2), large, seed=0)))
+        good = make_normal_images(3, large, seed=100)
+        bad, bad_masks = paste_defects(good, seed=7)
+        prediction = tiled.predict(torch.cat([good, bad]))
+        require(tuple(prediction.anomaly_map.shape) == (6, *large), f"tiled maps {tuple(prediction.anomaly_map.shape)} are "
+                f"not at the input's full resolution {large}")
+        require(bool(torch.isfinite(prediction.anomaly_map).all()) and bool(torch.isfinite(prediction.pred_score).all()),
+                "tiled scores and maps must be finite")
+        maps = prediction.anomaly_map[3:]
+        require(float(maps[bad_masks > 0].mean()) > float(maps[bad_masks == 0].mean()),
+                "tiled: the anomaly map should be higher inside the pasted defect than outside")
+        if hasattr(tiled, "save"):
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "tiled.safetensors"
+                tiled.save(path)
+                loaded = type(tiled).load(path)
+            require(loaded.get_params()["tile_size"] == side, "tile_size was not kept by save/load")
+            again = loaded.predict(bad[:1])
+            require(torch.equal(again.anomaly_map, tiled.predict(bad[:1]).anomaly_map), "tiled maps differ after save/load")
+
+    check("tiling at native resolution", tiling)
     return _finish(report, raise_on_failure)
 
 

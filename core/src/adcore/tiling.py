@@ -1,0 +1,168 @@
+"""Tiling for high-resolution inspection: any detector scores an image of any size tile by tile.
+
+A 2,000-px board resized to a 256-px ``input_size`` loses a defect of a few pixels before the
+backbone sees it. With ``tile_size`` set (a parameter every :class:`~adcore.base.BaseDetector`
+has), the base class cuts each image into overlapping ``tile_size`` tiles at its native resolution
+(or, with ``tile_input_size``, after resizing the whole image to that size first), fits on the
+tiles of the good images — streamed, a source batch at a time, never all tiles in memory — and
+predicts tile by tile: each tile goes through the detector's usual path (resized to
+``input_size``, scored, its map resized back to the tile), and the tiles' maps are blended into one
+map at the input's full resolution.
+
+Blending: each tile's map is weighted by a separable window that is 1 inside the tile and ramps
+down linearly across the overlap, so seams between tiles vanish; a pixel's value is the weighted
+mean of the tiles covering it. Because the tiles form a grid and the window is separable, the sum
+of weights is an outer product of two vectors: only one full-size buffer (the map itself) is ever
+held. The image score is the maximum of the tiles' scores unless a detector aggregates them its
+own way (:meth:`BaseDetector.aggregate_tile_scores`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from adcore.errors import InvalidInputError
+from adcore.inputs import ImageStream, resize_images
+
+__all__ = ["TileGrid", "tile_grid", "tile_window", "TileStream", "blend_tiles"]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tile origins along each axis of an ``height`` × ``width`` image; every tile is ``tile_h`` × ``tile_w``."""
+
+    height: int
+    width: int
+    tile_h: int
+    tile_w: int
+    tops: tuple[int, ...]
+    lefts: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.tops) * len(self.lefts)
+
+    def boxes(self) -> Iterator[tuple[int, int]]:
+        """``(top, left)`` of every tile, row by row."""
+        for top in self.tops:
+            for left in self.lefts:
+                yield top, left
+
+
+def _origins(length: int, tile: int, overlap: float) -> tuple[int, ...]:
+    if length <= tile:
+        return (0,)
+    stride = max(1, int(round(tile * (1.0 - overlap))))
+    count = math.ceil((length - tile) / stride) + 1
+    # spread the tiles evenly from edge to edge: the last one ends exactly at the border
+    return tuple(int(round(i * (length - tile) / (count - 1))) for i in range(count))
+
+
+def tile_grid(height: int, width: int, tile_size: int | tuple[int, int], overlap: float) -> TileGrid:
+    """The tiles covering an image, overlapping by at least ``overlap`` of a tile (0 ≤ overlap < 1).
+
+    An image side shorter than the tile gets one tile of the image's own length on that axis.
+    """
+    if not 0.0 <= overlap < 1.0:
+        raise InvalidInputError(f"tile_overlap must be in [0, 1), got {overlap!r}")
+    tile_h, tile_w = (tile_size, tile_size) if isinstance(tile_size, int) else tile_size
+    tile_h, tile_w = min(tile_h, height), min(tile_w, width)
+    return TileGrid(height, width, tile_h, tile_w, _origins(height, tile_h, overlap), _origins(width, tile_w, overlap))
+
+
+def tile_window(length: int, ramp: int) -> torch.Tensor:
+    """1 in the middle, falling linearly to ``1/(ramp+1)`` over ``ramp`` pixels at each end (never 0)."""
+    position = torch.arange(length, dtype=torch.float32)
+    rising = (position + 1) / (ramp + 1)
+    falling = (length - position) / (ramp + 1)
+    return torch.minimum(torch.minimum(rising, falling), torch.ones(()))
+
+
+def _axis_weights(origins: tuple[int, ...], tile: int, total: int, window: torch.Tensor) -> torch.Tensor:
+    weights = torch.zeros(total)
+    for origin in origins:
+        weights[origin:origin + tile] += window
+    return weights
+
+
+def blend_tiles(grid: TileGrid, tile_maps: Iterator[tuple[int, int, torch.Tensor]], overlap: float) -> torch.Tensor:
+    """Blend ``(top, left, map (tile_h, tile_w))`` into one ``(height, width)`` map (see the module docstring)."""
+    ramp_h = max(0, int(round(grid.tile_h * overlap))) if len(grid.tops) > 1 else 0
+    ramp_w = max(0, int(round(grid.tile_w * overlap))) if len(grid.lefts) > 1 else 0
+    window_h, window_w = tile_window(grid.tile_h, ramp_h), tile_window(grid.tile_w, ramp_w)
+    window = window_h[:, None] * window_w[None, :]
+    blended = torch.zeros(grid.height, grid.width)
+    for top, left, amap in tile_maps:
+        blended[top:top + grid.tile_h, left:left + grid.tile_w].addcmul_(amap.float(), window)
+    norm_h = _axis_weights(grid.tops, grid.tile_h, grid.height, window_h)
+    norm_w = _axis_weights(grid.lefts, grid.tile_w, grid.width, window_w)
+    blended.div_(norm_h[:, None]).div_(norm_w[None, :])
+    return blended
+
+
+class TileStream:
+    """The fit stream of a tiling detector: batches of tiles, resized to ``input_size``, streamed.
+
+    Wraps an :class:`~adcore.inputs.ImageStream` of full-size images (mixed sizes allowed) and
+    yields up to ``batch_size`` tiles at a time; re-iterable like the stream it wraps.
+    """
+
+    def __init__(self, images: ImageStream, tile_size: int | tuple[int, int], overlap: float,
+                 input_size: tuple[int, int], tile_input_size: tuple[int, int] | None, batch_size: int) -> None:
+        self.images = images
+        self.tile_size = tile_size
+        self.overlap = overlap
+        self.size = input_size
+        self.tile_input_size = tile_input_size
+        self.batch_size = batch_size
+        self.where = images.where
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for tiles, _ in self.with_labels():
+            yield tiles
+
+    def with_labels(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Tile batches with each tile labelled like the image it came from (when images carry labels)."""
+        pending: list[torch.Tensor] = []
+        pending_labels: list[torch.Tensor] = []
+        has_labels = False
+        for batch, labels in self.images.with_labels():
+            if self.tile_input_size is not None:
+                batch = resize_images(batch, self.tile_input_size)
+            grid = tile_grid(batch.shape[-2], batch.shape[-1], self.tile_size, self.overlap)
+            for top, left in grid.boxes():
+                tiles = resize_images(batch[:, :, top:top + grid.tile_h, left:left + grid.tile_w], self.size)
+                pending.append(tiles)
+                if labels is not None:
+                    has_labels = True
+                    pending_labels.append(labels)
+                while sum(t.shape[0] for t in pending) >= self.batch_size:
+                    yield self._take(pending, pending_labels if has_labels else None)
+        while pending:
+            yield self._take(pending, pending_labels if has_labels else None)
+
+    def _take(self, pending: list[torch.Tensor], labels: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        tiles = torch.cat(pending)
+        out, rest = tiles[: self.batch_size], tiles[self.batch_size:]
+        pending.clear()
+        if rest.shape[0]:
+            pending.append(rest)
+        label_out = None
+        if labels is not None:
+            all_labels = torch.cat(labels)
+            label_out, label_rest = all_labels[: self.batch_size], all_labels[self.batch_size:]
+            labels.clear()
+            if label_rest.shape[0]:
+                labels.append(label_rest)
+        return out.contiguous(), label_out
+
+    def materialize(self) -> torch.Tensor:
+        """All tiles as one ``(N,3,h,w)`` tensor (for detectors that train for several epochs)."""
+        return torch.cat(list(self), dim=0)
+
+    def num_images(self) -> int:
+        """Tiles, which are the images the detector learns from."""
+        return sum(batch.shape[0] for batch in self)
