@@ -287,3 +287,21 @@ def test_a_folder_of_fifty_other_files_is_listed_capped(tmp_path: Path, capsys: 
         line = _one_line_error(result, "train")
         assert "50" in line and "notes_09.txt, ... and 40 more" in line and "notes_10.txt" not in line
         assert len(line) < 800
+
+
+def test_eval_with_tiling_loads_images_at_full_size_and_keeps_the_tiling(tiny_mvtec: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture):
+    out = tmp_path / "tiled"
+    result = main_in_process(capsys, "eval", "padim", str(tiny_mvtec / "widget"), "-p", "input_size=32",
+                             "-p", "tile_size=32", "-p", "num_features=20", "--out", str(out), "--max-heatmaps", "1")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["params"]["tile_size"] == 32 and metrics["pixel_auroc"] is not None
+    import adcore
+
+    detector = adcore.load(out / "model.safetensors")
+    assert detector.tile_size == 32 and detector.load_size is None
+    import torch
+
+    prediction = detector.predict(torch.rand(1, 3, 48, 48))
+    assert tuple(prediction.anomaly_map.shape) == (1, 48, 48)

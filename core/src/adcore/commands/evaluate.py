@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adcore.commands.options import (add_dataset_options, add_fit_options, add_model_options, build_detector,
-                                     dataset_from_args, detector_params)
+                                     dataset_from_args, detector_params, load_size_of, loader_batch_size)
 
 __all__ = ["NAME", "HELP", "add_arguments", "run", "metrics_table", "METRIC_KEYS"]
 
@@ -58,12 +58,12 @@ def run(args: argparse.Namespace) -> int:
 
     detector = build_detector(args)
     spec = dataset_from_args(args)
-    size = getattr(detector, "input_size", 256)
+    size = load_size_of(detector)
     train = open_dataset(spec, "train", size)
     test_set = open_dataset(spec, "test", size)
     seed = detector_params(args).get("seed") or 0
     fit_set, calibration_set = split_calibration(train, args.calibration_fraction, seed=seed)
-    result, outputs = evaluate_detector(detector, fit_set, test_set, batch_size=args.batch_size,
+    result, outputs = evaluate_detector(detector, fit_set, test_set, batch_size=loader_batch_size(detector, args.batch_size),
                                         calibration_set=calibration_set if len(calibration_set) else None,
                                         target_fpr=args.target_fpr)
     row = {"model": args.model, "data": spec.root or spec.train, "category": spec.category or spec.name,

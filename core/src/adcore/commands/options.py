@@ -10,7 +10,7 @@ from typing import Any
 from adcore.datasets import SPEC_HELP
 from adcore.errors import ConfigurationError
 
-__all__ = ["add_model_options", "add_dataset_options", "add_fit_options", "detector_params", "build_detector",
+__all__ = ["load_size_of", "loader_batch_size", "add_model_options", "add_dataset_options", "add_fit_options", "detector_params", "build_detector",
            "dataset_from_args", "detector_entries", "plugin_failures", "plugin_report", "report_plugin_failures"]
 
 
@@ -125,3 +125,14 @@ def dataset_from_args(args: argparse.Namespace) -> Any:
     elif name == "--data":
         value = str(args.data)
     return parse_dataset(value)
+
+
+def load_size_of(detector: Any) -> Any:
+    """The size to load images at for ``detector``: its ``load_size`` (``None``, each image's own
+    size, when it tiles), else its ``input_size`` (third-party detectors without the base class)."""
+    return getattr(detector, "load_size", getattr(detector, "input_size", 256))
+
+
+def loader_batch_size(detector: Any, requested: int) -> int:
+    """Images per loader batch: one at a time when images keep their own (possibly mixed) sizes."""
+    return requested if load_size_of(detector) is not None else 1

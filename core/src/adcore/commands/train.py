@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from adcore.commands.options import (add_dataset_options, add_fit_options, add_model_options, build_detector,
-                                     dataset_from_args, detector_params)
+                                     dataset_from_args, detector_params, load_size_of, loader_batch_size)
 
 __all__ = ["NAME", "HELP", "add_arguments", "run"]
 
@@ -29,13 +29,14 @@ def run(args: argparse.Namespace) -> int:
 
     detector = build_detector(args)
     spec = dataset_from_args(args)
-    train = open_dataset(spec, "train", getattr(detector, "input_size", 256))
+    train = open_dataset(spec, "train", load_size_of(detector))
+    batch_size = loader_batch_size(detector, args.batch_size)
     seed = detector_params(args).get("seed") or 0
     fit_set, calibration_set = split_calibration(train, args.calibration_fraction, seed=seed)
     print(f"fitting {args.model} on {len(fit_set)} good images of {spec.describe()}", file=sys.stderr)
-    detector.fit(make_loader(fit_set, args.batch_size))
+    detector.fit(make_loader(fit_set, batch_size))
     if len(calibration_set):
-        detector.calibrate(make_loader(calibration_set, args.batch_size), target_fpr=args.target_fpr)
+        detector.calibrate(make_loader(calibration_set, batch_size), target_fpr=args.target_fpr)
         print(f"threshold {detector.threshold_:.6g} from {len(calibration_set)} held-out good images "
               f"(target false-positive rate {args.target_fpr})", file=sys.stderr)
     else:
