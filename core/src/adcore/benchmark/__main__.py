@@ -1,0 +1,7 @@
+"""``python -m adcore.benchmark [options]`` and, inside each run's process, ``--worker SPEC``."""
+
+import sys
+
+from adcore.benchmark.cli import main
+
+sys.exit(main())
