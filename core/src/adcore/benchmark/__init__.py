@@ -51,6 +51,7 @@ store), :mod:`~adcore.benchmark.runner` (one subprocess per pair), :mod:`~adcore
 from __future__ import annotations
 
 from adcore.benchmark.cli import add_arguments, add_cli, main, run_cli
+from adcore.benchmark.options import parse_param, parse_seeds, parse_time_limit
 from adcore.benchmark.plan import (
     BenchmarkPlan,
     DatasetSpec,
@@ -59,9 +60,6 @@ from adcore.benchmark.plan import (
     load_config,
     load_detector_class,
     parse_datasets,
-    parse_param,
-    parse_seeds,
-    parse_time_limit,
     resolve_models,
 )
 from adcore.benchmark.report import aggregate_seeds, collect_rows, machine_info, write_report, write_tables

@@ -1,7 +1,8 @@
 """Benchmark figures (matplotlib, Agg, PNG) drawn from ``adcore benchmark`` records and run artifacts.
 
-Every function takes the benchmark's rows (one dict per (detector, dataset) run, as in
-``results.json``) and, where it needs per-image data, reads the run's ``runs/<slug>.npz`` (scores,
+Every function takes the benchmark's rows (one dict per (detector, dataset) pair, as in
+``results.json``; a pair run over several seeds is one row of means with ``KEY_std`` beside them,
+drawn as error bars and ``±`` — see :func:`adcore.benchmark.report.aggregate_seeds`) and, where it needs per-image data, reads the run's ``runs/<slug>.npz`` (scores,
 labels, threshold, small images/masks/maps of fixed test images). Detectors keep one colour in
 every figure. Runs that did not finish are shown as such (bar charts) or left out (curves).
 
@@ -121,9 +122,13 @@ def plot_auroc_bars(rows: list[dict[str, Any]], dataset: str, detectors: Sequenc
             value = _number(row.get(key))
             if value is None:
                 continue
+            spread = _number(row.get(f"{key}_std"))
             ax.bar(i + offset, value - low, width, bottom=low, color=colours[name], hatch=hatch,
-                   edgecolor="white" if hatch else colours[name], linewidth=0)
-            ax.text(i + offset, value + 0.004, f"{value:.3f}", rotation=90, ha="center", va="bottom", fontsize=6.5)
+                   edgecolor="white" if hatch else colours[name], linewidth=0,
+                   yerr=spread, error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "black"})
+            label = f"{value:.3f}" if spread is None else f"{value:.3f}±{spread:.3f}"
+            ax.text(i + offset, value + (spread or 0.0) + 0.004, label, rotation=90, ha="center", va="bottom",
+                    fontsize=6.5)
     ax.set_xticks(x, names, rotation=35, ha="right", fontsize=8)
     ax.set_ylim(low, 1.0 + 0.14 * (1.0 - low) + 0.02)  # room for the value labels above bars at 1.0
     ax.set_yticks([t for t in ax.get_yticks() if low <= t <= 1.0 + 1e-9])
@@ -157,7 +162,10 @@ def plot_auroc_matrix(rows: list[dict[str, Any]], datasets: Sequence[str], detec
     for i, name in enumerate(detectors):
         for j, dataset in enumerate(datasets):
             row = lookup.get((name, dataset), {})
+            spread = _number(row.get(f"{key}_std"))
             text = f"{grid[i, j]:.3f}" if np.isfinite(grid[i, j]) else (row.get("status") or "—")
+            if spread is not None and np.isfinite(grid[i, j]):
+                text += f"\n±{spread:.3f}"
             dark = np.isfinite(grid[i, j]) and not 0.15 < (grid[i, j] - low) / max(1.0 - low, 1e-9) < 0.85
             colour = "white" if dark else ("black" if np.isfinite(grid[i, j]) else "dimgray")
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
@@ -181,6 +189,9 @@ def plot_accuracy_latency(rows: list[dict[str, Any]], detectors: Sequence[str], 
             continue
         marker = markers[list(datasets).index(row["dataset"]) % len(markers)]
         ax.scatter(x, y, s=46, marker=marker, color=colours[row["detector"]], edgecolor="black", linewidth=0.4, alpha=0.9)
+        spread = _number(row.get("image_auroc_std"))
+        if spread is not None:
+            ax.errorbar(x, y, yerr=spread, color=colours[row["detector"]], linewidth=0.8, capsize=2)
         if row["detector"] not in shown_detectors:
             shown_detectors.append(row["detector"])
     ax.set_xscale("log")
