@@ -223,19 +223,43 @@ class TrainingLog:
 
 
 def _score_variants(detector: Any, test: Any, batch_size: int, variants: list[dict[str, Any]]) -> dict[str, Any]:
-    """The fitted detector re-scored with other map/score settings (no refit), each set back afterwards."""
+    """The fitted detector re-scored with other map/score/search settings, no refit.
+
+    Each variant starts from the fitted state as saved (``save`` → :func:`adcore.factory.load`), so
+    nothing a first prediction cached (a search index, say) leaks from one setting into another; a
+    detector that cannot be saved and reloaded is changed in place and set back afterwards.
+    """
+    import tempfile
+
+    import torch
+
+    from adcore.evaluation import measure_latency
+
+    sample = torch.stack([test[i]["image"] for i in range(min(batch_size, len(test)))])
     found: dict[str, Any] = {}
-    for variant in variants:
-        label = ",".join(f"{key}={json.dumps(value)}" for key, value in variant.items())
-        original = {key: getattr(detector, key) for key in variant if hasattr(detector, key)}
+    with tempfile.TemporaryDirectory(prefix="adcore-variants-") as folder:
+        saved = None
         try:
-            detector.set_params(**variant)
-            found[label] = _score(detector, test, batch_size)
-        except Exception as exc:  # noqa: BLE001 - a variant the detector refuses is recorded, the run goes on
-            found[label] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-        finally:
-            if original:
-                detector.set_params(**original)
+            saved = Path(detector.save(Path(folder) / "fitted.safetensors"))
+        except Exception:  # noqa: BLE001 - not every detector can be saved: fall back to changing it in place
+            saved = None
+        for variant in variants:
+            label = ",".join(f"{key}={json.dumps(value)}" for key, value in variant.items())
+            target, original = detector, {key: getattr(detector, key) for key in variant if hasattr(detector, key)}
+            try:
+                if saved is not None:
+                    from adcore.factory import load
+
+                    target, original = load(saved), {}
+                target.set_params(**variant)
+                found[label] = _score(target, test, batch_size)
+                batch1, batched = measure_latency(target, sample, batch_size=batch_size)
+                found[label].update(ms_per_image_batch1=batch1, ms_per_image_batched=batched)
+            except Exception as exc:  # noqa: BLE001 - a variant the detector refuses is recorded, the run goes on
+                found[label] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            finally:
+                if original:
+                    detector.set_params(**original)
     return found
 
 
