@@ -98,8 +98,9 @@ def run_cli(args: argparse.Namespace) -> int:
         latest = ResultStore(plan.results_path).latest()
         for run in plan.runs:
             status = latest.get(run.key, {}).get("status", "pending")
+            options = f" options {json.dumps(run.options, sort_keys=True)}" if run.options else ""
             print(f"{run.dataset.name:24s} {run.detector:20s} {status:8s} limit {run.time_limit:g}s "
-                  f"{json.dumps(run.params, sort_keys=True)}")
+                  f"{json.dumps(run.params, sort_keys=True)}{options}")
         return 0
     outcome = RunOutcome()
     if not args.report_only:

@@ -434,7 +434,8 @@ def build_plan(args: argparse.Namespace) -> BenchmarkPlan:
             for run_seed in seeds or [None]:  # --seeds: one run per seed, the seed set last (it wins)
                 run_params = params if run_seed is None else {**params, "seed": run_seed}
                 runs.append(RunSpec(name, dataset, run_params, batch_size, limit, options[name], allow_import))
-    for key in list(config_params) + [k for k in limits if "@" in k]:
+    # (only for the configuration's own data sets: --dataset choosing a few of them leaves the others' budgets unused)
+    for key in (list(config_params) + [k for k in limits if "@" in k]) if not args.dataset else []:
         if "@" in key and key.split("@", 1)[1] not in {d.name for d in datasets}:
             warnings.warn(f"benchmark configuration: {key!r} names a data set that is not in this benchmark", stacklevel=2)
 
