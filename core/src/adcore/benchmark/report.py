@@ -352,14 +352,26 @@ USAGE_MARKDOWN = """## Running `adcore benchmark` yourself
 adcore benchmark --model patchcore padim --param patchcore.coreset_ratio=0.05 \\
     --dataset /data/mvtec:bottle /data/mvtec:cable --time-limit 900 --out results/mine
 adcore benchmark --model all --quick --dataset /data/mvtec --input-size 128     # smoke run, every category
+adcore benchmark --model vae stfpm --seeds 0,1,2 --curve 5 --dataset /data/mvtec:bottle   # mean ± std, learning curves
 adcore benchmark --config benchmarks/config.json --report-only                  # redraw tables and figures
+bash benchmarks/ad-recon/run_all.sh bottle --seeds 0,1,2                        # a plugin page's measurements
 ```
 
-- Detectors: names, `all`, a category (`memory_based`), a glob (`*_ae`) or an importable `package.module:Class`.
-  Parameters: `--param DETECTOR.KEY=VALUE` (JSON values) or `KEY=VALUE` for all; in a JSON/TOML `--config`,
-  `params` maps `DETECTOR`, `*`, `DETECTOR@DATASET` or `*@DATASET` to parameters.
+- Detectors: names, `all`, a category (`memory_based`), a glob (`*_ae`) or, with `--allow-import` (it runs
+  that module's code; a configuration file cannot grant it), an importable `package.module:Class` that is a
+  detector class. Parameters: `--param DETECTOR.KEY=VALUE` (values as in `adcore train -p`) or `KEY=VALUE` for
+  all; in a JSON/TOML `--config`, `params` maps `DETECTOR`, `*`, `DETECTOR@DATASET` or `*@DATASET` to parameters.
 - Data sets: `ROOT:CATEGORY`, a category folder, a parent of category folders (every category), or
   `folder:train=DIR,good=DIR,defect=DIR,masks=DIR` for generic folders; `--data-root` anchors relative paths.
+- `--seeds 0,1,2` runs every pair once per seed (the seed is part of a pair's identity); tables, figures and
+  the report show mean ± sample standard deviation over the seeds that finished, with their count.
+- What a run measures besides the metrics (command line or configuration): `--curve N` (test-set metrics
+  every N training epochs, through `adcore.training.on_epoch`; not counted in the fit time), `--image-size`
+  (data and masks at another size than the model's input), `--calibration-fraction` (0: fit on every good
+  image, no threshold), `variants` (the fitted detector re-scored with other settings, no refit),
+  `--record-attribute NAME` (a fitted attribute), `--preimport MODULE` (import time kept out of the fit),
+  `--cpu-latency`. Every record also holds the fit's CPU seconds, the peak RSS after the fit and the loss
+  and seconds per epoch of every training loop.
 - Every pair runs in its own process (`--time-limit SECONDS` or `DETECTOR=SECONDS`, start-up included); a
   failure or time-out is recorded and the rest continue. Each finished run is added to `OUT/results.jsonl`
   at once; running the same command again skips recorded pairs (`--retry-failed`, `--fresh`).
@@ -367,6 +379,9 @@ adcore benchmark --config benchmarks/config.json --report-only                  
   `OUT/runs/*.npz` (scores, labels, threshold, sample maps) from which the figures are drawn.
 - `--lock FILE` takes a file lock around each run so other measurements on a shared machine interleave
   between runs instead of during one; `--jobs N` runs N pairs at once (timings are then not comparable).
+- The plugin pages' measurements are configurations too: `benchmarks/ad-*/config.json`, run by
+  `benchmarks/ad-*/run_all.sh [GROUP] [OPTIONS]`; their `table.py` (`report.py` for ad-flow) prints the
+  page's tables from the records.
 """
 
 
