@@ -203,3 +203,19 @@ def test_the_worker_refuses_a_function_target_without_calling_it(tmp_path, detec
     run_worker(str(tmp_path / "spec.json"))
     record = json.loads((tmp_path / "result.json").read_text())
     assert record["error"]["type"] == "ConfigurationError" and "--allow-import" in record["error"]["message"]
+
+
+def test_figures_draw_seed_spreads_and_learning_curves_from_rows(tmp_path):
+    from adcore.benchmark.figures import make_figures
+
+    curve = [{"loop": "fit", "epoch": 1, "loss": 2.0, "image_auroc": 0.6, "pixel_auroc": 0.5},
+             {"loop": "fit", "epoch": 2, "error": "RuntimeError: not ready"}]
+    rows = [_record("a", seed, auroc, ms_per_image_batch1=5.0, curve=curve, epochs_run=3,
+                    training=[{"description": "fit", "loss": [2.0, 1.5, 1.2], "seconds": [1, 1, 1]}])
+            for seed, auroc in ((0, 0.8), (1, 0.9))]
+    pairs = aggregate_seeds(rows)
+    figures = {p.name: p for p in make_figures(pairs, tmp_path, tmp_path / "figures", datasets=["widget"],
+                                               detectors=["a"])}
+    for name in ("auroc_matrix.png", "accuracy_latency.png", "auroc_widget.png", "curves_widget.png"):
+        assert figures[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert "roc_widget.png" not in figures  # no per-image artifacts in these rows: nothing to draw from
