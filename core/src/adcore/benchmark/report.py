@@ -288,6 +288,11 @@ def write_report(plan: BenchmarkPlan, rows: list[dict[str, Any]], figures: list[
         lines += ["Budgets for single data sets (`DETECTOR@DATASET`, `*` = every detector), applied on top:", ""]
         lines += [f"- `{key}`: `{json.dumps(p, sort_keys=True)}`" for key, p in overrides.items()]
         lines.append("")
+    options = plan.settings.get("options", {})
+    if options:
+        lines += ["Measured besides the metrics (`curve`, `variants`, ... see the usage notes at the end):", ""]
+        lines += [f"- `{name}`: `{json.dumps(o, sort_keys=True)}`" for name, o in options.items()]
+        lines.append("")
     lines += ["Datasets:", ""] + [f"- {_dataset_line(d, rows)}" for d in plan.datasets] + [""]
     if plan.plugin_failures:
         lines += ["Plugins that failed to load (their detectors are absent):", ""]

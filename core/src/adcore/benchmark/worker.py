@@ -126,7 +126,7 @@ def _track_stages(detector: Any, stage_path: Path) -> dict[str, float]:
 
     def mark(stage: str) -> None:
         try:
-            stage_path.write_text(stage)
+            atomic_write_text(stage_path, stage)
         except OSError:
             pass
 
@@ -307,7 +307,7 @@ def run_worker(spec_path: str) -> int:
     options: dict[str, Any] = run.get("options") or {}
     stage = "setup"
     stage_path = Path(spec["result_path"]).with_suffix(".stage")
-    stage_path.write_text("startup")
+    atomic_write_text(stage_path, "startup")
     started = time.perf_counter()
     try:
         import torch
@@ -338,7 +338,7 @@ def run_worker(spec_path: str) -> int:
             size = to_size(options["image_size"])
             record["image_size"] = size[0] if size[0] == size[1] else list(size)
         stage = "data"
-        stage_path.write_text(stage)
+        atomic_write_text(stage_path, stage)
         dataset = DatasetSpec(**{**run["dataset"], "defects": tuple(run["dataset"].get("defects", ()))})
         train, test = dataset.load(size)
         stage = "evaluate"
