@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from adcore.training import EpochEnd, _CALLBACKS, on_epoch, train_epochs
+from adcore.training import _CALLBACKS, EpochEnd, on_epoch, train_epochs
 
 
 def _train(epochs: int = 3, **kwargs) -> tuple[nn.Module, object]:

@@ -270,8 +270,7 @@ def write_report(plan: BenchmarkPlan, rows: list[dict[str, Any]], figures: list[
               f"held-out fifth (1 % false-positive target; no test data) → test-set metrics; its own subprocess; "
               f"time limits "
               f"{_limits_text(plan.settings.get('time_limits', {}))}; batch size {plan.settings.get('batch_size')}; "
-              f"input size {plan.settings.get('input_size') or 'each detector default'}; seed "
-              f"{plan.settings.get('seed') if plan.settings.get('seed') is not None else 'each detector default (0)'}.",
+              f"input size {plan.settings.get('input_size') or 'each detector default'}; {_seed_text(plan.settings)}.",
               f"- Runs: {len(rows)} planned; " + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s]) + "."]
     started = sorted(r["started_at"] for r in rows if r.get("started_at"))
     finished = sorted(r["finished_at"] for r in rows if r.get("finished_at"))
@@ -402,6 +401,12 @@ def _pivot(rows: list[dict[str, Any]], plan: BenchmarkPlan, key: str) -> str:
             cells.append(format_cell(_cell(row, key), ".3f") if row.get("status") == "ok" else (row.get("status") or "—"))
         lines.append(f"| {detector} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _seed_text(settings: dict[str, Any]) -> str:
+    if settings.get("seeds"):
+        return "seeds " + ", ".join(str(s) for s in settings["seeds"]) + " (one run each)"
+    return f"seed {settings.get('seed') if settings.get('seed') is not None else 'each detector default (0)'}"
 
 
 def _limits_text(limits: dict[str, float]) -> str:
