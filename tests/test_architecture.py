@@ -46,8 +46,6 @@ MAX_LINES = 500
 #: (rule, module) pairs that files other branches are rewriting break today; the lead removes an
 #: entry at merge (strict=False: a pair that already passes is reported as XPASS, not as a failure).
 PENDING = {
-    ("host", "adcore.benchmark"): "until the bench branch lands (benchmark calls get_host() instead of adcore.factory)",
-    ("raises", "adcore.benchmark"): "until the bench branch lands (benchmark raises bare ValueErrors)",
 }
 
 
@@ -191,8 +189,6 @@ def test_plugins_do_not_talk_to_the_plugin_host(source: Path):
     assert not hits
 
 
-@pytest.mark.xfail(strict=False, reason="until the bench branch lands (benchmark.py becomes a package) and "
-                                        "ad-memory's memory_bank.py (510 lines) is split")
 def test_no_module_is_over_500_lines():
     files = sorted(CORE.rglob("*.py")) + [path for source in PLUGIN_SOURCES for path in sorted(source.rglob("*.py"))]
     long = {str(path.relative_to(REPO)): count for path in files

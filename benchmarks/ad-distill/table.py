@@ -1,19 +1,51 @@
-"""Markdown table from benchmarks/ad-distill/results.jsonl (one row per run, newest last)."""
+"""Markdown table of docs/ad-distill.md from benchmark records (one row per run, in file order).
+
+    .venv/bin/python benchmarks/ad-distill/table.py                     # benchmarks/ad-distill/results/benchmark/results.jsonl
+    .venv/bin/python benchmarks/ad-distill/table.py benchmarks/ad-distill/results.jsonl   # the historical record
+
+Reads the ``results.jsonl`` of ``adcore benchmark --config benchmarks/ad-distill/config.json`` and also
+the JSON lines the former ``run.py`` harness wrote (the committed ``results.jsonl``).
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-__all__ = ["main"]
+__all__ = ["main", "normalise"]
+
+DEFAULT = "benchmarks/ad-distill/results/benchmark/results.jsonl"
 
 
-def main(path: str = "benchmarks/ad-distill/results.jsonl") -> None:
+def normalise(record: dict[str, Any]) -> dict[str, Any] | None:
+    """A benchmark record in the harness's field names (a harness line as it is; unfinished runs: None)."""
+    if "format" not in record:
+        return record
+    if record.get("status") != "ok":
+        return None
+    attributes = record.get("attributes") or {}
+    provenance = attributes.get("teacher_provenance_") or {}
+    teachers = provenance if isinstance(provenance, list) else [provenance]
+    row = {"model": record["detector"], "category": record["dataset"], "params": record.get("params", {}),
+           "training": attributes.get("training_summary_") or [{"steps": None}],
+           "teacher_seconds": sum((t or {}).get("seconds", 0.0) for t in teachers),
+           "fit_seconds": record.get("fit_seconds"), "ms_batch1": record.get("ms_per_image_batch1"),
+           "ms_batched": record.get("ms_per_image_batched"), "peak_rss_mb": record.get("peak_rss_mb"),
+           "train_images": record.get("train_images")}
+    for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max"):
+        row[key] = record.get(key)
+    return row
+
+
+def main(path: str = DEFAULT) -> None:
     print("| set | model | budget | img AUROC | px AUROC | AUPRO | F1-max | teacher s | fit s | ms/img bs1 / bs8 | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for line in Path(path).read_text().splitlines():
-        r = json.loads(line)
+        r = normalise(json.loads(line)) if line.strip() else None
+        if r is None:
+            continue
         p = r["params"]
         training = r["training"] if isinstance(r["training"], list) else [r["training"]]
         budget = (f"teacher {p.get('teacher_steps')}×{p.get('teacher_batch_size')} @ lr {p.get('teacher_lr', 1e-4)}; "

@@ -1,7 +1,11 @@
-"""Learning-curve plot and Markdown table from the JSON records written by ``run.py``.
+"""Learning-curve plot and Markdown table of docs/ad-flow.md from benchmark records.
 
-    .venv/bin/python benchmarks/ad-flow/report.py benchmarks/ad-flow/results/*.json \
+    .venv/bin/python benchmarks/ad-flow/report.py benchmarks/ad-flow/results/benchmark/results.jsonl \
         --plot docs/img/ad-flow-learning-curves.png
+    .venv/bin/python benchmarks/ad-flow/report.py benchmarks/ad-flow/results/*.json --plot PNG   # the historical record
+
+Reads the ``results.jsonl`` of ``adcore benchmark --config benchmarks/ad-flow/config.json`` (one
+record per line) and also the one-record JSON files the former ``run.py`` harness wrote.
 """
 
 from __future__ import annotations
@@ -9,12 +13,45 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-__all__ = ["main"]
+__all__ = ["main", "normalise", "read_records"]
 
 
 def _fmt(value: object, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def normalise(record: dict[str, Any]) -> dict[str, Any] | None:
+    """A benchmark record in the harness's field names (a harness record as it is; unfinished runs: None)."""
+    if "format" not in record:
+        return record
+    if record.get("status") != "ok":
+        return None
+    attributes = record.get("attributes") or {}
+    loops = record.get("training") or [{}]
+    loss = (attributes.get("history_") or {}).get("loss") or loops[-1].get("loss") or []
+    train_s = (attributes.get("timing_") or {}).get("train_s")
+    row = {"model": record["detector"], "category": record["dataset"], "train_images": record.get("train_images"),
+           "params": record.get("effective_params") or record.get("params", {}), "loss": loss, "epochs": len(loss),
+           "fit_s": record.get("fit_seconds"),
+           "train_s_per_epoch": train_s / max(len(loss), 1) if train_s is not None else None,
+           "ms_per_image_bs1": record.get("ms_per_image_batch1"), "ms_per_image_batched": record.get("ms_per_image_batched"),
+           "peak_rss_mb": record.get("peak_rss_mb")}
+    for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max"):
+        row[key] = record.get(key)
+    return row
+
+
+def read_records(paths: list[str]) -> list[dict[str, Any]]:
+    """Every finished run in ``paths`` (``.jsonl``: one record a line; ``.json``: one record)."""
+    found = []
+    for path in paths:
+        text = Path(path).read_text()
+        records = [json.loads(line) for line in text.splitlines() if line.strip()] if path.endswith(".jsonl") \
+            else [json.loads(text)]
+        found.extend(row for record in records if (row := normalise(record)) is not None)
+    return found
 
 
 def main() -> None:
@@ -22,7 +59,7 @@ def main() -> None:
     parser.add_argument("records", nargs="+")
     parser.add_argument("--plot", required=True)
     args = parser.parse_args()
-    records = [json.loads(Path(path).read_text()) for path in args.records]
+    records = read_records(args.records)
 
     import matplotlib
 
@@ -52,7 +89,7 @@ def main() -> None:
     for r in sorted(records, key=lambda r: (r["category"], r["model"])):
         print(f"| {r['category']} ({r['train_images']} train) | {r['model']} | {r['epochs']} ({r['params']['batch_size']}) | {_fmt(r['image_auroc'])} | "
               f"{_fmt(r['pixel_auroc'])} | {_fmt(r['aupro'])} | {_fmt(r['image_f1_max'])} | "
-              f"{r['fit_s']:.1f} ({r['train_s_per_epoch']:.1f}) | {r['ms_per_image_bs1']:.0f} / "
+              f"{r['fit_s']:.1f} ({_fmt(r['train_s_per_epoch'], 1)}) | {r['ms_per_image_bs1']:.0f} / "
               f"{r['ms_per_image_batched']:.0f} | {r['peak_rss_mb']:.0f} |")
 
 

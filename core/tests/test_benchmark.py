@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from adcore import benchmark as bench
+from adcore.benchmark import runner
 
 DUMMIES = textwrap.dedent('''
     import time
@@ -101,7 +102,7 @@ def _write_category(root: Path, category: str, *, train: int = 6, good: int = 3,
 
 def _args(**overrides) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    bench._add_arguments(parser)
+    bench.add_arguments(parser)
     args = parser.parse_args([])
     for key, value in overrides.items():
         setattr(args, key, value)
@@ -123,7 +124,7 @@ def workspace(tmp_path_factory):
 @pytest.fixture(scope="module")
 def first_run(workspace):
     root, env = workspace
-    args = _args(model=["example_gaussian", "bench_dummies:FailingDetector", "bench_dummies:SlowDetector"],
+    args = _args(model=["example_gaussian", "bench_dummies:FailingDetector", "bench_dummies:SlowDetector"], allow_import=True,
                  dataset=["widget"], data_root=str(root / "data"), out=str(root / "out"), input_size=32,
                  time_limit=["60", "bench_dummies:SlowDetector=25"], jobs=3, report=str(root / "docs" / "report.md"))
     plan = bench.build_plan(args)
@@ -132,7 +133,7 @@ def first_run(workspace):
     elapsed = time.monotonic() - started
     rows = bench.collect_rows(plan)
     paths = bench.write_tables(plan, rows)
-    from adcore.plots import make_figures
+    from adcore.benchmark.figures import make_figures
 
     figures = make_figures(rows, plan.out, plan.out / "figures", datasets=[d.name for d in plan.datasets],
                            detectors=plan.detectors)
@@ -220,7 +221,7 @@ def test_retry_failed_and_fresh_select_the_right_pairs(first_run, monkeypatch):
         launched.append(run.detector)
         raise KeyboardInterrupt  # stop right there: we only want to know what would run
 
-    monkeypatch.setattr(bench, "_launch", fake_launch)
+    monkeypatch.setattr(runner, "_launch", fake_launch)
     bench.run_benchmark(plan, retry_failed=True, echo=False)
     assert launched == ["bench_dummies:FailingDetector"]  # the first pending one: ok runs are not redone
     launched.clear()
@@ -247,7 +248,7 @@ def test_killing_the_benchmark_mid_run_keeps_finished_pairs_and_the_rerun_resume
     out = tmp_path / "out"
     command = [sys.executable, "-m", "adcore.benchmark", "--model", "bench_dummies:MeanDetector",
                "bench_dummies:SlowDetector", "--dataset", "widget", "--data-root", str(root / "data"), "--out", str(out),
-               "--input-size", "32", "--time-limit", "120", "--no-plots", "--jobs", "2"]
+               "--input-size", "32", "--time-limit", "120", "--no-plots", "--jobs", "2", "--allow-import"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:  # until the first pair is recorded and the slow one is inside fit
@@ -268,14 +269,14 @@ def test_killing_the_benchmark_mid_run_keeps_finished_pairs_and_the_rerun_resume
     assert record["image_auroc"] == pytest.approx(1.0)
 
     plan = bench.build_plan(_args(model=["bench_dummies:MeanDetector", "bench_dummies:SlowDetector"], dataset=["widget"],
-                                  data_root=str(root / "data"), out=str(out), input_size=32))
+                                  data_root=str(root / "data"), out=str(out), input_size=32, allow_import=True))
     launched: list[str] = []
 
     def fake_launch(run, plan, env, echo):
         launched.append(run.detector)
         raise KeyboardInterrupt  # we only want to know what the rerun would start
 
-    monkeypatch.setattr(bench, "_launch", fake_launch)
+    monkeypatch.setattr(runner, "_launch", fake_launch)
     outcome = bench.run_benchmark(plan, echo=False)
     assert outcome.skipped == [record["key"]] and launched == ["bench_dummies:SlowDetector"]
 
@@ -295,16 +296,16 @@ def test_result_store_skips_a_torn_line_and_rewrites_the_file_clean(tmp_path):
 def test_a_crashing_worker_is_recorded_as_crashed(tmp_path, workspace, monkeypatch):
     root, env = workspace
     args = _args(model=["bench_dummies:MeanDetector"], dataset=["widget"], data_root=str(root / "data"),
-                 out=str(tmp_path), input_size=32)
+                 out=str(tmp_path), input_size=32, allow_import=True)
     plan = bench.build_plan(args)
-    real_launch = bench._launch
+    real_launch = runner._launch
 
     def crashing_launch(run, plan, env, echo):
         running = real_launch(run, plan, env, echo)
         os.kill(running.process.pid, 9)  # what the out-of-memory killer does
         return running
 
-    monkeypatch.setattr(bench, "_launch", crashing_launch)
+    monkeypatch.setattr(runner, "_launch", crashing_launch)
     bench.run_benchmark(plan, env=env, echo=False)
     (record,) = bench.ResultStore(plan.results_path).records()
     assert record["status"] == "crashed" and "SIGKILL" in record["error"]["message"]

@@ -3,12 +3,23 @@
 Detectors give a ``loss_fn(batch) -> loss`` and the parameters to optimise; the loop handles
 shuffling under the detector's seed, epochs, the progress bar with the running loss, optional
 validation-based early stopping (restoring the best weights) and a loss history for plots.
+
+Observing training from outside: inside ``with on_epoch(callback):`` every :func:`train_epochs`
+call (in this thread or task, however deep inside a detector's ``fit``) calls ``callback`` once
+after each epoch with an :class:`EpochEnd` (the loop's description, the epoch index, the
+:class:`TrainingHistory` so far, the modules being trained and the epoch's seconds). No detector
+threads a parameter through for it: ``adcore benchmark --curve`` records learning curves this way.
+A callback must leave the modules as it found them (their weights; their train/eval mode is reset
+by the loop); an exception it raises ends the training.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +28,7 @@ from torch import nn
 from adcore.errors import TrainingDivergedError
 from adcore.progress import progress
 
-__all__ = ["TrainingHistory", "train_epochs", "split_holdout"]
+__all__ = ["TrainingHistory", "EpochEnd", "EpochCallback", "on_epoch", "train_epochs", "split_holdout"]
 
 
 @dataclass
@@ -32,6 +43,44 @@ class TrainingHistory:
     def as_dict(self) -> dict[str, object]:
         return {"loss": self.loss, "validation": self.validation, "best_epoch": self.best_epoch,
                 "stopped_early": self.stopped_early}
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """What an :func:`on_epoch` callback is told after each epoch of :func:`train_epochs`."""
+
+    #: the loop's ``desc`` (e.g. ``"stfpm"``): tells apart loops of one fit (teacher, then student)
+    description: str
+    #: 0-based index of the epoch that just ended
+    epoch: int
+    #: the number of epochs the loop was asked for (early stopping may end it sooner)
+    epochs: int
+    #: the history so far, this epoch included (the loop's own object: read it, do not change it)
+    history: TrainingHistory
+    #: the modules being trained (in the state this epoch left them)
+    modules: tuple[nn.Module, ...]
+    #: wall-clock seconds of this epoch (training and validation, without the callbacks)
+    seconds: float
+
+
+EpochCallback = Callable[[EpochEnd], None]
+
+_CALLBACKS: contextvars.ContextVar[tuple[EpochCallback, ...]] = contextvars.ContextVar("adcore_epoch_callbacks",
+                                                                                       default=())
+
+
+@contextlib.contextmanager
+def on_epoch(callback: EpochCallback) -> Iterator[EpochCallback]:
+    """Call ``callback(EpochEnd)`` after every epoch of every :func:`train_epochs` run inside the block.
+
+    Blocks nest (every active callback is called, outermost first); leaving the block removes the
+    callback, also when the block raises.
+    """
+    token = _CALLBACKS.set((*_CALLBACKS.get(), callback))
+    try:
+        yield callback
+    finally:
+        _CALLBACKS.reset(token)
 
 
 def split_holdout(images: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +117,10 @@ def train_epochs(
     generator = torch.Generator().manual_seed(seed)
     best_loss, best_state, stale = float("inf"), None, 0
     bar = progress(range(epochs), desc=desc, total=epochs)
+    callbacks = _CALLBACKS.get()
     for epoch in bar:
+        started = time.perf_counter()
+        stop = False
         for module in modules:
             module.train()
         order = torch.randperm(images.shape[0], generator=generator)
@@ -105,7 +157,13 @@ def train_epochs(
                 stale += 1
                 if stale >= patience:
                     history.stopped_early = True
-                    break
+                    stop = True
+        if callbacks:
+            report = EpochEnd(desc, epoch, epochs, history, tuple(modules), time.perf_counter() - started)
+            for callback in callbacks:
+                callback(report)
+        if stop:
+            break
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(postfix)
     if best_state is not None:

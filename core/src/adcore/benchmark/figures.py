@@ -1,14 +1,16 @@
 """Benchmark figures (matplotlib, Agg, PNG) drawn from ``adcore benchmark`` records and run artifacts.
 
-Every function takes the benchmark's rows (one dict per (detector, dataset) run, as in
-``results.json``) and, where it needs per-image data, reads the run's ``runs/<slug>.npz`` (scores,
+Every function takes the benchmark's rows (one dict per (detector, dataset) pair, as in
+``results.json``; a pair run over several seeds is one row of means with ``KEY_std`` beside them,
+drawn as error bars and ``±`` — see :func:`adcore.benchmark.report.aggregate_seeds`) and, where it needs per-image data, reads the run's ``runs/<slug>.npz`` (scores,
 labels, threshold, small images/masks/maps of fixed test images). Detectors keep one colour in
 every figure. Runs that did not finish are shown as such (bar charts) or left out (curves).
 
 Figures: ``auroc_<dataset>.png`` (image and pixel AUROC bars), ``auroc_matrix.png`` (image AUROC,
 detectors × datasets), ``accuracy_latency.png``, ``roc_<dataset>.png``, ``scores_<dataset>.png``
 (good vs defective score histograms with the calibrated threshold) and ``heatmaps_<dataset>.png``
-(the same test images under every detector's anomaly map).
+(the same test images under every detector's anomaly map) and, for runs with ``--curve``,
+``curves_<dataset>.png`` (test AUROC against epochs, training loss).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "plot_roc_curves",
     "plot_score_histograms",
     "plot_heatmap_grid",
+    "plot_learning_curves",
     "detector_colours",
 ]
 
@@ -121,9 +124,13 @@ def plot_auroc_bars(rows: list[dict[str, Any]], dataset: str, detectors: Sequenc
             value = _number(row.get(key))
             if value is None:
                 continue
+            spread = _number(row.get(f"{key}_std"))
             ax.bar(i + offset, value - low, width, bottom=low, color=colours[name], hatch=hatch,
-                   edgecolor="white" if hatch else colours[name], linewidth=0)
-            ax.text(i + offset, value + 0.004, f"{value:.3f}", rotation=90, ha="center", va="bottom", fontsize=6.5)
+                   edgecolor="white" if hatch else colours[name], linewidth=0,
+                   yerr=spread, error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "black"})
+            label = f"{value:.3f}" if spread is None else f"{value:.3f}±{spread:.3f}"
+            ax.text(i + offset, value + (spread or 0.0) + 0.004, label, rotation=90, ha="center", va="bottom",
+                    fontsize=6.5)
     ax.set_xticks(x, names, rotation=35, ha="right", fontsize=8)
     ax.set_ylim(low, 1.0 + 0.14 * (1.0 - low) + 0.02)  # room for the value labels above bars at 1.0
     ax.set_yticks([t for t in ax.get_yticks() if low <= t <= 1.0 + 1e-9])
@@ -157,7 +164,10 @@ def plot_auroc_matrix(rows: list[dict[str, Any]], datasets: Sequence[str], detec
     for i, name in enumerate(detectors):
         for j, dataset in enumerate(datasets):
             row = lookup.get((name, dataset), {})
+            spread = _number(row.get(f"{key}_std"))
             text = f"{grid[i, j]:.3f}" if np.isfinite(grid[i, j]) else (row.get("status") or "—")
+            if spread is not None and np.isfinite(grid[i, j]):
+                text += f"\n±{spread:.3f}"
             dark = np.isfinite(grid[i, j]) and not 0.15 < (grid[i, j] - low) / max(1.0 - low, 1e-9) < 0.85
             colour = "white" if dark else ("black" if np.isfinite(grid[i, j]) else "dimgray")
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
@@ -181,6 +191,9 @@ def plot_accuracy_latency(rows: list[dict[str, Any]], detectors: Sequence[str], 
             continue
         marker = markers[list(datasets).index(row["dataset"]) % len(markers)]
         ax.scatter(x, y, s=46, marker=marker, color=colours[row["detector"]], edgecolor="black", linewidth=0.4, alpha=0.9)
+        spread = _number(row.get("image_auroc_std"))
+        if spread is not None:
+            ax.errorbar(x, y, yerr=spread, color=colours[row["detector"]], linewidth=0.8, capsize=2)
         if row["detector"] not in shown_detectors:
             shown_detectors.append(row["detector"])
     ax.set_xscale("log")
@@ -335,6 +348,44 @@ def plot_heatmap_grid(rows: list[dict[str, Any]], dataset: str, detectors: Seque
     return _save(fig, path, palette=True)
 
 
+def plot_learning_curves(rows: list[dict[str, Any]], dataset: str, detectors: Sequence[str], colours: dict[str, Any],
+                         path: Path) -> Path | None:
+    """Runs recorded with ``--curve``: test-set image and pixel AUROC against epochs (the last point is
+    the finished run's own result), and the training loss per epoch beside them."""
+    panels = [(name, row) for name in detectors for row in _ok(rows)
+              if row["dataset"] == dataset and row["detector"] == name and row.get("curve") is not None]
+    if not panels:
+        return None
+    fig = _figure(11.0, 4.2)
+    auroc_ax, loss_ax = fig.subplots(1, 2)
+    positive = True
+    for name, row in panels:
+        points = [p for p in row["curve"] if "error" not in p]
+        epochs = [p["epoch"] for p in points] + ([row["epochs_run"]] if row.get("epochs_run") else [])
+        for key, style in (("image_auroc", "-"), ("pixel_auroc", ":")):
+            values = [_number(p.get(key)) for p in points] + ([_number(row.get(key))] if row.get("epochs_run") else [])
+            shown = [(e, v) for e, v in zip(epochs, values, strict=False) if v is not None]
+            if shown:
+                auroc_ax.plot(*zip(*shown, strict=True), style, marker="o", markersize=3, color=colours[name],
+                              label=f"{name} ({'image' if key == 'image_auroc' else 'pixel'})")
+        loop = (row.get("training") or [{}])[-1]
+        loss = [v for v in loop.get("loss", []) if v is not None]
+        if loss:
+            loss_ax.plot(range(1, len(loss) + 1), loss, color=colours[name], label=name)
+            positive = positive and min(loss) > 0
+    auroc_ax.set_xlabel("epoch")
+    auroc_ax.set_ylabel("test AUROC")
+    auroc_ax.grid(alpha=0.3)
+    auroc_ax.legend(fontsize=7)
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("training loss (last training loop)")
+    # flows' negative log-likelihoods go below zero (and their first epochs reach 1e7 and more): symlog then
+    loss_ax.set_yscale("log" if positive else "symlog", **({} if positive else {"linthresh": 1.0}))
+    loss_ax.grid(alpha=0.3)
+    fig.suptitle(f"{dataset}: learning curves (solid: image AUROC, dotted: pixel AUROC)", fontsize=10)
+    return _save(fig, path)
+
+
 # ---------------------------------------------------------------------------------------------
 _CAPTIONS = {
     "auroc_matrix": "Image AUROC of every detector on every data set (grey text: the run did not finish).",
@@ -345,6 +396,7 @@ _CAPTIONS = {
     "roc": "Image-level ROC curves, AUROC in the legend.",
     "scores": "Scores of good (blue) and defective (red) test images; dashed: the threshold calibrated on held-out "
               "good training images at a 1 % false-positive target.",
+    "curves": "Test-set AUROC every few epochs of one uninterrupted training (`--curve`) and the training loss.",
     "heatmaps": "The same test images under every detector's anomaly map, one colour scale per detector over its "
                 "column (green outline: ground truth; the last row is a defect-free image).",
 }
@@ -381,7 +433,8 @@ def make_figures(rows: list[dict[str, Any]], run_root: str | Path, out_dir: str 
         figures.append(plot_auroc_bars(rows, dataset, detectors, colours, out_dir / f"auroc_{slug}.png"))
         for drawn in (plot_roc_curves(rows, dataset, detectors, colours, run_root, out_dir / f"roc_{slug}.png"),
                       plot_score_histograms(rows, dataset, detectors, run_root, out_dir / f"scores_{slug}.png"),
-                      plot_heatmap_grid(rows, dataset, detectors, run_root, out_dir / f"heatmaps_{slug}.png")):
+                      plot_heatmap_grid(rows, dataset, detectors, run_root, out_dir / f"heatmaps_{slug}.png"),
+                      plot_learning_curves(rows, dataset, detectors, colours, out_dir / f"curves_{slug}.png")):
             if drawn is not None:
                 figures.append(drawn)
     return figures

@@ -1,0 +1,221 @@
+"""``adcore benchmark`` options: ``--seeds`` (mean ± std over seeds), ``--allow-import`` (module:Class
+targets), measurement options in a pair's identity. No subprocess except where a worker is the point."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from adcore import benchmark as bench
+from adcore.benchmark.report import aggregate_seeds, results_table
+from adcore.errors import ConfigurationError
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.fixture()
+def data(tmp_path: Path) -> Path:
+    _write_category(tmp_path / "data", "widget")
+    return tmp_path / "data"
+
+
+def _write_category(root: Path, category: str, *, size: int = 48) -> Path:
+    """A tiny MVTec-layout category: 6 smooth training textures, 3 good and 3 defective test images with masks."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = root / category
+    xs = np.mgrid[0:size, 0:size][1] / size
+
+    def save(array, path: Path, mode: str = "RGB") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((array * 255).astype(np.uint8), mode=mode).save(path)
+
+    def texture():
+        base = 0.5 + 0.15 * np.sin(2 * np.pi * 4 * xs + rng.uniform(0, 6.28)) + 0.02 * rng.standard_normal((size, size))
+        return np.clip(np.stack([base, base * 0.9, base * 0.8], -1), 0, 1)
+
+    for i in range(6):
+        save(texture(), folder / "train" / "good" / f"{i:03d}.png")
+    for i in range(3):
+        save(texture(), folder / "test" / "good" / f"{i:03d}.png")
+        image, mask = texture(), np.zeros((size, size))
+        image[8:20, 8:20], mask[8:20, 8:20] = [1.0, 0.1, 0.1], 1.0
+        save(image, folder / "test" / "scratch" / f"{i:03d}.png")
+        save(mask, folder / "ground_truth" / "scratch" / f"{i:03d}_mask.png", mode="L")
+    return folder
+
+
+def _record(detector: str, seed: int, auroc: float | None, status: str = "ok", **extra) -> dict:
+    return {"key": f"{detector}-{seed}", "dataset": "widget", "detector": detector, "status": status, "seed": seed,
+            "params": {"input_size": 32, "seed": seed}, "batch_size": 8, "image_auroc": auroc,
+            "pixel_auroc": None if auroc is None else auroc - 0.1, "fit_seconds": 10.0 + seed, **extra}
+
+
+# --- --seeds ------------------------------------------------------------------------------------
+def test_seeds_make_one_run_per_seed_and_the_seed_is_part_of_the_identity(data):
+    plan = bench.build_plan(_args("--model", "example_gaussian", "--dataset", "widget", "--data-root", str(data),
+                                  "--seeds", "0,1,2", "--seed", "7"))
+    assert [r.params["seed"] for r in plan.runs] == [0, 1, 2]  # --seeds wins over --seed
+    assert len({r.key for r in plan.runs}) == 3
+    assert plan.settings["seeds"] == [0, 1, 2]
+    assert bench.parse_seeds(["0,1", "2"]) == [0, 1, 2] and bench.parse_seeds(None) is None
+    with pytest.raises(ConfigurationError, match="twice"):
+        bench.parse_seeds("0,0")
+    with pytest.raises(ConfigurationError, match="whole number"):
+        bench.parse_seeds("0,one")
+
+
+def test_a_plan_without_new_options_keeps_the_keys_of_records_already_stored(data):
+    (run,) = bench.build_plan(_args("--model", "example_gaussian", "--dataset", "widget", "--data-root", str(data),
+                                    "--input-size", "32")).runs
+    identity = {"format": 1, "detector": "example_gaussian", "params": {"input_size": 32},
+                "dataset": run.dataset.identity(), "batch_size": 8}
+    assert run.key == hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    (curved,) = bench.build_plan(_args("--model", "example_gaussian", "--dataset", "widget", "--data-root", str(data),
+                                       "--input-size", "32", "--curve", "5", "--calibration-fraction", "0")).runs
+    assert curved.options == {"curve": 5, "calibration_fraction": 0.0} and curved.key != run.key
+
+
+def test_mean_and_sample_std_over_seeds_and_single_seed_rows_unchanged():
+    rows = [_record("a", 0, 0.8), _record("a", 1, 0.9), _record("a", 2, 1.0), _record("b", 0, 0.75)]
+    pairs = aggregate_seeds(rows)
+    assert len(pairs) == 2 and pairs[1] is rows[3]  # one seed: the row itself
+    combined = pairs[0]
+    assert combined["image_auroc"] == pytest.approx(0.9)
+    assert combined["image_auroc_std"] == pytest.approx(statistics.stdev([0.8, 0.9, 1.0])) == pytest.approx(0.1)
+    assert combined["pixel_auroc"] == pytest.approx(0.8) and combined["image_auroc_n"] == 3
+    assert combined["fit_seconds"] == pytest.approx(11.0) and combined["fit_seconds_std"] == pytest.approx(1.0)
+    assert combined["seeds"] == [0, 1, 2] and combined["runs"] == combined["runs_ok"] == 3
+    table = results_table(pairs)
+    assert "| widget | a | ok | 0.900 ± 0.100 | 0.800 ± 0.100 |" in table
+    assert "| 0,1,2 (n=3) |" in table
+    assert "| widget | b | ok | 0.750 | 0.650 |" in table  # single-seed row exactly as before
+    assert aggregate_seeds(rows[3:]) is not None and aggregate_seeds(rows[3:]) == rows[3:]
+
+
+def test_seeds_that_did_not_finish_are_left_out_of_the_mean_and_counted():
+    rows = [_record("a", 0, 0.8), _record("a", 1, None, status="error"), _record("a", 2, 0.6)]
+    (combined,) = aggregate_seeds(rows)
+    assert combined["image_auroc"] == pytest.approx(0.7) and combined["image_auroc_n"] == 2
+    assert combined["runs_ok"] == 2 and combined["status"] == "ok"
+    assert "| ok (2/3 seeds) | 0.700 ± 0.141 |" in results_table([combined])
+    (alone,) = aggregate_seeds([_record("a", 0, 0.8), _record("a", 1, None, status="timeout")])
+    assert alone["image_auroc"] == 0.8 and alone["image_auroc_std"] is None  # one value: no spread to show
+    (none,) = aggregate_seeds([_record("a", 0, None, status="error"), _record("a", 1, None, status="timeout")])
+    assert none["status"] == "error" and none["image_auroc"] is None
+
+
+def test_report_and_tables_show_seeds_as_one_row_and_keep_every_run_in_csv_and_json(data, tmp_path):
+    plan = bench.build_plan(_args("--model", "example_gaussian", "--dataset", "widget", "--data-root", str(data),
+                                  "--seeds", "0,1", "--out", str(tmp_path / "out")))
+    rows = [{**bench.collect_rows(plan)[i], "status": "ok", "image_auroc": value} for i, value in enumerate((0.8, 0.9))]
+    paths = bench.write_tables(plan, rows)
+    markdown = paths["md"].read_text()
+    assert "0.850 ± 0.071" in markdown and "Every run (one row per seed)" in markdown
+    document = json.loads(paths["json"].read_text())
+    assert len(document["runs"]) == 2 and len(document["pairs"]) == 1
+    assert document["summary"][0]["image_auroc"] == pytest.approx(0.85)
+    assert len(paths["csv"].read_text().strip().splitlines()) == 3  # header + one line per run
+    report = bench.write_report(plan, rows, [], tmp_path / "report.md").read_text()
+    assert "mean ± the sample standard deviation" in report and "0.850 ± 0.071" in report
+
+
+# --- --allow-import -----------------------------------------------------------------------------
+def test_module_targets_need_allow_import_and_a_config_cannot_grant_it(data, tmp_path):
+    with pytest.raises(ConfigurationError, match="--allow-import"):
+        bench.build_plan(_args("--model", "os:system", "--dataset", "widget", "--data-root", str(data)))
+    config = tmp_path / "evil.json"
+    config.write_text(json.dumps({"models": ["os:system"], "datasets": ["widget"], "data_root": str(data),
+                                  "allow_import": True}))
+    with pytest.raises(ConfigurationError, match="unknown key"):
+        bench.build_plan(_args("--config", str(config)))
+    config.write_text(json.dumps({"models": ["os:system"], "datasets": ["widget"], "data_root": str(data)}))
+    with pytest.raises(ConfigurationError, match="--allow-import"):
+        bench.build_plan(_args("--config", str(config)))
+    plan = bench.build_plan(_args("--config", str(config), "--allow-import"))  # planning imports nothing
+    assert plan.runs[0].detector == "os:system" and plan.runs[0].allow_import
+
+
+DETECTOR_MODULE = """
+from adcore.base import BaseDetector
+
+class MeanDetector(BaseDetector):
+    def __init__(self, *, input_size: int = 32) -> None:
+        self.input_size = input_size
+
+    def _fit(self, stream):
+        self.mean_ = stream.materialize().mean(0)
+
+    def _predict(self, images):
+        maps = ((images - self.mean_) ** 2).sum(1)
+        return maps.flatten(1).amax(1), maps
+"""
+
+
+@pytest.fixture()
+def detector_module(tmp_path, monkeypatch) -> str:
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "allow_import_dummies.py").write_text(DETECTOR_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    return "allow_import_dummies:MeanDetector"
+
+
+def test_only_a_detector_class_is_ever_built(detector_module):
+    with pytest.raises(ConfigurationError, match="not a class"):
+        bench.load_detector_class("os:system")
+    with pytest.raises(ConfigurationError, match="without fit/predict"):
+        bench.load_detector_class("subprocess:Popen")
+    with pytest.raises(ConfigurationError, match="could not be imported"):
+        bench.load_detector_class("no_such_module_here:Thing")
+    from adcore.base import BaseDetector
+
+    assert issubclass(bench.load_detector_class(detector_module), BaseDetector)
+
+
+def test_the_worker_refuses_a_function_target_without_calling_it(tmp_path, detector_module):
+    from adcore.benchmark.worker import run_worker
+
+    marker = tmp_path / "ran"
+    spec = {"run": {"detector": "os:system", "dataset": {"name": "x", "kind": "mvtec", "root": str(tmp_path)},
+                    "params": {"command": f"touch {marker}"}, "batch_size": 8, "time_limit": 10, "options": {},
+                    "allow_import": True},
+            "record": {"key": "k"}, "threads": None, "result_path": str(tmp_path / "result.json"),
+            "artifacts_path": str(tmp_path / "a.npz")}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    assert run_worker(str(tmp_path / "spec.json")) == 0
+    record = json.loads((tmp_path / "result.json").read_text())
+    assert record["status"] == "error" and record["error"]["type"] == "ConfigurationError"
+    assert record["error"]["stage"] == "build" and not marker.exists()
+    spec["run"]["allow_import"] = False
+    spec["run"]["detector"] = detector_module
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    run_worker(str(tmp_path / "spec.json"))
+    record = json.loads((tmp_path / "result.json").read_text())
+    assert record["error"]["type"] == "ConfigurationError" and "--allow-import" in record["error"]["message"]
+
+
+def test_figures_draw_seed_spreads_and_learning_curves_from_rows(tmp_path):
+    from adcore.benchmark.figures import make_figures
+
+    curve = [{"loop": "fit", "epoch": 1, "loss": 2.0, "image_auroc": 0.6, "pixel_auroc": 0.5},
+             {"loop": "fit", "epoch": 2, "error": "RuntimeError: not ready"}]
+    rows = [_record("a", seed, auroc, ms_per_image_batch1=5.0, curve=curve, epochs_run=3,
+                    training=[{"description": "fit", "loss": [2.0, 1.5, 1.2], "seconds": [1, 1, 1]}])
+            for seed, auroc in ((0, 0.8), (1, 0.9))]
+    pairs = aggregate_seeds(rows)
+    figures = {p.name: p for p in make_figures(pairs, tmp_path, tmp_path / "figures", datasets=["widget"],
+                                               detectors=["a"])}
+    for name in ("auroc_matrix.png", "accuracy_latency.png", "auroc_widget.png", "curves_widget.png"):
+        assert figures[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert "roc_widget.png" not in figures  # no per-image artifacts in these rows: nothing to draw from
