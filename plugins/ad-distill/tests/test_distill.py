@@ -10,14 +10,15 @@ import torch
 
 from ad_distill.efficientad import PDN, EfficientAD, hard_feature_loss, pdn_output_size
 from ad_distill.student_teacher import DescriptorNet, StudentTeacher, descriptor_output_size
-from ad_distill.teachers import distort_for_penalty, load_teacher, sampled_quantile
+from ad_distill.images import distort_for_penalty
+from ad_distill.teachers import load_teacher, sampled_quantile
 from adcore.errors import InvalidInputError
 from adcore.testing import build_registered, check_detector, make_normal_images, paste_defects
 
 TINY_EAD = {"input_size": 64, "teacher_channels": 8, "width": 0.125, "teacher_steps": 2, "teacher_batch_size": 8,
-            "train_steps": 4, "batch_size": 4, "lr": 1e-3}
+            "train_steps": 4, "batch_size": 4, "learning_rate": 1e-3}
 TINY_ST = {"input_size": 64, "receptive_fields": (17,), "descriptor_dim": 8, "width": 0.125, "num_students": 2,
-           "teacher_steps": 2, "teacher_batch_size": 8, "train_steps": 4, "batch_size": 4, "lr": 1e-3}
+           "teacher_steps": 2, "teacher_batch_size": 8, "train_steps": 4, "batch_size": 4, "learning_rate": 1e-3}
 
 
 @pytest.fixture(autouse=True)
@@ -131,7 +132,7 @@ def test_pdn_receptive_field_is_33_and_grid_matches():
 
 
 def test_efficientad_student_has_twice_the_teacher_channels_and_quantiles_normalise(images):
-    detector = EfficientAD(use_cache=False, holdout_fraction=0.25, **TINY_EAD).fit(images)
+    detector = EfficientAD(use_cache=False, validation_fraction=0.25, **TINY_EAD).fit(images)
     assert detector.student_.layers[-1].out_channels == 2 * detector.teacher_.layers[-1].out_channels
     qa_st, qb_st, qa_ae, qb_ae = detector.quantiles_.tolist()
     assert qa_st < qb_st and qa_ae < qb_ae
@@ -194,7 +195,7 @@ def test_student_teacher_multiscale_averages_scales(images):
 
 @pytest.mark.parametrize("cls, params, message", [
     (EfficientAD, {"model_size": "large"}, "model_size"),
-    (EfficientAD, {"input_size": 48}, ">= 64"),
+    (EfficientAD, {"input_size": 48}, "each between 64 and 4096"),
     (EfficientAD, {"teacher_channels": 0}, "teacher_channels"),
     (EfficientAD, {"width": 0}, "width"),
     (StudentTeacher, {"num_students": 1}, "num_students"),
