@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ad_distill.efficientad import PDN, EfficientAD, hard_feature_loss, pdn_output_size
-from ad_distill.student_teacher import DescriptorNet, StudentTeacher, descriptor_output_size
 from ad_distill.images import distort_for_penalty
+from ad_distill.student_teacher import DescriptorNet, StudentTeacher, descriptor_output_size
 from ad_distill.teachers import load_teacher, sampled_quantile
 from adcore.errors import InvalidInputError, ModelFileError
 from adcore.testing import build_registered, check_detector, make_normal_images, paste_defects
@@ -299,3 +299,11 @@ def test_renamed_parameters_still_work_with_a_warning(cls, params):
 def test_bad_values_are_refused_at_construction(cls, params, message):
     with pytest.raises(InvalidInputError, match=message):
         cls(**params)
+
+
+def test_an_unwritable_cache_does_not_break_fitting(tmp_path, images):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    detector = EfficientAD(cache_dir=str(blocker), **TINY_EAD).fit(images)
+    assert detector.teacher_provenance_["cache_error"].startswith("OutputPathError")
+    assert detector.teacher_provenance_["cache_hit"] is False and detector.is_fitted
