@@ -48,8 +48,8 @@ def main(path: str = DEFAULT) -> None:
             continue
         p = r["params"]
         training = r["training"] if isinstance(r["training"], list) else [r["training"]]
-        budget = (f"teacher {p.get('teacher_steps')}×{p.get('teacher_batch_size')} @ lr {p.get('teacher_lr', 1e-4)}; "
-                  f"student {training[0]['steps']}×{p.get('batch_size')} @ lr {p.get('lr')}")
+        budget = (f"teacher {p.get('teacher_steps')}×{p.get('teacher_batch_size')} @ lr {p.get('teacher_learning_rate', p.get('teacher_lr', 1e-4))}; "
+                  f"student {training[0]['steps']}×{p.get('batch_size')} @ lr {p.get('learning_rate', p.get('lr'))}")
         print(f"| {r['category']} ({r['train_images']} train) | {r['model']} | {budget} | {r['image_auroc']:.3f} | "
               f"{r['pixel_auroc']:.3f} | {r['aupro']:.3f} | {r['image_f1_max']:.3f} | {r['teacher_seconds']:.0f} | "
               f"{r['fit_seconds']:.0f} | {r['ms_batch1']:.0f} / {r['ms_batched']:.0f} | {r['peak_rss_mb']:.0f} |")

@@ -28,8 +28,8 @@ __all__ = ["main", "variant_maps"]
 def variant_maps(detector, images: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every map variant for one batch, from the trained flow's latent outputs."""
     with torch.no_grad():
-        features = detector._get_extractor()(images)
-        outputs = detector.head_([features[name] for name in detector.layers])
+        features = detector.extractor(images)
+        outputs = detector.head_([features[name] for name in detector.resolved_layers()])
     size = tuple(images.shape[-2:])
     likelihood = torch.stack([upsample(-torch.exp(-0.5 * z.pow(2).mean(1)), size) for z, _ in outputs]).mean(0)
     log_likelihood = torch.stack([upsample(0.5 * z.pow(2).mean(1), size) for z, _ in outputs]).mean(0)

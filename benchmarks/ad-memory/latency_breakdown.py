@@ -33,7 +33,7 @@ def main() -> None:
     timings = {"fit_s": time.perf_counter() - started, "bank": list(detector.memory_bank_.shape)}
     sample = images[:8]
     with torch.inference_mode():
-        timings["backbone_bs1_ms"] = _timed(lambda: detector._extractor(sample[:1]))
+        timings["backbone_bs1_ms"] = _timed(lambda: detector.extractor(sample[:1]))
         timings["embed_bs1_ms"] = _timed(lambda: detector._embed(sample[:1]))
         features = detector._embed(sample[:1])
         patches = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).contiguous()

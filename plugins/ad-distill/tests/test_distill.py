@@ -9,15 +9,16 @@ import pytest
 import torch
 
 from ad_distill.efficientad import PDN, EfficientAD, hard_feature_loss, pdn_output_size
+from ad_distill.images import distort_for_penalty
 from ad_distill.student_teacher import DescriptorNet, StudentTeacher, descriptor_output_size
-from ad_distill.teachers import distort_for_penalty, load_teacher, sampled_quantile
-from adcore.errors import InvalidInputError
+from ad_distill.teachers import load_teacher, sampled_quantile
+from adcore.errors import InvalidInputError, ModelFileError
 from adcore.testing import build_registered, check_detector, make_normal_images, paste_defects
 
 TINY_EAD = {"input_size": 64, "teacher_channels": 8, "width": 0.125, "teacher_steps": 2, "teacher_batch_size": 8,
-            "train_steps": 4, "batch_size": 4, "lr": 1e-3}
+            "train_steps": 4, "batch_size": 4, "learning_rate": 1e-3}
 TINY_ST = {"input_size": 64, "receptive_fields": (17,), "descriptor_dim": 8, "width": 0.125, "num_students": 2,
-           "teacher_steps": 2, "teacher_batch_size": 8, "train_steps": 4, "batch_size": 4, "lr": 1e-3}
+           "teacher_steps": 2, "teacher_batch_size": 8, "train_steps": 4, "batch_size": 4, "learning_rate": 1e-3}
 
 
 @pytest.fixture(autouse=True)
@@ -131,7 +132,7 @@ def test_pdn_receptive_field_is_33_and_grid_matches():
 
 
 def test_efficientad_student_has_twice_the_teacher_channels_and_quantiles_normalise(images):
-    detector = EfficientAD(use_cache=False, holdout_fraction=0.25, **TINY_EAD).fit(images)
+    detector = EfficientAD(use_cache=False, validation_fraction=0.25, **TINY_EAD).fit(images)
     assert detector.student_.layers[-1].out_channels == 2 * detector.teacher_.layers[-1].out_channels
     qa_st, qb_st, qa_ae, qb_ae = detector.quantiles_.tolist()
     assert qa_st < qb_st and qa_ae < qb_ae
@@ -194,7 +195,7 @@ def test_student_teacher_multiscale_averages_scales(images):
 
 @pytest.mark.parametrize("cls, params, message", [
     (EfficientAD, {"model_size": "large"}, "model_size"),
-    (EfficientAD, {"input_size": 48}, ">= 64"),
+    (EfficientAD, {"input_size": 48}, "each between 64 and 4096"),
     (EfficientAD, {"teacher_channels": 0}, "teacher_channels"),
     (EfficientAD, {"width": 0}, "width"),
     (StudentTeacher, {"num_students": 1}, "num_students"),
@@ -214,3 +215,95 @@ def test_registered_cards():
         entry = get_entry(name)
         assert entry.category == "distillation" and entry.card["trains"] is True
         json.dumps(entry.card["quick_params"])
+
+
+# -- the distillation target: core's shared backbone, named by backbone/layers/weights/checkpoint_path ----
+def _provider_checkpoint(path):
+    """tf_efficientnet_lite0's offline provider weights, written as a plain timm state dict."""
+    import timm
+    from safetensors.torch import save_file
+
+    from adcore.weights import load_weights
+
+    full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    load_weights(full, "tf_efficientnet_lite0", "pretrained", None)
+    save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(path))
+    return path
+
+
+def test_layers_none_means_the_deepest_stages_at_strides_8_and_16():
+    for cls in (EfficientAD, StudentTeacher):
+        assert cls().resolved_layers() == ("blocks.2", "blocks.4")
+        assert cls(backbone="resnet18").resolved_layers() == ("layer2", "layer3")
+
+
+@pytest.mark.parametrize("cls, params", [(EfficientAD, TINY_EAD), (StudentTeacher, TINY_ST)])
+def test_checkpoint_path_gives_the_providers_predictions(tmp_path, images, cls, params):
+    checkpoint = _provider_checkpoint(tmp_path / "lite0.safetensors")
+    from_provider = cls(use_cache=False, **params).fit(images)
+    from_file = cls(use_cache=False, checkpoint_path=str(checkpoint), **params).fit(images)
+    provenance = from_file.teacher_provenance_
+    provenance = provenance[0] if isinstance(provenance, list) else provenance
+    assert provenance["backbone_weights"] == f"file:{checkpoint}"
+    probe, _ = paste_defects(images[:3])
+    assert torch.equal(from_provider.predict(probe).anomaly_map, from_file.predict(probe).anomaly_map)
+
+
+def test_teacher_cache_key_names_the_target(tmp_path, images):
+    teachers = tmp_path / "cache" / "ad_distill" / "teachers"
+
+    def fit(**params):
+        return EfficientAD(cache_dir=str(tmp_path / "cache"), **TINY_EAD, **params).fit(images)
+
+    fit()
+    assert fit(layers=("blocks.2", "blocks.4")).teacher_provenance_["cache_hit"] is True  # = layers=None
+    assert fit(layers=("blocks.2",)).teacher_provenance_["cache_hit"] is False
+    assert fit(weights=None).teacher_provenance_["cache_hit"] is False
+    checkpoint = _provider_checkpoint(tmp_path / "lite0.safetensors")
+    first = fit(checkpoint_path=str(checkpoint))
+    assert first.teacher_provenance_["cache_hit"] is False and first.teacher_provenance_["checkpoint_sha256"]
+    moved = checkpoint.rename(tmp_path / "moved.safetensors")  # the content names the target, not the path
+    assert fit(checkpoint_path=str(moved)).teacher_provenance_["cache_hit"] is True
+    assert len(list(teachers.glob("pdn_small-*.safetensors"))) == 4
+    with pytest.raises(ModelFileError, match="does not exist"):
+        fit(checkpoint_path=str(tmp_path / "missing.safetensors"))
+
+
+@pytest.mark.parametrize("cls, params", [(EfficientAD, TINY_EAD), (StudentTeacher, TINY_ST)])
+def test_renamed_parameters_still_work_with_a_warning(cls, params):
+    old = {"teacher_layers": ("blocks.2",), "lr": 0.002, "teacher_lr": 0.003, "holdout_fraction": 0.2}
+    base = {k: v for k, v in params.items() if k != "learning_rate"}
+    with pytest.warns(DeprecationWarning, match="renamed") as caught:
+        detector = cls(**base, **old)
+    assert len(caught) == 4
+    got = detector.get_params()
+    assert (got["layers"], got["learning_rate"], got["teacher_learning_rate"], got["validation_fraction"]) == \
+        (("blocks.2",), 0.002, 0.003, 0.2)
+    assert not {"teacher_layers", "lr", "teacher_lr", "holdout_fraction"} & set(got)
+
+
+@pytest.mark.parametrize("cls", [EfficientAD, StudentTeacher])
+@pytest.mark.parametrize("params, message", [
+    ({"learning_rate": float("nan")}, r"learning_rate must be a finite number in \(0, 10\]"),
+    ({"teacher_learning_rate": float("inf")}, r"teacher_learning_rate must be a finite number in \(0, 10\]"),
+    ({"width": 1e9}, r"width must be a finite number in \(0, 4\]"),
+    ({"train_steps": 10**12}, r"train_steps must be an integer in \[1, 10000000\]"),
+    ({"teacher_steps": 2.5}, "teacher_steps must be an integer"),
+    ({"weight_decay": -1e-5}, r"weight_decay must be a finite number in \[0, 10\]"),
+    ({"validation_fraction": 1.0}, r"validation_fraction must be a finite number in \[0, 1\)"),
+    ({"use_cache": 1}, "use_cache must be True or False"),
+    ({"seed": None}, "seed must be an integer"),
+    ({"weights": "imagenet"}, "weights must be one of 'pretrained', 'hub' or None"),
+    ({"layers": "blocks.2"}, "layers must be a non-empty sequence"),
+])
+def test_bad_values_are_refused_at_construction(cls, params, message):
+    with pytest.raises(InvalidInputError, match=message):
+        cls(**params)
+
+
+def test_an_unwritable_cache_does_not_break_fitting(tmp_path, images):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    detector = EfficientAD(cache_dir=str(blocker), **TINY_EAD).fit(images)
+    assert detector.teacher_provenance_["cache_error"].startswith("OutputPathError")
+    assert detector.teacher_provenance_["cache_hit"] is False and detector.is_fitted

@@ -15,10 +15,11 @@ maximum of the combined map.
 
 Deliberate deviations from the paper (each a parameter unless noted):
 
-* Teacher distillation is offline (see :mod:`ad_distill.teachers`): from adcore's
-  EfficientNet-Lite0 (stages ``blocks.2`` + ``blocks.4``, the analogue of WideResNet-101 layer2 +
-  layer3 in the paper) on the *training images under augmentation* or any image folder
-  (``teacher_data_dir``) instead of 60k ImageNet iterations; a 1×1 linear decoder maps the 384
+* Teacher distillation is offline (see :mod:`ad_distill.teachers`): from the detector's
+  ``backbone`` read through core's shared extractor, by default EfficientNet-Lite0 (``layers=None``:
+  stages ``blocks.2`` + ``blocks.4``, the analogue of WideResNet-101 layer2 + layer3 in the paper;
+  another timm backbone offline with ``checkpoint_path=``) on the *training images under
+  augmentation* or any image folder (``teacher_data_dir``) instead of 60k ImageNet iterations; a 1×1 linear decoder maps the 384
   teacher channels onto the backbone's 152 target channels during distillation (the paper's target
   has 384 channels from WideResNet-101, so it matches directly). ``teacher_path`` loads a ready one.
 * Penalty images come from ``penalty_dir`` or, by default, from the training images distorted by
@@ -31,34 +32,34 @@ Deliberate deviations from the paper (each a parameter unless noted):
   and its upsampling sizes follow ``input_size``, so other sizes work; at 256 it is the paper's.
 * Training length is ``train_steps`` optimiser steps of ``batch_size`` images (paper: 70,000 of 1)
   with the learning rate divided by 10 after 95 %; steps are rounded up to whole epochs.
-* The quantiles are computed on ``holdout_fraction`` of the training images held out from student
+* The quantiles are computed on ``validation_fraction`` of the training images held out from student
   training (MVTec has no validation split).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ad_distill.distillation import FOLDER, DistillationDetector
+from ad_distill.images import PenaltySource, colour_jitter_one
 from ad_distill.teachers import (
     ImageNetNormalize,
-    PenaltySource,
-    TeacherSpec,
     channel_statistics,
-    colour_jitter_one,
     grid_to_image,
-    obtain_teacher,
     sampled_quantile,
     steps_to_epochs,
 )
-from adcore.base import BaseDetector
 from adcore.errors import InvalidInputError
 from adcore.inputs import ImageStream
-from adcore.training import split_holdout, train_epochs
+from adcore.params import Boolean, Check, ConstraintSpec, FilePath, Integer, Options, Size
+from adcore.training import train_epochs
 
 __all__ = ["EfficientAD", "PDN", "hard_feature_loss", "EfficientADAutoencoder", "pdn_output_size"]
 
@@ -66,71 +67,92 @@ HARD_QUANTILE = 0.999  # hard feature loss: only the hardest 0.1 % of difference
 QUANTILE_A, QUANTILE_B = 0.9, 0.995  # map normalisation: these quantiles go to 0 and 0.1
 
 
-class EfficientAD(BaseDetector):
-    """EfficientAD-S (``model_size="small"``) or -M (``"medium"``); see the module docstring."""
+class EfficientAD(DistillationDetector):
+    """EfficientAD-S (``model_size="small"``) or -M (``"medium"``); see the module docstring.
+
+    Args:
+        model_size: ``"small"`` (PDN-S) or ``"medium"`` (PDN-M).
+        teacher_channels: output channels of the teacher PDN (paper: 384); the student has twice as many.
+        width: scale of the PDNs' hidden channels (1.0 = the paper's).
+        backbone: timm backbone the teacher is distilled from (the distillation target).
+        layers: its stages the teacher regresses; ``None``: the deepest stage at strides 8 and 16
+            (EfficientNet-Lite0 ``blocks.2`` + ``blocks.4``, ResNet ``layer2`` + ``layer3``). Was ``teacher_layers``.
+        weights: ``"pretrained"`` (offline provider), ``"hub"`` (timm's hub, downloads) or ``None`` (random).
+        checkpoint_path: a local ``.safetensors``/``.pth`` state dict of the backbone; overrides ``weights``
+            (the offline way to distil from any timm backbone).
+        teacher_steps: distillation optimiser steps (rounded up to whole epochs).
+        teacher_batch_size: images per distillation step.
+        teacher_learning_rate: Adam learning rate of the distillation (was ``teacher_lr``).
+        teacher_path: a ready teacher file of this distribution's format; skips distillation.
+        teacher_data_dir: a folder of natural images to distil on (default: the training images, augmented).
+        penalty: use the penalty loss.
+        penalty_dir: a folder of penalty images (default: distorted training images).
+        train_steps: student/autoencoder optimiser steps (paper: 70,000), rounded up to whole epochs.
+        batch_size: images per student step.
+        learning_rate: Adam learning rate of student and autoencoder (was ``lr``).
+        weight_decay: Adam weight decay.
+        validation_fraction: share of the training images held out for the map quantiles (was ``holdout_fraction``).
+        cache_dir: teacher cache folder (default ``$ADCORE_CACHE_DIR`` or ``~/.cache/adcore``).
+        use_cache: read and write the teacher cache.
+        channels_last: feed the networks channels-last tensors at prediction.
+        input_size: image side (or ``(height, width)``), at least 64.
+        seed: seed of initialisation, augmentation and the held-out split.
+    """
+
+    parameter_constraints: ClassVar[Mapping[str, ConstraintSpec]] = {
+        "model_size": [Options("small", "medium")],
+        "teacher_channels": [Integer(1, 4096)],
+        "teacher_path": [FilePath(), None],
+        "penalty": [Boolean()],
+        "penalty_dir": [FOLDER, None],
+        "channels_last": [Boolean()],
+        "input_size": [Check(Size(64, 4096).accepts, "a side in pixels or (height, width), each between 64 and 4096 "
+                             "(the PDN's receptive field is 33 pixels and the autoencoder halves the image 5 times)")],
+    }
 
     def __init__(self, *, model_size: str = "small", teacher_channels: int = 384, width: float = 1.0,
-                 backbone: str = "tf_efficientnet_lite0", teacher_layers: tuple[str, ...] = ("blocks.2", "blocks.4"),
-                 teacher_steps: int = 10_000, teacher_batch_size: int = 16, teacher_lr: float = 1e-4,
-                 teacher_path: str | None = None, teacher_data_dir: str | None = None,
-                 penalty: bool = True, penalty_dir: str | None = None,
-                 train_steps: int = 70_000, batch_size: int = 1, lr: float = 1e-4, weight_decay: float = 1e-5,
-                 holdout_fraction: float = 0.1, cache_dir: str | None = None, use_cache: bool = True,
+                 backbone: str = "tf_efficientnet_lite0", layers: Sequence[str | int] | None = None,
+                 weights: str | None = "pretrained", checkpoint_path: str | os.PathLike[str] | None = None,
+                 teacher_steps: int = 10_000, teacher_batch_size: int = 16, teacher_learning_rate: float = 1e-4,
+                 teacher_path: str | os.PathLike[str] | None = None,
+                 teacher_data_dir: str | os.PathLike[str] | None = None,
+                 penalty: bool = True, penalty_dir: str | os.PathLike[str] | None = None,
+                 train_steps: int = 70_000, batch_size: int = 1, learning_rate: float = 1e-4,
+                 weight_decay: float = 1e-5, validation_fraction: float = 0.1,
+                 cache_dir: str | os.PathLike[str] | None = None, use_cache: bool = True,
                  channels_last: bool = True, input_size: int | tuple[int, int] = 256, seed: int = 0) -> None:
         self.model_size = model_size
         self.teacher_channels = teacher_channels
         self.width = width
         self.backbone = backbone
-        self.teacher_layers = teacher_layers
+        self.layers = layers
+        self.weights = weights
+        self.checkpoint_path = checkpoint_path
         self.teacher_steps = teacher_steps
         self.teacher_batch_size = teacher_batch_size
-        self.teacher_lr = teacher_lr
+        self.teacher_learning_rate = teacher_learning_rate
         self.teacher_path = teacher_path
         self.teacher_data_dir = teacher_data_dir
         self.penalty = penalty
         self.penalty_dir = penalty_dir
         self.train_steps = train_steps
         self.batch_size = batch_size
-        self.lr = lr
+        self.learning_rate = learning_rate
         self.weight_decay = weight_decay
-        self.holdout_fraction = holdout_fraction
+        self.validation_fraction = validation_fraction
         self.cache_dir = cache_dir
         self.use_cache = use_cache
         self.channels_last = channels_last
         self.input_size = input_size
         self.seed = seed
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        if self.model_size not in ("small", "medium"):
-            raise InvalidInputError(f"model_size must be 'small' or 'medium', got {self.model_size!r}")
-        if min(self.image_size) < 64:
-            raise InvalidInputError(f"EfficientAD needs input_size >= 64 per side (PDN receptive field 33, "
-                                    f"autoencoder depth 5), got {self.image_size}")
-        _positive_int("teacher_channels", self.teacher_channels)
-        for name in ("teacher_steps", "teacher_batch_size", "train_steps", "batch_size"):
-            _positive_int(name, getattr(self, name))
-        if not 0.0 < float(self.width) <= 4.0:
-            raise InvalidInputError(f"width must be in (0, 4], got {self.width}")
-        for name in ("teacher_lr", "lr"):
-            if not 0.0 < float(getattr(self, name)) < 1.0:
-                raise InvalidInputError(f"{name} must be in (0, 1), got {getattr(self, name)}")
-        if float(self.weight_decay) < 0:
-            raise InvalidInputError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0.0 <= float(self.holdout_fraction) < 1.0:
-            raise InvalidInputError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
-        if isinstance(self.teacher_layers, str) or not self.teacher_layers:
-            raise InvalidInputError(f"teacher_layers must be a non-empty tuple of stage names, got {self.teacher_layers!r}")
-
     # -- fit ------------------------------------------------------------------------------------
     def _fit(self, stream: ImageStream) -> None:
         images = stream.materialize()
-        train, held = split_holdout(images, float(self.holdout_fraction), self.seed)
-        if held.shape[0] == 0:
-            held = train  # too few images to hold any out: quantiles from the training images
-        self.teacher_, self.teacher_provenance_ = obtain_teacher(
-            self._teacher_spec(images.shape[0]), self._new_teacher, images, teacher_path=self.teacher_path,
-            teacher_data_dir=self.teacher_data_dir, cache_dir=self.cache_dir, use_cache=self.use_cache)
+        train, held = self._split_validation(images)
+        spec = self._teacher_spec(f"pdn_{self.model_size}", {"out_channels": int(self.teacher_channels),
+                                                             "width": float(self.width)}, images.shape[0])
+        self.teacher_, self.teacher_provenance_ = self._obtain_teacher(spec, self._new_teacher, images, self.teacher_path)
         # paper: teacher outputs are normalised by their channel mean and std over the training images
         self.teacher_mean_, self.teacher_std_ = channel_statistics(self.teacher_, train)
         self._build_trainable()
@@ -158,7 +180,7 @@ class EfficientAD(BaseDetector):
             return loss + F.mse_loss(outputs[count:2 * count, channels:], reconstruction)  # student ↔ autoencoder
 
         epochs = steps_to_epochs(int(self.train_steps), train.shape[0], int(self.batch_size))
-        optimizer = torch.optim.Adam(list(student.parameters()) + list(autoencoder.parameters()), lr=float(self.lr),
+        optimizer = torch.optim.Adam(list(student.parameters()) + list(autoencoder.parameters()), lr=float(self.learning_rate),
                                      weight_decay=float(self.weight_decay))
         # paper: learning rate × 0.1 after 95 % of the iterations
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[max(1, int(0.95 * epochs))], gamma=0.1)
@@ -207,14 +229,6 @@ class EfficientAD(BaseDetector):
     def _teacher_features(self, images: torch.Tensor) -> torch.Tensor:
         return (self.teacher_(images) - self.teacher_mean_) / self.teacher_std_
 
-    def _teacher_spec(self, count: int) -> TeacherSpec:
-        batch = min(int(self.teacher_batch_size), count)
-        return TeacherSpec(architecture=f"pdn_{self.model_size}",
-                           architecture_params={"out_channels": int(self.teacher_channels), "width": float(self.width)},
-                           backbone=self.backbone, layers=tuple(self.teacher_layers), input_size=self.image_size,
-                           epochs=steps_to_epochs(int(self.teacher_steps), count, batch), batch_size=batch,
-                           lr=float(self.teacher_lr), seed=int(self.seed))
-
     def _new_teacher(self) -> PDN:
         return PDN(self.model_size, int(self.teacher_channels), float(self.width))
 
@@ -237,11 +251,6 @@ def hard_feature_loss(distance: torch.Tensor, quantile: float = HARD_QUANTILE) -
     flat = distance.flatten()
     count = max(1, math.ceil((1.0 - quantile) * flat.numel()))
     return torch.topk(flat, count, sorted=False).values.mean()
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def pdn_output_size(size: tuple[int, int]) -> tuple[int, int]:

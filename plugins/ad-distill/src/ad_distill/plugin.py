@@ -21,7 +21,7 @@ def adcore_register_detectors(registry) -> None:
         trains=True,
         description="PDN teacher distilled offline from a pretrained backbone, student + autoencoder, quantile-normalised local/global maps",
         quick_params={"input_size": 64, "teacher_channels": 16, "width": 0.125, "teacher_steps": 4,
-                      "teacher_batch_size": 8, "train_steps": 8, "batch_size": 4, "lr": 1e-3,
+                      "teacher_batch_size": 8, "train_steps": 8, "batch_size": 4, "learning_rate": 1e-3,
                       "use_cache": False},
     )
     registry.add(
@@ -36,5 +36,5 @@ def adcore_register_detectors(registry) -> None:
         description="descriptor teacher distilled offline at receptive fields 17/33/65, student ensemble, regression error + predictive variance",
         quick_params={"input_size": 64, "receptive_fields": (17,), "descriptor_dim": 16, "width": 0.125,
                       "num_students": 2, "teacher_steps": 4, "teacher_batch_size": 8, "train_steps": 8,
-                      "batch_size": 4, "lr": 1e-3, "use_cache": False},
+                      "batch_size": 4, "learning_rate": 1e-3, "use_cache": False},
     )

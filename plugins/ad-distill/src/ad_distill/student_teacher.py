@@ -14,10 +14,11 @@ deviation over the training images) on normal images. At test time, per pixel an
 
 Deliberate deviations from the paper:
 
-* Teacher distillation is offline (see :mod:`ad_distill.teachers`): from adcore's
-  EfficientNet-Lite0 (stages ``blocks.2`` + ``blocks.4`` instead of ResNet-18's 512-d
-  features) on the training images under augmentation or any folder (``teacher_data_dir``),
-  not ImageNet. Like the paper, a linear decoder maps teacher descriptors onto the pretrained
+* Teacher distillation is offline (see :mod:`ad_distill.teachers`): from the detector's
+  ``backbone`` read through core's shared extractor, by default EfficientNet-Lite0 (``layers=None``:
+  stages ``blocks.2`` + ``blocks.4``, instead of ResNet-18's 512-d features; another timm backbone
+  offline with ``checkpoint_path=``) on the training images under augmentation or any folder
+  (``teacher_data_dir``), not ImageNet. Like the paper, a linear decoder maps teacher descriptors onto the pretrained
   features (knowledge-distillation loss); the metric-learning and descriptor-compactness losses
   (the paper's λ_m, λ_c) are not used.
 * Dense evaluation: the paper evaluates its patch networks at every pixel (stride 1) by
@@ -34,24 +35,21 @@ Deliberate deviations from the paper:
 from __future__ import annotations
 
 import math
-from typing import Any
+import numbers
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ad_distill.teachers import (
-    ImageNetNormalize,
-    TeacherSpec,
-    channel_statistics,
-    grid_to_image,
-    obtain_teacher,
-    steps_to_epochs,
-)
-from adcore.base import BaseDetector
+from ad_distill.distillation import DistillationDetector
+from ad_distill.teachers import ImageNetNormalize, channel_statistics, grid_to_image, steps_to_epochs
 from adcore.errors import InvalidInputError
 from adcore.inputs import ImageStream
-from adcore.training import split_holdout, train_epochs
+from adcore.params import Check, ConstraintSpec, FilePath, Integer
+from adcore.training import train_epochs
 
 __all__ = ["StudentTeacher", "DescriptorNet", "descriptor_output_size", "RECEPTIVE_FIELDS"]
 
@@ -60,68 +58,97 @@ RECEPTIVE_FIELDS = (17, 33, 65)
 _TAIL_KERNELS = {17: (2,), 33: (3, 4), 65: (5, 5, 6)}
 
 
-class StudentTeacher(BaseDetector):
-    """Uninformed Students with an ensemble of ``num_students`` per receptive field (see module docstring)."""
+def _receptive_fields_ok(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and len(value) > 0 \
+        and all(isinstance(p, numbers.Integral) and not isinstance(p, bool) and p in RECEPTIVE_FIELDS for p in value) \
+        and len(set(value)) == len(value)
 
-    def __init__(self, *, receptive_fields: tuple[int, ...] = RECEPTIVE_FIELDS, descriptor_dim: int = 128,
+
+def _file_paths_ok(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and len(value) > 0 \
+        and all(FilePath().accepts(path) for path in value)
+
+
+class StudentTeacher(DistillationDetector):
+    """Uninformed Students with an ensemble of ``num_students`` per receptive field (see module docstring).
+
+    Args:
+        receptive_fields: patch sizes of the scales, distinct values from ``RECEPTIVE_FIELDS`` (17, 33, 65).
+        descriptor_dim: descriptor channels of teacher and students (paper: 128).
+        width: scale of the patch networks' hidden channels (1.0 = 128/256).
+        num_students: students per scale (at least 2: the predictive variance needs an ensemble).
+        backbone: timm backbone the teachers are distilled from (the distillation target).
+        layers: its stages the teachers regress; ``None``: the deepest stage at strides 8 and 16
+            (EfficientNet-Lite0 ``blocks.2`` + ``blocks.4``, ResNet ``layer2`` + ``layer3``). Was ``teacher_layers``.
+        weights: ``"pretrained"`` (offline provider), ``"hub"`` (timm's hub, downloads) or ``None`` (random).
+        checkpoint_path: a local ``.safetensors``/``.pth`` state dict of the backbone; overrides ``weights``
+            (the offline way to distil from any timm backbone).
+        teacher_steps: distillation optimiser steps per teacher (rounded up to whole epochs).
+        teacher_batch_size: images per distillation step.
+        teacher_learning_rate: Adam learning rate of the distillation (was ``teacher_lr``).
+        teacher_path: ready teacher files, one per receptive field (a single path for one scale).
+        teacher_data_dir: a folder of natural images to distil on (default: the training images, augmented).
+        train_steps: student optimiser steps per scale, rounded up to whole epochs.
+        batch_size: images per student step.
+        learning_rate: Adam learning rate of the students (was ``lr``).
+        weight_decay: Adam weight decay.
+        validation_fraction: share of the training images held out for the score statistics (was ``holdout_fraction``).
+        cache_dir: teacher cache folder (default ``$ADCORE_CACHE_DIR`` or ``~/.cache/adcore``).
+        use_cache: read and write the teacher cache.
+        input_size: image side (or ``(height, width)``); must leave each receptive field a grid of at least 2×2.
+        seed: seed of initialisation, augmentation and the held-out split.
+    """
+
+    parameter_constraints: ClassVar[Mapping[str, ConstraintSpec]] = {
+        "receptive_fields": [Check(_receptive_fields_ok,
+                                   f"a non-empty sequence of distinct receptive fields from {RECEPTIVE_FIELDS}")],
+        "descriptor_dim": [Integer(1, 4096)],
+        "num_students": [Integer(2, 1024)],
+        "teacher_path": [FilePath(), Check(_file_paths_ok, "a sequence of file paths (one per receptive field)"), None],
+    }
+
+    def __init__(self, *, receptive_fields: Sequence[int] = RECEPTIVE_FIELDS, descriptor_dim: int = 128,
                  width: float = 1.0, num_students: int = 3, backbone: str = "tf_efficientnet_lite0",
-                 teacher_layers: tuple[str, ...] = ("blocks.2", "blocks.4"), teacher_steps: int = 10_000,
-                 teacher_batch_size: int = 16, teacher_lr: float = 1e-4, teacher_path: str | tuple[str, ...] | None = None,
-                 teacher_data_dir: str | None = None, train_steps: int = 5_000, batch_size: int = 4, lr: float = 1e-4,
-                 weight_decay: float = 1e-5, holdout_fraction: float = 0.1, cache_dir: str | None = None,
+                 layers: Sequence[str | int] | None = None, weights: str | None = "pretrained",
+                 checkpoint_path: str | os.PathLike[str] | None = None, teacher_steps: int = 10_000,
+                 teacher_batch_size: int = 16, teacher_learning_rate: float = 1e-4,
+                 teacher_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+                 teacher_data_dir: str | os.PathLike[str] | None = None, train_steps: int = 5_000,
+                 batch_size: int = 4, learning_rate: float = 1e-4, weight_decay: float = 1e-5,
+                 validation_fraction: float = 0.1, cache_dir: str | os.PathLike[str] | None = None,
                  use_cache: bool = True, input_size: int | tuple[int, int] = 256, seed: int = 0) -> None:
         self.receptive_fields = receptive_fields
         self.descriptor_dim = descriptor_dim
         self.width = width
         self.num_students = num_students
         self.backbone = backbone
-        self.teacher_layers = teacher_layers
+        self.layers = layers
+        self.weights = weights
+        self.checkpoint_path = checkpoint_path
         self.teacher_steps = teacher_steps
         self.teacher_batch_size = teacher_batch_size
-        self.teacher_lr = teacher_lr
+        self.teacher_learning_rate = teacher_learning_rate
         self.teacher_path = teacher_path
         self.teacher_data_dir = teacher_data_dir
         self.train_steps = train_steps
         self.batch_size = batch_size
-        self.lr = lr
+        self.learning_rate = learning_rate
         self.weight_decay = weight_decay
-        self.holdout_fraction = holdout_fraction
+        self.validation_fraction = validation_fraction
         self.cache_dir = cache_dir
         self.use_cache = use_cache
         self.input_size = input_size
         self.seed = seed
 
     def _validate_params(self) -> None:
-        super()._validate_params()
+        super()._validate_params()  # then the checks that involve several parameters
         fields = self.receptive_fields
-        if isinstance(fields, (str, int)) or not fields or any(p not in RECEPTIVE_FIELDS for p in fields) \
-                or len(set(fields)) != len(fields):
-            raise InvalidInputError(f"receptive_fields must be a non-empty tuple of distinct values from {RECEPTIVE_FIELDS}, "
-                                    f"got {fields!r}")
         for p in fields:
             grid = descriptor_output_size(p, self.image_size)
             if min(grid) < 2:
                 smallest = next(n for n in range(16, 4097) if descriptor_output_size(p, (n, n))[0] >= 2)
                 raise InvalidInputError(f"input_size {self.image_size} is too small for receptive field {p}: "
                                         f"use at least {smallest} pixels per side")
-        for name in ("descriptor_dim", "teacher_steps", "teacher_batch_size", "train_steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.num_students, bool) or not isinstance(self.num_students, int) or self.num_students < 2:
-            raise InvalidInputError(f"num_students must be an integer >= 2 (the predictive variance needs an ensemble), "
-                                    f"got {self.num_students!r}")
-        if not 0.0 < float(self.width) <= 4.0:
-            raise InvalidInputError(f"width must be in (0, 4], got {self.width}")
-        for name in ("teacher_lr", "lr"):
-            if not 0.0 < float(getattr(self, name)) < 1.0:
-                raise InvalidInputError(f"{name} must be in (0, 1), got {getattr(self, name)}")
-        if float(self.weight_decay) < 0:
-            raise InvalidInputError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0.0 <= float(self.holdout_fraction) < 1.0:
-            raise InvalidInputError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
-        if isinstance(self.teacher_layers, str) or not self.teacher_layers:
-            raise InvalidInputError(f"teacher_layers must be a non-empty tuple of stage names, got {self.teacher_layers!r}")
         paths = self._teacher_paths()
         if paths is not None and len(paths) != len(fields):
             raise InvalidInputError(f"teacher_path needs one file per receptive field {tuple(fields)}, got {len(paths)}")
@@ -129,15 +156,13 @@ class StudentTeacher(BaseDetector):
     # -- fit ------------------------------------------------------------------------------------
     def _fit(self, stream: ImageStream) -> None:
         images = stream.materialize()
-        train, held = split_holdout(images, float(self.holdout_fraction), self.seed)
-        if held.shape[0] == 0:
-            held = train
+        train, held = self._split_validation(images)
         paths = self._teacher_paths() or (None,) * len(self.receptive_fields)
         teachers, provenance, means, stds = [], [], [], []
         for p, path in zip(self.receptive_fields, paths, strict=False):
-            teacher, origin = obtain_teacher(self._teacher_spec(p, images.shape[0]), lambda p=p: self._new_network(p),
-                                             images, teacher_path=path, teacher_data_dir=self.teacher_data_dir,
-                                             cache_dir=self.cache_dir, use_cache=self.use_cache)
+            spec = self._teacher_spec(f"st_patch_{p}", {"out_channels": int(self.descriptor_dim),
+                                                        "width": float(self.width)}, images.shape[0])
+            teacher, origin = self._obtain_teacher(spec, lambda p=p: self._new_network(p), images, path)
             mean, std = channel_statistics(teacher, train)  # paper: teacher descriptors normalised over the training set
             teachers.append(teacher)
             provenance.append(origin)
@@ -161,7 +186,7 @@ class StudentTeacher(BaseDetector):
             return torch.stack([F.mse_loss(student(batch), target) for student in students]).mean()
 
         epochs = steps_to_epochs(int(self.train_steps), train.shape[0], int(self.batch_size))
-        optimizer = torch.optim.Adam(students.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
+        optimizer = torch.optim.Adam(students.parameters(), lr=float(self.learning_rate), weight_decay=float(self.weight_decay))
         history = train_epochs(loss_fn, train, optimizer, epochs=epochs, batch_size=int(self.batch_size),
                                seed=self.seed + index, modules=[students],
                                desc=f"students p={self.receptive_fields[index]}")
@@ -210,18 +235,12 @@ class StudentTeacher(BaseDetector):
         std = self.descriptor_std_[index].view(1, -1, 1, 1)
         return (self.teachers_[index](images) - mean) / std
 
-    def _teacher_paths(self) -> tuple[str, ...] | None:
+    def _teacher_paths(self) -> tuple[str | os.PathLike[str], ...] | None:
         if self.teacher_path is None:
             return None
-        return (self.teacher_path,) if isinstance(self.teacher_path, str) else tuple(self.teacher_path)
-
-    def _teacher_spec(self, receptive_field: int, count: int) -> TeacherSpec:
-        batch = min(int(self.teacher_batch_size), count)
-        return TeacherSpec(architecture=f"st_patch_{receptive_field}",
-                           architecture_params={"out_channels": int(self.descriptor_dim), "width": float(self.width)},
-                           backbone=self.backbone, layers=tuple(self.teacher_layers), input_size=self.image_size,
-                           epochs=steps_to_epochs(int(self.teacher_steps), count, batch), batch_size=batch,
-                           lr=float(self.teacher_lr), seed=int(self.seed))
+        if isinstance(self.teacher_path, (str, os.PathLike)):
+            return (self.teacher_path,)
+        return tuple(self.teacher_path)
 
     def _new_network(self, receptive_field: int) -> DescriptorNet:
         return DescriptorNet(receptive_field, int(self.descriptor_dim), float(self.width))

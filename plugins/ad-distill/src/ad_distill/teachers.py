@@ -1,4 +1,4 @@
-"""Shared machinery of ad-distill: offline teacher distillation, its cache, penalty images, augmentation.
+"""Offline teacher distillation for ad-distill: the recipe, the backbone target, the cache, teacher files.
 
 Both detectors of this distribution need a *teacher*: a small patch network distilled from a
 pretrained backbone. The papers distil on ImageNet (EfficientAD: 60k iterations from WideResNet-101;
@@ -6,20 +6,22 @@ Uninformed Students: ImageNet patches from ResNet-18) and anomalib downloads a r
 ~1.5 GB of Imagenette. Here everything happens offline:
 
 * **Source images**: the user's own folder of natural images (``teacher_data_dir=``), or, by
-  default, the detector's training images under random geometric and photometric augmentation.
-* **Target**: adcore's offline :class:`~adcore.backbones.FeatureExtractor` (EfficientNet-Lite0 with
-  ImageNet weights by default). Each chosen stage is averaged over its 3×3 neighbourhood (PatchCore's
-  local aggregation, which EfficientAD's distillation uses too), resized to the teacher's output
-  grid, concatenated and normalised per channel. A 1×1 linear decoder maps the teacher's output onto
-  that target during distillation and is discarded afterwards — the knowledge-distillation set-up of
-  Bergmann et al. (2020); it lets the teacher's width differ from the backbone's channel count.
+  default, the detector's training images under random geometric and photometric augmentation
+  (:mod:`ad_distill.images`).
+* **Target**: the detector's pretrained backbone read through core's shared frozen extractor
+  (:attr:`adcore.feature_detector.FeatureDetector.extractor`; EfficientNet-Lite0 with offline
+  ImageNet weights by default, any timm backbone with ``checkpoint_path=``). Each chosen stage is
+  averaged over its 3×3 neighbourhood (PatchCore's local aggregation, which EfficientAD's
+  distillation uses too), resized to the teacher's output grid, concatenated and normalised per
+  channel. A 1×1 linear decoder maps the teacher's output onto that target during distillation and
+  is discarded afterwards — the knowledge-distillation set-up of Bergmann et al. (2020); it lets the
+  teacher's width differ from the backbone's channel count.
 * **Cache**: distilled teachers are written as safetensors (never pickle) with their provenance
-  (backbone and its weight source, layers, source images and their fingerprint, epochs, steps, loss,
-  seconds, UTC date) under ``cache_dir`` / ``$ADCORE_CACHE_DIR`` / ``~/.cache/adcore``; a later fit
-  with the same recipe on the same images loads it instead of distilling again. A ready teacher file
-  (``teacher_path=``, e.g. one distilled on ImageNet by the user) skips distillation altogether.
-* **Penalty images** (EfficientAD): from ``penalty_dir=``, else built from the training images by
-  strong distortions (tile shuffling, colour permutation and jitter) so that they are *not* normal.
+  (backbone, its weights and checkpoint fingerprint, layers, source images and their fingerprint,
+  epochs, steps, loss, seconds, UTC date) under ``cache_dir`` / ``$ADCORE_CACHE_DIR`` /
+  ``~/.cache/adcore``; a later fit with the same recipe, target and images loads it instead of
+  distilling again. A ready teacher file (``teacher_path=``, e.g. one distilled on ImageNet by the
+  user) skips distillation altogether.
 """
 
 from __future__ import annotations
@@ -30,32 +32,31 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ad_distill.images import augment_geometric_photometric, fingerprint_images, load_image_folder
 from adcore.errors import InvalidInputError, ModelFileError
+
+if TYPE_CHECKING:
+    from adcore.backbones import FeatureExtractor
 
 __all__ = [
     "TeacherSpec",
     "TEACHER_FORMAT",
     "resolve_cache_dir",
+    "fingerprint_checkpoint",
     "obtain_teacher",
     "distill_teacher",
     "save_teacher",
     "load_teacher",
-    "load_image_folder",
-    "fingerprint_images",
     "BackboneTarget",
-    "augment_geometric_photometric",
-    "colour_jitter_one",
-    "distort_for_penalty",
-    "PenaltySource",
     "steps_to_epochs",
     "channel_statistics",
     "grid_to_image",
@@ -85,8 +86,10 @@ class TeacherSpec:
     """Everything that determines a distilled teacher (and therefore its cache key).
 
     ``architecture`` names the network builder (``"pdn_small"``, ``"st_patch_33"``...),
-    ``architecture_params`` its JSON arguments (channels, width); ``stride`` is the network's
-    output stride, used to align the backbone target with the network's output grid.
+    ``architecture_params`` its JSON arguments (channels, width). The target is identified by
+    ``backbone``, ``layers`` (stage names), ``weights`` and ``checkpoint_sha256`` (the content of
+    ``checkpoint_path``, so a moved file still hits and a changed one does not); ``stride`` is the
+    network's output stride, used to align the backbone target with the network's output grid.
     """
 
     architecture: str
@@ -96,8 +99,10 @@ class TeacherSpec:
     input_size: tuple[int, int]
     epochs: int
     batch_size: int
-    lr: float
+    learning_rate: float
     seed: int
+    weights: str | None = "pretrained"
+    checkpoint_sha256: str | None = None
     stride: int = 4
     augment: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -117,182 +122,47 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "adcore"
 
 
+def fingerprint_checkpoint(path: str | os.PathLike[str]) -> str:
+    """sha256 of a backbone checkpoint file's bytes (first 16 hex digits), for the teacher cache key."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelFileError(f"backbone checkpoint {path} does not exist: checkpoint_path= must name a "
+                             ".safetensors or .pth state dict of the backbone")
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()[:16]
+
+
 def steps_to_epochs(steps: int, images: int, batch_size: int) -> int:
     """Epochs over ``images`` that give at least ``steps`` optimiser steps (at least one epoch)."""
     per_epoch = max(1, math.ceil(images / batch_size))
     return max(1, math.ceil(steps / per_epoch))
 
 
-# -- images ---------------------------------------------------------------------------------------
-def load_image_folder(folder: str | os.PathLike[str], size: tuple[int, int], *, max_images: int = 500,
-                      seed: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Images found (recursively) under ``folder``, resized to ``size``; at most ``max_images``.
-
-    Returns ``(images (N,3,h,w), description)``; the description names the folder, the count and a
-    fingerprint of the chosen files (names, sizes, modification times) for the cache key.
-    """
-    from adcore.data import IMAGE_EXTENSIONS, load_image
-    from adcore.inputs import resize_images
-
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise InvalidInputError(f"image folder {root} does not exist or is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                   and not p.name.startswith("."))
-    if not files:
-        raise InvalidInputError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    if len(files) > max_images:  # a random, reproducible subset of a large folder (e.g. ImageNet)
-        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:max_images]
-        files = [files[i] for i in sorted(order.tolist())]
-    hasher = hashlib.sha256()
-    images = []
-    for path in files:
-        stat = path.stat()
-        hasher.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
-        images.append(resize_images(load_image(path)[None], size)[0])
-    description = {"kind": "folder", "path": str(root.resolve()), "images": len(files),
-                   "fingerprint": hasher.hexdigest()[:16]}
-    return torch.stack(images), description
-
-
-def fingerprint_images(images: torch.Tensor) -> str:
-    """A short sha256 of a tensor's shape and bytes (identifies a training set for the cache key)."""
-    hasher = hashlib.sha256(f"{tuple(images.shape)}|{images.dtype}|".encode())
-    hasher.update(images.detach().contiguous().cpu().numpy().tobytes())
-    return hasher.hexdigest()[:16]
-
-
-def augment_geometric_photometric(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random resized crop (70–100 % side), flips, ±15° rotation and brightness/contrast/saturation jitter.
-
-    Used to stretch a small set of training images into distillation data: every step sees new
-    crops, scales and colours, so the teacher learns the backbone's response to local image
-    structure rather than memorising a few views.
-    """
-    count = images.shape[0]
-
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return low + (high - low) * torch.rand(count, generator=generator)
-
-    scale = uniform(0.7, 1.0)
-    angle = uniform(-math.pi / 12, math.pi / 12)
-    flip_x = torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0)
-    flip_y = torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0)
-    shift_x, shift_y = (1 - scale) * uniform(-1, 1), (1 - scale) * uniform(-1, 1)
-    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-    theta = torch.stack([torch.stack([cos * flip_x, -sin, shift_x], 1),
-                         torch.stack([sin, cos * flip_y, shift_y], 1)], 1)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    out = out * uniform(0.8, 1.2).view(-1, 1, 1, 1)  # brightness
-    mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = (out - mean) * uniform(0.8, 1.2).view(-1, 1, 1, 1) + mean  # contrast
-    gray = out.mean(dim=1, keepdim=True)
-    out = (out - gray) * uniform(0.8, 1.2).view(-1, 1, 1, 1) + gray  # saturation
-    return out.clamp(0.0, 1.0)
-
-
-def colour_jitter_one(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """EfficientAD's autoencoder augmentation: one of brightness, contrast or saturation, λ ~ U(0.8, 1.2).
-
-    One choice and one λ per batch, as in the paper's batch-size-1 training.
-    """
-    choice = int(torch.randint(0, 3, (1,), generator=generator))
-    factor = float(0.8 + 0.4 * torch.rand(1, generator=generator))
-    if choice == 0:
-        out = images * factor
-    elif choice == 1:
-        # torchvision's adjust_contrast blends with the mean of the grayscale image
-        gray = (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]).mean(dim=(1, 2)).view(-1, 1, 1, 1)
-        out = (images - gray) * factor + gray
-    else:
-        gray = (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2])[:, None]
-        out = (images - gray) * factor + gray
-    return out.clamp(0.0, 1.0)
-
-
-def distort_for_penalty(images: torch.Tensor, generator: torch.Generator, *, tiles: int = 8) -> torch.Tensor:
-    """Make *non-normal* images from normal ones: shuffled, rotated tiles and permuted, jittered colours.
-
-    EfficientAD's penalty loss keeps the student from imitating the teacher on images outside the
-    normal distribution; the paper draws them from ImageNet. Without ImageNet, shuffling a
-    ``tiles×tiles`` grid (each tile rotated by a random multiple of 90°) creates edges, junctions and
-    object arrangements that never occur in normal images, and a colour permutation plus strong
-    jitter moves the colours off the training distribution.
-    """
-    count, channels, height, width = images.shape
-    th, tw = max(1, height // tiles), max(1, width // tiles)
-    rows, cols = height // th, width // tw
-    out = images.clone()
-    core = out[:, :, :rows * th, :cols * tw]
-    blocks = core.reshape(count, channels, rows, th, cols, tw).permute(0, 2, 4, 1, 3, 5).reshape(count, rows * cols, channels, th, tw)
-    shuffled = []
-    for index in range(count):
-        order = torch.randperm(rows * cols, generator=generator)
-        tiles_i = blocks[index, order]
-        if th == tw:
-            turns = torch.randint(0, 4, (rows * cols,), generator=generator)
-            tiles_i = torch.stack([torch.rot90(t, int(k), dims=(1, 2)) for t, k in zip(tiles_i, turns, strict=False)])
-        shuffled.append(tiles_i)
-    blocks = torch.stack(shuffled).reshape(count, rows, cols, channels, th, tw).permute(0, 3, 1, 4, 2, 5)
-    out[:, :, :rows * th, :cols * tw] = blocks.reshape(count, channels, rows * th, cols * tw)
-    permutation = torch.randperm(3, generator=generator)
-    out = out[:, permutation]
-    factor = (0.5 + torch.rand(count, 3, 1, 1, generator=generator))  # per-channel gain in [0.5, 1.5)
-    return (out * factor).clamp(0.0, 1.0)
-
-
-class PenaltySource:
-    """Endless supply of penalty batches: a user folder (random draws) or distorted training images."""
-
-    def __init__(self, images: torch.Tensor, generator: torch.Generator, *, from_folder: bool, description: dict[str, Any]) -> None:
-        self.images = images
-        self.generator = generator
-        self.from_folder = from_folder
-        self.description = description
-
-    @classmethod
-    def create(cls, penalty_dir: str | None, training_images: torch.Tensor, size: tuple[int, int], seed: int) -> PenaltySource:
-        generator = torch.Generator().manual_seed(seed + 7919)
-        if penalty_dir is not None:
-            images, description = load_image_folder(penalty_dir, size, seed=seed)
-            return cls(images, generator, from_folder=True, description=description)
-        return cls(training_images, generator, from_folder=False,
-                   description={"kind": "distorted training images (tile shuffle, colour permutation/jitter)",
-                                "images": int(training_images.shape[0])})
-
-    def sample(self, count: int) -> torch.Tensor:
-        index = torch.randint(0, self.images.shape[0], (count,), generator=self.generator)
-        batch = self.images[index]
-        if self.from_folder:
-            return augment_geometric_photometric(batch, self.generator)
-        return distort_for_penalty(batch, self.generator)
-
-
 # -- distillation target ----------------------------------------------------------------------------
-class BackboneTarget(nn.Module):
+class BackboneTarget:
     """Pretrained backbone features on a network's output grid: 3×3-aggregated, resized, concatenated.
 
-    The stage maps are resized to the image's ``1/stride`` grid and centre-cropped to the
-    teacher's (unpadded, hence smaller) grid, so target position ``i`` and teacher position ``i``
-    look at the same image region.
+    Reads every stage ``extractor`` returns (the detector's shared frozen extractor). The stage maps
+    are resized to the image's ``1/stride`` grid and centre-cropped to the teacher's (unpadded,
+    hence smaller) grid, so target position ``i`` and teacher position ``i`` look at the same image
+    region.
     """
 
-    def __init__(self, backbone: str, layers: Sequence[str], stride: int) -> None:
-        super().__init__()
-        from adcore.backbones import FeatureExtractor
-
-        self.extractor = FeatureExtractor(backbone, list(layers))
-        self.layers = list(layers)
+    def __init__(self, extractor: FeatureExtractor, stride: int) -> None:
+        self.extractor = extractor
+        self.layers = list(extractor.layer_names)
         self.stride = stride
-        self.channels = sum(self.extractor.channels[name] for name in self.layers)
+        self.channels = sum(extractor.channels[name] for name in self.layers)
 
     @property
     def weights_source(self) -> str:
         return str(self.extractor.weights_source)
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         features = self.extractor(images)
         full = (images.shape[-2] // self.stride, images.shape[-1] // self.stride)
         top, left = max(0, (full[0] - grid[0]) // 2), max(0, (full[1] - grid[1]) // 2)
@@ -321,15 +191,16 @@ def channel_statistics(fn: Callable[[torch.Tensor], torch.Tensor], images: torch
     return mean.float().view(1, -1, 1, 1), std.float().clamp_min(1e-6).view(1, -1, 1, 1)
 
 
-def distill_teacher(network: nn.Module, images: torch.Tensor, spec: TeacherSpec) -> dict[str, Any]:
-    """Train ``network`` in place to regress the normalised backbone target; returns a summary.
+def distill_teacher(network: nn.Module, images: torch.Tensor, spec: TeacherSpec,
+                    extractor: FeatureExtractor) -> dict[str, Any]:
+    """Train ``network`` in place to regress the normalised ``extractor`` target; returns a summary.
 
     Adam (weight decay 1e-5, as both papers), MSE through a 1×1 linear decoder that is discarded
     afterwards, random augmentation of every batch when ``spec.augment``.
     """
     from adcore.training import train_epochs
 
-    target = BackboneTarget(spec.backbone, spec.layers, spec.stride)
+    target = BackboneTarget(extractor, spec.stride)
     with torch.no_grad():
         probe = network.eval()(images[:1])
     grid = (probe.shape[-2], probe.shape[-1])
@@ -341,7 +212,7 @@ def distill_teacher(network: nn.Module, images: torch.Tensor, spec: TeacherSpec)
         return F.mse_loss(decoder(network(batch)), goal)
 
     parameters = list(network.parameters()) + list(decoder.parameters())
-    optimizer = torch.optim.Adam(parameters, lr=spec.lr, weight_decay=1e-5)
+    optimizer = torch.optim.Adam(parameters, lr=spec.learning_rate, weight_decay=1e-5)
     started = time.perf_counter()
     history = train_epochs(loss_fn, images, optimizer, epochs=spec.epochs, batch_size=spec.batch_size,
                            seed=spec.seed, modules=[network, decoder],
@@ -359,7 +230,7 @@ def save_teacher(path: Path, network: nn.Module, spec: TeacherSpec, provenance: 
     """Write a teacher as safetensors with its recipe and provenance in the header (atomically)."""
     from safetensors.torch import save
 
-    from adcore.persistence import atomic_write_bytes
+    from adcore.files import atomic_write_bytes
 
     tensors = {k: v.detach().contiguous().clone() for k, v in network.state_dict().items()}
     metadata = {"format": TEACHER_FORMAT, "format_version": str(TEACHER_FORMAT_VERSION),
@@ -404,11 +275,15 @@ def load_teacher(path: str | os.PathLike[str], network: nn.Module, spec: Teacher
 
 
 def obtain_teacher(spec: TeacherSpec, build: Callable[[], nn.Module], training_images: torch.Tensor, *,
-                   teacher_path: str | None = None, teacher_data_dir: str | None = None,
-                   cache_dir: str | None = None, use_cache: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+                   extractor: Callable[[], FeatureExtractor], teacher_path: str | os.PathLike[str] | None = None,
+                   teacher_data_dir: str | os.PathLike[str] | None = None,
+                   cache_dir: str | os.PathLike[str] | None = None,
+                   use_cache: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """The teacher for ``spec``: from ``teacher_path``, else from the cache, else freshly distilled.
 
-    Distillation data are ``teacher_data_dir`` (any natural-image folder) or the training images,
+    ``extractor`` returns the frozen backbone extractor of the target (the detector's shared one);
+    it is called only when a teacher is distilled, so a cache hit or a ready teacher never builds
+    the backbone. Distillation data are ``teacher_data_dir`` (any natural-image folder) or the training images,
     augmented. The returned provenance (JSON) says where the teacher came from; detectors store it
     beside the teacher weights in their own model file, so a saved detector never needs the cache.
     """
@@ -436,8 +311,9 @@ def obtain_teacher(spec: TeacherSpec, build: Callable[[], nn.Module], training_i
     from adcore.seeding import seeded
 
     with seeded(spec.seed):  # restores the caller's RNG state: a cache hit and a fresh distillation leave it alike
-        summary = distill_teacher(network, images, spec)
-    provenance = {"backbone": spec.backbone, "layers": list(spec.layers), "source": source, "epochs": spec.epochs,
+        summary = distill_teacher(network, images, spec, extractor())
+    provenance = {"backbone": spec.backbone, "layers": list(spec.layers), "weights": spec.weights,
+                  "checkpoint_sha256": spec.checkpoint_sha256, "source": source, "epochs": spec.epochs,
                   "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **summary}
     if use_cache:
         try:
