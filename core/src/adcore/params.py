@@ -161,7 +161,7 @@ class Size(Constraint):
             and all(_is_int(v) and self.low <= int(v) <= self.high for v in value)
 
     def describe(self) -> str:
-        return f"a side in pixels or (height, width), each between {self.low} and {self.high}"
+        return f"between {self.low} and {self.high} pixels per side, as an int or (height, width)"
 
 
 class FilePath(Constraint):
