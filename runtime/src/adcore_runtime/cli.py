@@ -70,7 +70,8 @@ def predict_command(args: argparse.Namespace) -> int:
             score, amap = float(prediction.pred_score[0]), prediction.anomaly_map[0]
             label = None if prediction.pred_label is None else bool(prediction.pred_label[0])
             normalized = None if prediction.normalized_score is None else float(prediction.normalized_score[0])
-            regions = [] if pixel_threshold is None else [r.as_dict() for r in find_regions(amap, pixel_threshold)]
+            # None: not computed (no pixel threshold): [] in results.jsonl, an empty cell in scores.csv
+            regions = None if pixel_threshold is None else [r.as_dict() for r in find_regions(amap, pixel_threshold)]
             writer.write(shown, score=score, normalized_score=normalized, threshold=threshold, anomalous=label,
                          regions=regions)
             if not args.no_heatmaps:

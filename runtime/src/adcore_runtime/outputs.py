@@ -36,17 +36,20 @@ class Input:
 
 
 def collect_inputs(items: list[str]) -> list[Input]:
-    """Files as given, and image files found (recursively, sorted, hidden ones skipped) in folders."""
+    """Files as given, and image files found in folders (recursively, sorted by relative path, hidden
+    files and folders skipped, other extensions ignored)."""
     found: list[Input] = []
     for raw in items:
         path = Path(raw)
         if path.is_dir():
+            inside: list[Input] = []
             for folder, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in sorted(files):
                     if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                         file = Path(folder) / name
-                        found.append(Input(file, file.relative_to(path)))
+                        inside.append(Input(file, file.relative_to(path)))
+            found.extend(sorted(inside, key=lambda item: item.relative.parts))  # cam1/a.png before top.png
         else:
             found.append(Input(path, Path(path.name)))
     return found
