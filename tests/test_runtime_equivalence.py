@@ -118,3 +118,20 @@ def test_errors_match_in_kind(tmp_path: Path):
         load_image(tmp_path / "junk.png")
     with pytest.raises(runtime_images.ImageLoadError, match="cannot read image"):
         runtime_images.load_image(tmp_path / "junk.png")
+
+
+@pytest.mark.parametrize("height, width, tile, overlap", [(300, 200, 64, 0.25), (64, 64, 64, 0.0), (100, 37, (48, 20), 0.5),
+                                                          (513, 129, 128, 0.1), (20, 90, 32, 0.3)])
+def test_tiling_cuts_and_blends_alike(height, width, tile, overlap):
+    from adcore.tiling import blend_tiles, tile_grid
+
+    from adcore_runtime import tiling as runtime_tiling
+
+    ours = tile_grid(height, width, tile, overlap)
+    theirs = runtime_tiling.tile_grid(height, width, tile, overlap)
+    assert (theirs.tops, theirs.lefts, theirs.tile_h, theirs.tile_w) == (ours.tops, ours.lefts, ours.tile_h, ours.tile_w)
+    rng = np.random.default_rng(5)
+    maps = [(t, l, rng.gamma(2.0, 1.0, (ours.tile_h, ours.tile_w)).astype(np.float32)) for t, l in ours.boxes()]
+    expected = blend_tiles(ours, ((t, l, torch.from_numpy(m)) for t, l, m in maps), overlap).numpy()
+    got = runtime_tiling.blend_tiles(theirs, maps, overlap)
+    assert np.abs(got - expected).max() / float(expected.max() - expected.min()) <= TOLERANCE

@@ -51,11 +51,20 @@ def _rewrite(folder: Path, changes: dict) -> Path:
     ({"artefact": "missing.onnx"}, "missing.onnx.*is missing; copy the whole export folder"),
     ({"input_size": [32]}, r"input_size must be \[height, width\]"),
     ({"score_scale": -1.0}, "score_scale must be a positive number or null"),
-    ({"tiling": {"tile_size": 64, "tile_overlap": 0.25, "tile_input_size": None}}, "does not tile yet"),
+    ({"tiling": {"tile_size": 64, "tile_overlap": 1.5, "tile_input_size": None}}, r"tile_overlap 1.5 is not in \[0, 1\)"),
+    ({"tiling": {"tile_overlap": 0.25}}, "tiling must be"),
 ])
 def test_bad_sidecars_say_what_is_wrong(artefact: Path, changes, message):
     with pytest.raises(ArtefactError, match=message):
         read_artefact(_rewrite(artefact, changes))
+
+
+def test_tiling_is_read(artefact: Path):
+    from adcore_runtime.artefact import Tiling
+
+    found = read_artefact(_rewrite(artefact, {"tiling": {"tile_size": 40, "tile_overlap": 0.25, "tile_input_size": [90, 120]}}))
+    assert found.tiling == Tiling((40, 40), 0.25, (90, 120))
+    assert read_artefact(_rewrite(artefact, {"tiling": None})).tiling is None
 
 
 def test_wrong_files(tmp_path: Path):

@@ -97,3 +97,18 @@ def test_bad_arguments(artefact: Path):
         Runtime(artefact, batch_size=0)
     with pytest.raises(InvalidInputError, match="backend must be"):
         Runtime(artefact, backend="tensorrt")
+
+
+def test_tiled_artefact_scores_tile_by_tile(tmp_path: Path, make_artefact):
+    tiling = {"tile_size": [32, 48], "tile_overlap": 0.25, "tile_input_size": None}
+    tiled = Runtime(make_artefact(tmp_path / "tiled", tiling=tiling))
+    plain = Runtime(make_artefact(tmp_path / "plain"))
+    image = _grey(80, 130, (100, 50, 110, 60))  # the defect lies in the bottom-right tile only
+    prediction = tiled.predict([image])
+    assert prediction.anomaly_map.shape == (1, 80, 130)
+    corner = plain.predict([image[-32:, -48:]])  # that tile, scored alone at the input size
+    assert prediction.pred_score[0] == pytest.approx(float(corner.pred_score[0]), rel=1e-6)
+    np.testing.assert_allclose(prediction.anomaly_map[0, -10:, -10:], corner.anomaly_map[0, -10:, -10:], rtol=1e-5)
+    assert prediction.anomaly_map[0, :20, :20].max() < 0.01 < prediction.anomaly_map[0, 55, 105]  # grey vs defect
+    uniform = tiled.predict([_grey(80, 130)]).anomaly_map[0]
+    np.testing.assert_allclose(uniform, uniform[0, 0], atol=1e-6)  # blending leaves no seams

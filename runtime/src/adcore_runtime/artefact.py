@@ -15,13 +15,39 @@ from typing import Any
 
 from adcore_runtime.errors import ArtefactError
 
-__all__ = ["SIDECAR_NAME", "FORMAT", "FORMAT_VERSION", "Artefact", "read_artefact", "normalize_score"]
+__all__ = ["SIDECAR_NAME", "FORMAT", "FORMAT_VERSION", "Artefact", "Tiling", "read_artefact", "normalize_score"]
 
 SIDECAR_NAME = "adcore-export.json"
 FORMAT = "adcore-export"
 #: the newest sidecar format this runtime reads
 FORMAT_VERSION = 1
 _RUNTIMES = ("onnx", "openvino")
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a tiling detector cuts an image (``adcore.tiling``): tile size, overlap, optional pre-resize."""
+
+    tile_size: tuple[int, int]
+    tile_overlap: float
+    tile_input_size: tuple[int, int] | None
+
+
+def _tiling(value: Any, source: Path) -> Tiling | None:
+    if value is None:
+        return None
+    from adcore_runtime.tiling import to_size
+
+    try:
+        overlap = value.get("tile_overlap") or 0.0
+        if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0.0 <= overlap < 1.0:
+            raise ValueError(f"tile_overlap {overlap!r} is not in [0, 1)")
+        size = to_size(value["tile_size"])
+        pre = value.get("tile_input_size")
+        return Tiling(size, float(overlap), None if pre is None else to_size(pre))
+    except (AttributeError, KeyError, ValueError) as exc:
+        raise ArtefactError(f"{source}: tiling must be {{tile_size, tile_overlap, tile_input_size}} or null, got "
+                            f"{value!r} ({exc}); re-export the model") from None
 
 
 @dataclass(frozen=True)
@@ -39,7 +65,9 @@ class Artefact:
     pixel_threshold: float | None
     pixel_scale: float | None
     detector: str
-    metadata: dict[str, Any] = field(repr=False)
+    #: ``None``, or ``Tiling`` for a tiling detector (the graph then scores one tile)
+    tiling: Tiling | None = None
+    metadata: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def normalize_score(raw: Any, threshold: float, scale: float) -> Any:
@@ -136,9 +164,7 @@ def read_artefact(path: str | Path) -> Artefact:
                             "OpenVINO artefacts. Export with --format onnx, or score it with adcore")
     if runtime not in _RUNTIMES:
         raise ArtefactError(f"{source}: unknown runtime {runtime!r}; expected one of {', '.join(_RUNTIMES)}")
-    if metadata.get("tiling"):
-        raise ArtefactError(f"{source} was exported from a tiling detector ({metadata['tiling']}); adcore-runtime "
-                            "does not tile yet. Export a model trained without tile_size, or score it with adcore")
+    tiling = _tiling(metadata.get("tiling"), source)
     graph = Path(path) if Path(path).suffix.lower() in (".onnx", ".xml") else folder / str(metadata.get("artefact", ""))
     if not graph.is_file():
         raise ArtefactError(f"{source} names the graph {metadata.get('artefact')!r}, but {graph} is missing; "
@@ -161,4 +187,4 @@ def read_artefact(path: str | Path) -> Artefact:
         score_scale=_optional_float(metadata, "score_scale", source, positive=True),
         pixel_threshold=_optional_float(metadata, "pixel_threshold", source),
         pixel_scale=_optional_float(metadata, "pixel_scale", source, positive=True),
-        detector=str(metadata.get("detector", "?")), metadata=metadata)
+        detector=str(metadata.get("detector", "?")), tiling=tiling, metadata=metadata)

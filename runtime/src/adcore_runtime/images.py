@@ -224,11 +224,12 @@ def resize(array: np.ndarray, size: tuple[int, int], *, antialias: bool) -> np.n
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """adcore's image rule: bilinear, antialiased when either side shrinks, clamped to [0, 1]."""
+    """adcore's image rule (``BaseDetector``, ``adcore.inputs.resize_images``): bilinear,
+    antialiased when either side shrinks. Its weights are non-negative and sum to 1, so [0, 1] stays."""
     if tuple(image.shape[-2:]) == tuple(size):
         return image
     shrinking = image.shape[-2] > size[0] or image.shape[-1] > size[1]
-    return np.clip(resize(image, size, antialias=shrinking), 0.0, 1.0)
+    return resize(image, size, antialias=shrinking)
 
 
 def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:

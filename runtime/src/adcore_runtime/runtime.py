@@ -12,6 +12,7 @@ import numpy as np
 from adcore_runtime.artefact import Artefact, normalize_score, read_artefact
 from adcore_runtime.errors import BackendError, InvalidInputError
 from adcore_runtime.images import resize_image, resize_map, to_image_array
+from adcore_runtime.tiling import blend_tiles, tile_grid
 
 __all__ = ["Prediction", "Runtime"]
 
@@ -142,6 +143,31 @@ class Runtime:
 
     def _score(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Raw scores ``(B,)`` and maps ``(B,H,W)`` at the images' size, for same-size images."""
+        if self.artefact.tiling is not None:
+            scored = [self._score_tiled(array) for array in arrays]
+            return np.array([s for s, _ in scored], dtype=np.float32), np.stack([m for _, m in scored])
+        return self._score_resized(arrays)
+
+    def _score_tiled(self, image: np.ndarray) -> tuple[np.float32, np.ndarray]:
+        """One image tile by tile, as ``BaseDetector._predict_tiled``: the maximum tile score, blended maps."""
+        tiling = self.artefact.tiling
+        height, width = image.shape[-2:]
+        source = image if tiling.tile_input_size is None else resize_image(image, tiling.tile_input_size)
+        grid = tile_grid(source.shape[-2], source.shape[-1], tiling.tile_size, tiling.tile_overlap)
+        boxes = grid.boxes()
+        scores, maps = [], []
+        for start in range(0, len(boxes), self.batch_size):
+            chunk = boxes[start:start + self.batch_size]
+            score, amap = self._score_resized([source[:, t:t + grid.tile_h, l:l + grid.tile_w] for t, l in chunk])
+            scores.append(score)
+            maps.extend((t, l, m) for (t, l), m in zip(chunk, amap))
+        blended = blend_tiles(grid, maps, tiling.tile_overlap)
+        if blended.shape != (height, width):
+            blended = resize_map(blended, (height, width))
+        return np.concatenate(scores).max(), blended
+
+    def _score_resized(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``BaseDetector._predict_resized``: same-size images to ``input_size``, the graph, maps back."""
         size = self.input_size
         batch = np.stack([resize_image(a, size) for a in arrays]).astype(np.float32)
         if self.artefact.input_dtype == "uint8":
