@@ -135,3 +135,74 @@ def test_tiling_cuts_and_blends_alike(height, width, tile, overlap):
     expected = blend_tiles(ours, ((t, l, torch.from_numpy(m)) for t, l, m in maps), overlap).numpy()
     got = runtime_tiling.blend_tiles(theirs, maps, overlap)
     assert np.abs(got - expected).max() / float(expected.max() - expected.min()) <= TOLERANCE
+
+
+def _toy_detector_class():
+    from adcore.base import BaseDetector
+
+    class ToyDetector(BaseDetector):
+        """Local mean of |x - 0.5|, upsampled to the input size; the score is its maximum."""
+
+        def __init__(self, *, input_size: int = 32) -> None:
+            self.input_size = input_size
+
+        def _fit(self, stream) -> None:
+            for _ in stream:
+                pass
+
+        def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            deviation = (images - 0.5).abs().mean(1, keepdim=True)
+            amap = F.interpolate(F.avg_pool2d(deviation, 4), size=images.shape[-2:], mode="bilinear",
+                                 align_corners=False)[:, 0]
+            return amap.amax(dim=(1, 2)), amap
+
+    return ToyDetector
+
+
+def _export_toy(detector, folder: Path) -> Path:
+    """Contract C, by hand: the detector's resize-free graph and the sidecar (adcore export's job)."""
+    import json
+    import warnings
+
+    class Graph(torch.nn.Module):
+        def forward(self, images):
+            return detector._predict(images)
+
+    folder.mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Graph(), torch.rand(2, 3, *detector.image_size), str(folder / "model.onnx"),
+                          input_names=["images"], output_names=["pred_score", "anomaly_map"],
+                          dynamic_axes={"images": {0: "n"}}, dynamo=False)
+    tiling = None if not detector.tiled else {name: getattr(detector, name)
+                                              for name in ("tile_size", "tile_overlap", "tile_input_size")}
+    (folder / "adcore-export.json").write_text(json.dumps({
+        "format": "adcore-export", "format_version": 1, "artefact": "model.onnx", "runtime": "onnx",
+        "detector": "toy", "input_size": list(detector.image_size), "outputs": ["pred_score", "anomaly_map"],
+        "input": {"name": "images", "dtype": "float32", "layout": "NCHW", "range": [0, 1]},
+        "threshold": None, "score_scale": None, "pixel_threshold": None, "pixel_scale": None, "tiling": tiling}))
+    return folder
+
+
+@pytest.mark.parametrize("params", [{"input_size": 32}, {"input_size": 32, "tile_size": 40, "tile_overlap": 0.25},
+                                    {"input_size": 32, "tile_size": 48, "tile_input_size": 100}])
+def test_runtime_predicts_what_the_detector_predicts(tmp_path: Path, params):
+    """End to end on real and odd-size files: adcore's predict (load_image, BaseDetector's resize,
+    tiling and map resize) against the runtime on the same graph."""
+    pytest.importorskip("onnxruntime")
+    from adcore.testing import make_normal_images
+
+    from adcore_runtime import Runtime
+
+    detector = _toy_detector_class()(**params).fit(make_normal_images(2, (32, 32), seed=0))
+    runtime = Runtime(_export_toy(detector, tmp_path / "export"))
+    odd = tmp_path / "odd.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (77, 131, 3), dtype=np.uint8)).save(odd)
+    for path in [SAMPLES[0], SAMPLES[-1], odd]:
+        image = load_image(path)
+        expected = detector.predict(image[None])
+        got = runtime.predict([path])
+        np.testing.assert_allclose(got.pred_score, expected.pred_score.numpy(), rtol=1e-4)
+        span = float(expected.anomaly_map.max() - expected.anomaly_map.min()) or 1.0
+        assert got.anomaly_map.shape == tuple(expected.anomaly_map.shape)
+        assert np.abs(got.anomaly_map - expected.anomaly_map.numpy()).max() / span <= 1e-4, path.name
