@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adcore_runtime.errors import ArtefactError
+from adcore_runtime.errors import ArtefactError, InvalidInputError
 
 __all__ = ["SIDECAR_NAME", "FORMAT", "FORMAT_VERSION", "Artefact", "Tiling", "read_artefact", "normalize_score"]
 
@@ -38,16 +38,17 @@ def _tiling(value: Any, source: Path) -> Tiling | None:
         return None
     from adcore_runtime.tiling import to_size
 
+    expected = f"{source}: tiling must be {{tile_size, tile_overlap, tile_input_size}} or null, got {value!r}"
+    if not isinstance(value, dict) or "tile_size" not in value:
+        raise ArtefactError(f"{expected}; re-export the model")
+    overlap = value.get("tile_overlap") or 0.0
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0.0 <= overlap < 1.0:
+        raise ArtefactError(f"{expected} (tile_overlap {overlap!r} is not in [0, 1)); re-export the model")
     try:
-        overlap = value.get("tile_overlap") or 0.0
-        if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0.0 <= overlap < 1.0:
-            raise ValueError(f"tile_overlap {overlap!r} is not in [0, 1)")
-        size = to_size(value["tile_size"])
         pre = value.get("tile_input_size")
-        return Tiling(size, float(overlap), None if pre is None else to_size(pre))
-    except (AttributeError, KeyError, ValueError) as exc:
-        raise ArtefactError(f"{source}: tiling must be {{tile_size, tile_overlap, tile_input_size}} or null, got "
-                            f"{value!r} ({exc}); re-export the model") from None
+        return Tiling(to_size(value["tile_size"]), float(overlap), None if pre is None else to_size(pre))
+    except InvalidInputError as exc:
+        raise ArtefactError(f"{expected} ({exc}); re-export the model") from None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from adcore_runtime.errors import InvalidInputError
+
 __all__ = ["Region", "find_regions"]
 
 
@@ -41,7 +43,7 @@ def find_regions(anomaly_map: np.ndarray, threshold: float) -> list[Region]:
     """Regions of ``anomaly_map >= threshold`` (8-connected), largest peak first."""
     amap = np.asarray(anomaly_map, dtype=np.float32)
     if amap.ndim != 2:
-        raise ValueError(f"an anomaly map must be (H, W), got shape {amap.shape}")
+        raise InvalidInputError(f"an anomaly map must be (H, W), got shape {amap.shape}")
     rows, starts, stops = _runs(amap >= threshold)
     count = len(rows)
     if count == 0:
