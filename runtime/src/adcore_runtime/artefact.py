@@ -175,9 +175,9 @@ def read_artefact(path: str | Path) -> Artefact:
         raise ArtefactError(f"{source}: input_size must be [height, width], got {size!r}; re-export the model")
     spec = metadata.get("input") or {}
     dtype = spec.get("dtype", "float32")
-    if dtype not in ("float32", "uint8") or spec.get("layout", "NCHW") != "NCHW":
-        raise ArtefactError(f"{source}: this runtime feeds NCHW float32 or uint8 images, the artefact wants "
-                            f"{spec.get('layout')} {dtype}")
+    if dtype != "float32" or spec.get("layout", "NCHW") != "NCHW":
+        raise ArtefactError(f"{source}: this runtime feeds NCHW float32 images in [0, 1], the artefact wants "
+                            f"{spec.get('layout')} {dtype}; upgrade adcore-runtime or re-export the model")
     outputs = tuple(metadata.get("outputs") or ("pred_score", "anomaly_map"))
     if "pred_score" not in outputs or "anomaly_map" not in outputs:
         raise ArtefactError(f"{source}: outputs must include pred_score and anomaly_map, got {list(outputs)}")

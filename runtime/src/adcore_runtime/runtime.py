@@ -64,7 +64,11 @@ class _OpenVinoBackend:
             raise BackendError("this artefact runs on OpenVINO, which is not installed: "
                                'pip install "adcore-runtime[openvino]"') from exc
         core = openvino.Core()
-        config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        # f32, as adcore export's parity check ran it: CPUs with bf16/fp16 units otherwise lower the precision
+        # and the scores drift by ~1e-3
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(core.read_model(str(graph)), "CPU", config)
 
     def run(self, input_name: str, batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -170,8 +174,6 @@ class Runtime:
         """``BaseDetector._predict_resized``: same-size images to ``input_size``, the graph, maps back."""
         size = self.input_size
         batch = np.stack([resize_image(a, size) for a in arrays]).astype(np.float32)
-        if self.artefact.input_dtype == "uint8":
-            batch = np.round(batch * 255.0).astype(np.uint8)
         outputs = self._engine.run(self.artefact.input_name, batch)
         try:
             score = np.asarray(outputs["pred_score"], dtype=np.float32).reshape(-1)
