@@ -39,7 +39,7 @@ class Prediction:
 
 
 class _OnnxBackend:
-    def __init__(self, graph: Path, threads: int | None) -> None:
+    def __init__(self, graph: Path, threads: int | None, outputs: tuple[str, ...]) -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -57,7 +57,8 @@ class _OnnxBackend:
 
 
 class _OpenVinoBackend:
-    def __init__(self, graph: Path, threads: int | None) -> None:
+    def __init__(self, graph: Path, threads: int | None, outputs: tuple[str, ...]) -> None:
+        self.outputs = outputs
         try:
             import openvino
         except ImportError as exc:
@@ -73,7 +74,15 @@ class _OpenVinoBackend:
 
     def run(self, input_name: str, batch: np.ndarray) -> dict[str, np.ndarray]:
         result = self.compiled({input_name: batch})
-        return {output.get_any_name(): np.asarray(value) for output, value in result.items()}
+        named: dict[str, np.ndarray] = {}
+        for position, (output, value) in enumerate(result.items()):
+            # an ONNX graph read by OpenVINO may name an output by its internal tensor: the graph's own
+            # output order (the sidecar's "outputs") then says which is which
+            names = set(output.get_names()) & set(self.outputs)
+            name = names.pop() if names else (self.outputs[position] if position < len(self.outputs)
+                                              else output.get_any_name())
+            named[name] = np.asarray(value)
+        return named
 
 
 class Runtime:
@@ -99,7 +108,8 @@ class Runtime:
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.backend = backend
         self.batch_size = batch_size
-        self._engine = (_OnnxBackend if backend == "onnx" else _OpenVinoBackend)(self.artefact.graph, threads)
+        engine = _OnnxBackend if backend == "onnx" else _OpenVinoBackend
+        self._engine = engine(self.artefact.graph, threads, self.artefact.outputs)
 
     # -- what the artefact says -------------------------------------------------------------------
     @property
