@@ -112,3 +112,26 @@ def test_tiled_artefact_scores_tile_by_tile(tmp_path: Path, make_artefact):
     assert prediction.anomaly_map[0, :20, :20].max() < 0.01 < prediction.anomaly_map[0, 55, 105]  # grey vs defect
     uniform = tiled.predict([_grey(80, 130)]).anomaly_map[0]
     np.testing.assert_allclose(uniform, uniform[0, 0], atol=1e-6)  # blending leaves no seams
+
+
+def test_openvino_outputs_renamed_by_the_converter_are_matched_by_position():
+    from adcore_runtime.runtime import _OpenVinoBackend
+
+    class Output:
+        def __init__(self, *names):
+            self.names = set(names)
+
+        def get_names(self):
+            return self.names
+
+        def get_any_name(self):
+            return sorted(self.names)[0]
+
+    backend = _OpenVinoBackend.__new__(_OpenVinoBackend)
+    backend.outputs = ("pred_score", "anomaly_map")
+    backend.compiled = lambda inputs: {Output("/Cast_6_output_0"): [1.0], Output("/Gather_12_output_0"): [[2.0]]}
+    assert {k: v.tolist() for k, v in backend.run("images", None).items()} == {"pred_score": [1.0],
+                                                                               "anomaly_map": [[2.0]]}
+    backend.compiled = lambda inputs: {Output("x", "anomaly_map"): [[2.0]], Output("pred_score"): [1.0]}
+    assert {k: v.tolist() for k, v in backend.run("images", None).items()} == {"pred_score": [1.0],
+                                                                               "anomaly_map": [[2.0]]}
