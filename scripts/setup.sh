@@ -11,7 +11,7 @@ pip_install() { .venv/bin/python -m pip install --disable-pip-version-check -q "
 # torch first and pinned: on this machine pip takes these wheels from local disk
 .venv/bin/python -c "import torch, torchvision" 2>/dev/null || pip_install "torch==2.14.1" "torchvision==0.29.1"
 pip_install -e ./core -e ./plugins/ad-memory -e ./plugins/ad-stat -e ./plugins/ad-flow \
-    -e ./plugins/ad-distill -e ./plugins/ad-recon
+    -e ./plugins/ad-distill -e ./plugins/ad-recon -e ./runtime
 # the third-party template, installed as a regular (non-editable) distribution like any outside plugin
 pip_install ./examples/ad-example
 pip_install "pytest>=8" "hypothesis>=6" "scikit-learn>=1.3" "build>=1" "hatchling>=1.25"

@@ -294,3 +294,23 @@ def test_the_exception_scan_follows_bases_and_skips_warnings():
     assert derives_from({"RuntimeError"}, BUILTIN_ERRORS) and not derives_from({"RuntimeError"}, {"AdcoreError"})
     assert derives_from({"UserWarning"}, BUILTIN_WARNINGS) and not derives_from({"UserWarning"}, BUILTIN_ERRORS)
     assert not derives_from({"KeyboardInterrupt"}, BUILTIN_ERRORS)
+
+
+# -- the lean runtime (runtime/, the adcore-runtime distribution) --------------------------------------------
+RUNTIME_SOURCE = REPO / "runtime" / "src"
+
+
+def test_the_runtime_needs_no_torch_and_no_adcore():
+    imports = imported_modules(RUNTIME_SOURCE)
+    assert "adcore_runtime" in imports  # the scan sees the package
+    heavy = {name: files for name, files in imports.items()
+             if name in {"torch", "torchvision", "timm", "adcore", "scipy", "sklearn", "matplotlib", *PLUGINS}}
+    assert not heavy, f"adcore-runtime must install without torch: {heavy}"
+
+
+def test_the_runtime_keeps_the_house_rules():
+    files = sorted(RUNTIME_SOURCE.rglob("*.py"))
+    long = {str(p.relative_to(REPO)): n for p in files if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"split these modules (at most {MAX_LINES} lines each): {long}"
+    raises = {str(p.relative_to(REPO)): found for p in files if (found := builtin_raises(ast.parse(p.read_text())))}
+    assert not raises, f"raise an adcore_runtime.errors class instead: {raises}"
