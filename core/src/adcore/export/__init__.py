@@ -99,6 +99,11 @@ def export_detector(detector: Any, out: str | Path, format: str = "onnx", *, che
         files = writer.write(module, example, Path(scratch), outputs, _as_strings(metadata), opset)
         parity = compare(reference, writer.runner(Path(scratch)), images, tolerance)
         if not parity.pop("ok"):
+            shapes = parity.pop("shapes", None)
+            if shapes:
+                raise ParityError(f"the exported {format} graph of {metadata['detector']} returns {shapes} on "
+                                  f"{parity['images']} images; nothing was written to {out}. The detector's export "
+                                  "graph depends on the batch size it was traced at: report it with the model file")
             raise ParityError(f"the exported {format} artefact of {metadata['detector']} disagrees with the torch "
                               f"detector on {parity['images']} images: score difference {parity['max_score_rel_diff']:.3g} "
                               f"(relative, allowed {tolerance.score_rel:g}), map difference "

@@ -46,7 +46,7 @@ def export_bytes(module: torch.nn.Module, example: torch.Tensor, outputs: list[s
                               dynamic_axes=axes, opset_version=opset or DEFAULT_OPSET, dynamo=False,
                               do_constant_folding=True)
     except Exception as exc:  # the exporter raises many kinds; the user needs the detector and the reason
-        raise ExportError(f"torch.onnx.export failed for this detector ({type(exc).__name__}: {exc})") from exc
+        raise ExportError(f"torch.onnx.export failed for this detector ({type(exc).__name__}: {_first_line(exc)})") from exc
     model = onnx.load_from_string(buffer.getvalue())
     del model.metadata_props[:]
     for key, value in metadata.items():
@@ -81,3 +81,9 @@ def add_metadata(folder: Path, metadata: dict[str, str]) -> None:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     path.write_bytes(model.SerializeToString())
+
+
+def _first_line(exc: BaseException) -> str:
+    # tracer errors can embed whole tensors: the first line is the reason
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

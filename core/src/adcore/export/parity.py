@@ -81,6 +81,12 @@ def compare(reference: list[np.ndarray], run: Callable[[np.ndarray], list[np.nda
     batch = images.numpy().astype(np.float32)
     together = [np.asarray(x, dtype=np.float64) for x in run(batch)]
     single = [np.asarray(x, dtype=np.float64) for x in run(batch[:1])]
+    for got, want, count in ((together, reference, batch.shape[0]), (single, reference, 1)):
+        shapes = [tuple(g.shape) for g in got]
+        wanted = [(count, *w.shape[1:]) for w in want]
+        if shapes != wanted:  # e.g. a graph that baked in the traced batch size
+            return {"images": int(batch.shape[0]), "max_score_rel_diff": math.inf, "max_map_diff_over_range": math.inf,
+                    "tolerance": tolerance.as_dict(), "ok": False, "shapes": f"outputs {shapes}, expected {wanted}"}
     score_diff = 0.0
     for index in (0, 2) if len(reference) > 2 else (0,):
         for got, want in ((together[index], reference[index]), (single[index], reference[index][:1])):

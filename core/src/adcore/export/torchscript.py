@@ -25,7 +25,7 @@ def write(module: torch.nn.Module, example: torch.Tensor, folder: Path, outputs:
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(module, (example,), check_trace=False)
     except Exception as exc:  # the tracer raises many kinds
-        raise ExportError(f"torch.jit.trace failed for this detector ({type(exc).__name__}: {exc})") from exc
+        raise ExportError(f"torch.jit.trace failed for this detector ({type(exc).__name__}: {_first_line(exc)})") from exc
     buffer = io.BytesIO()
     torch.jit.save(traced, buffer, _extra_files={"adcore-export.json": json.dumps(metadata, sort_keys=True)})
     path = folder / ARTEFACT
@@ -41,3 +41,9 @@ def runner(folder: Path) -> Callable[[np.ndarray], list[np.ndarray]]:
             return [t.numpy() for t in module(torch.from_numpy(images))]
 
     return run
+
+
+def _first_line(exc: BaseException) -> str:
+    # tracer errors can embed whole tensors: the first line is the reason
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
