@@ -140,3 +140,21 @@ def test_cli_export(tmp_path, capsys):
     assert main(["export", str(model), "--out", str(tmp_path / "refused"), "--score-tolerance", "-1"]) == 1
     assert "disagrees with the torch detector" in capsys.readouterr().err
     assert not (tmp_path / "refused" / "model.onnx").exists() and not (tmp_path / "refused" / SIDECAR).exists()
+
+
+def test_non_finite_output_fails_parity():
+    from adcore.export.parity import compare
+
+    images = make_normal_images(2, (32, 32))
+    reference = [np.ones(2), np.zeros((2, 32, 32)) + np.arange(32.0)]
+    broken = lambda batch: [np.full(len(batch), np.nan, np.float32), np.zeros((len(batch), 32, 32), np.float32)]  # noqa: E731
+    parity = compare(reference, broken, images, Tolerance())
+    assert not parity["ok"] and parity["max_score_rel_diff"] == math.inf
+
+
+def test_tiling_detector_exports_its_tile_graph(tmp_path):
+    detector = TinyConv(input_size=32).set_params(tile_size=32, tile_overlap=0.25)
+    detector.fit(make_normal_images(2, (64, 64)))
+    sidecar = export_detector(detector, tmp_path)
+    assert sidecar["tiling"] == {"tile_size": 32, "tile_overlap": 0.25, "tile_input_size": None}
+    assert sidecar["input_size"] == [32, 32]
