@@ -6,6 +6,9 @@ offline weight provider a timm backbone has. The kit must not import the host (l
 way), so it asks these two functions, and :mod:`adcore.factory` installs the registry-backed
 answers when it is imported (``import adcore`` imports it, so they are always in place).
 
+One slot the application tier fills: the exporter ``BaseDetector.export`` calls (the kit must not
+import :mod:`adcore.export`); ``import adcore`` installs it.
+
 This module imports neither torch nor the host, so installing the answers keeps ``import adcore``
 light. Without them (a kit module used on its own) a class's origin comes from
 ``importlib.metadata.packages_distributions`` and no backbone has an offline provider.
