@@ -27,14 +27,18 @@ def write(module: torch.nn.Module, example: torch.Tensor, folder: Path, outputs:
     except Exception as exc:  # the tracer raises many kinds
         raise ExportError(f"torch.jit.trace failed for this detector ({type(exc).__name__}: {_first_line(exc)})") from exc
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer, _extra_files={"adcore-export.json": json.dumps(metadata, sort_keys=True)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch marks torch.jit deprecated; the format is still read
+        torch.jit.save(traced, buffer, _extra_files={"adcore-export.json": json.dumps(metadata, sort_keys=True)})
     path = folder / ARTEFACT
     path.write_bytes(buffer.getvalue())
     return [path]
 
 
 def runner(folder: Path) -> Callable[[np.ndarray], list[np.ndarray]]:
-    module = torch.jit.load(str(folder / ARTEFACT), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(folder / ARTEFACT), map_location="cpu")
 
     def run(images: np.ndarray) -> list[np.ndarray]:
         with torch.no_grad():
