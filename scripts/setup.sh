@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install adcore, every first-party plugin (editable) and the test tools.
+# Create .venv and install adcore (with its export extra), every first-party plugin (editable) and the test tools.
 # Idempotent: re-running only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,9 @@ fi
 pip_install() { .venv/bin/python -m pip install --disable-pip-version-check -q "$@"; }
 # torch first and pinned: on this machine pip takes these wheels from local disk
 .venv/bin/python -c "import torch, torchvision" 2>/dev/null || pip_install "torch==2.14.1" "torchvision==0.29.1"
-pip_install -e ./core -e ./plugins/ad-memory -e ./plugins/ad-stat -e ./plugins/ad-flow \
+# core with its export extra (onnx, onnxruntime, openvino): CI checks every export's parity;
+# adcore-runtime (numpy, pillow, onnxruntime: no torch) beside it
+pip_install -e "./core[export]" -e ./plugins/ad-memory -e ./plugins/ad-stat -e ./plugins/ad-flow \
     -e ./plugins/ad-distill -e ./plugins/ad-recon -e ./runtime
 # the third-party template, installed as a regular (non-editable) distribution like any outside plugin
 pip_install ./examples/ad-example

@@ -38,6 +38,23 @@ from adcore.factory import get_model, list_models, list_models_by_category, load
 from adcore.hookspecs import hookimpl
 from adcore.registry import ModelNotFoundError
 
+
+def _export(detector: Any, out: Any, **options: Any) -> dict[str, Any]:
+    # BaseDetector.export lives in the kit, the export package in the application tier: the front
+    # door hands it down through adcore.lookups (imported on first use: it needs torch)
+    from adcore.export import export_detector
+
+    return export_detector(detector, out, **options)
+
+
+def _install_exporter() -> None:
+    from adcore.lookups import set_exporter
+
+    set_exporter(_export)
+
+
+_install_exporter()
+
 if TYPE_CHECKING:
     from adcore.base import BaseDetector
     from adcore.prediction import AnomalyDetector, Prediction

@@ -433,6 +433,17 @@ class BaseDetector(ABC):
             raise NotFittedError(f"{type(self).__name__} is not fitted yet: call fit(good_images) before {action}(), "
                                  "or load a saved model with adcore.load(path)")
 
+    # -- export ---------------------------------------------------------------------------------
+    def export(self, out: str | Path, format: str = "onnx", **options: Any) -> dict[str, Any]:
+        """Write this fitted detector to the folder ``out`` as ``"onnx"``, ``"openvino"`` or
+        ``"torchscript"``, after checking the artefact gives the same scores and maps; returns the
+        sidecar (``adcore-export.json``). Options (``check``, ``opset``, ...): see
+        :func:`adcore.export.export_detector` and docs/deployment.md."""
+        self._check_fitted("export")
+        from adcore.lookups import exporter
+
+        return exporter()(self, out, format=format, **options)
+
 
 def _json_able(value: Any) -> bool:
     if isinstance(value, _JSON_TYPES):

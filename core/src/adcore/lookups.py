@@ -6,6 +6,9 @@ offline weight provider a timm backbone has. The kit must not import the host (l
 way), so it asks these two functions, and :mod:`adcore.factory` installs the registry-backed
 answers when it is imported (``import adcore`` imports it, so they are always in place).
 
+One slot the application tier fills: the exporter ``BaseDetector.export`` calls (the kit must not
+import :mod:`adcore.export`); ``import adcore`` installs it.
+
 This module imports neither torch nor the host, so installing the answers keeps ``import adcore``
 light. Without them (a kit module used on its own) a class's origin comes from
 ``importlib.metadata.packages_distributions`` and no backbone has an offline provider.
@@ -19,7 +22,7 @@ from importlib.metadata import PackageNotFoundError, packages_distributions, ver
 from typing import Any, NamedTuple, Optional
 
 __all__ = ["Origin", "OriginResolver", "WeightProviderLookup", "set_origin_resolver", "origin_of",
-           "default_origin", "set_weight_provider_lookup", "weight_provider_for"]
+           "default_origin", "set_weight_provider_lookup", "weight_provider_for", "Exporter", "set_exporter", "exporter"]
 
 
 class Origin(NamedTuple):
@@ -80,3 +83,24 @@ def weight_provider_for(timm_name: str) -> Callable[[], dict[str, Any]] | None:
     if _weight_provider_lookup is None:
         return None
     return _weight_provider_lookup(timm_name)
+
+
+#: ``fn(detector, out, format=..., **options) -> sidecar dict``: :func:`adcore.export.export_detector`
+Exporter = Callable[..., dict[str, Any]]
+_exporter: Exporter | None = None
+
+
+def set_exporter(fn: Exporter | None) -> None:
+    """Install ``fn`` as what ``BaseDetector.export`` calls (``import adcore`` installs adcore.export's)."""
+    global _exporter
+    _exporter = fn
+
+
+def exporter() -> Exporter:
+    """The installed exporter; the kit does not import the application tier that writes artefacts."""
+    if _exporter is None:
+        from adcore.errors import ConfigurationError
+
+        raise ConfigurationError("no exporter is installed: import adcore (which installs adcore.export's) before "
+                                 "calling detector.export()")
+    return _exporter

@@ -39,7 +39,7 @@ from adcore.errors import AdcoreError, InvalidInputError
 from adcore.hookspecs import ENTRY_POINT_GROUP
 from adcore.prediction import AnomalyDetector, Prediction
 
-__all__ = ["ConformanceError", "ConformanceReport", "check_detector", "make_normal_images", "paste_defects",
+__all__ = ["ConformanceError", "ConformanceReport", "check_detector", "check_export", "make_normal_images", "paste_defects",
            "registered_detector_params", "build_registered", "write_fake_distribution"]
 
 
@@ -246,6 +246,43 @@ def check_detector(factory: Callable[[], AnomalyDetector], *, image_size: tuple[
             require(torch.equal(again.anomaly_map, tiled.predict(bad[:1]).anomaly_map), "tiled maps differ after save/load")
 
     check("tiling at native resolution", tiling)
+    return _finish(report, raise_on_failure)
+
+
+def check_export(factory: Callable[[], AnomalyDetector], *, image_size: tuple[int, int] = (64, 64),
+                 train_images: int = 8, formats: tuple[str, ...] = ("onnx",), name: str | None = None,
+                 raise_on_failure: bool = True) -> ConformanceReport:
+    """Fit a detector from ``factory()`` and export it to each of ``formats`` (``adcore.export``),
+    which includes the parity check against torch on good and defective images (scores within 1e-4
+    relative, maps within 1e-3 of their range). A detector that declares ``export_refusal`` passes
+    when the export refuses with that reason instead. Needs ``adcore[export]`` (onnx, onnxruntime;
+    openvino for ``"openvino"``)."""
+    from adcore.export import NotExportableError, export_detector
+
+    detector = factory()
+    report = ConformanceReport(name or type(detector).__name__)
+    detector.fit(make_normal_images(train_images, image_size, seed=0))
+    refusal = getattr(detector, "export_refusal", None)
+    for format in formats:
+        label = f"exports to {format} with parity"
+        try:
+            with tempfile.TemporaryDirectory(prefix="adcore-check-export-") as out:
+                try:
+                    sidecar = export_detector(detector, out, format=format)
+                except NotExportableError as exc:
+                    if refusal and refusal in str(exc) and not any(Path(out).iterdir()):
+                        report.passed.append(f"refuses {format} export with its reason")
+                        continue
+                    raise
+                if refusal:
+                    raise ConformanceError(f"declares export_refusal but exported to {format}")
+                written = sorted(p.name for p in Path(out).iterdir())
+                if sidecar["artefact"] not in written or "adcore-export.json" not in written:
+                    raise ConformanceError(f"export wrote {written}, not the artefact and its sidecar")
+        except Exception as exc:  # noqa: BLE001 - every failure goes into the report
+            report.failed[label] = f"{type(exc).__name__}: {exc}"
+            continue
+        report.passed.append(label)
     return _finish(report, raise_on_failure)
 
 

@@ -277,6 +277,14 @@ class DifferNet(FeatureDetector):
                                    layers=self.fc_layers, clamp=self.clamp, seed=self.seed)
         self.flow_.eval()
 
+    # -- export (adcore.export) -----------------------------------------------------------------
+    #: why adcore.export refuses this detector (BaseDetector.export, ``adcore export``)
+    export_refusal = ("its anomaly map is the gradient of the flow's negative log-likelihood with respect to "
+                      "the input pixels, computed by autograd at test time, which an ONNX/OpenVINO/TorchScript "
+                      "inference graph cannot hold. Its image score (the mean NLL over the fixed test "
+                      "transforms) is a plain forward pass and could be exported on its own, but adcore does "
+                      "not export score-only artefacts yet; deploy DifferNet with torch (adcore predict)")
+
 
 def transform_images(images: torch.Tensor, angle: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
                      saturation: torch.Tensor) -> torch.Tensor:

@@ -208,3 +208,35 @@ class PatchCore(FeatureDetector):
             features = flat.view(count, height, width, self.feature_dim).permute(0, 3, 1, 2)
         return features.contiguous()
 
+
+    # -- export (adcore.export) -----------------------------------------------------------------
+    def _export_predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_predict`` as a graph: the faiss search becomes an exact chunked search over the bank
+        (an initializer of the graph), the reweighting of eq. 6-7 the same ops batched. An
+        approximate ``index`` ("ivf", "hnsw") exports as the exact search it approximates."""
+        from ad_memory.exact_knn import bank_chunk, exact_knn
+
+        features = self._embed(images)
+        count, dim, height, width = features.shape
+        patches = features.permute(0, 2, 3, 1).reshape(count, height * width, dim)
+        bank = self.memory_bank_
+        chunk = bank_chunk(height * width)
+        distance, nearest = exact_knn(patches, bank, 1, chunk)
+        distance, nearest = distance[..., 0], nearest[..., 0]  # (B, P)
+        top = distance.argmax(1, keepdim=True)
+        best = torch.gather(distance, 1, top)[:, 0]
+        maps = gaussian_blur(upsample(distance.view(count, height, width), tuple(images.shape[-2:])), self.sigma)
+        neighbours = min(int(self.num_neighbors), int(bank.shape[0]))
+        if neighbours <= 1:
+            return best, maps
+        test_patch = torch.gather(patches, 1, top[..., None].expand(count, 1, dim))[:, 0]  # (B, D)
+        match = torch.gather(nearest, 1, top)[:, 0]  # (B,) m*
+        anchor = bank[match]
+        # N_b(m*): m* first, then its nearest bank neighbours other than itself (m* masked out)
+        d2 = (anchor * anchor).sum(1, keepdim=True) - 2 * anchor @ bank.T + (bank * bank).sum(1)[None]
+        d2 = d2.masked_fill(torch.arange(bank.shape[0])[None] == match[:, None], float("inf"))
+        others = torch.topk(d2, neighbours - 1, dim=1, largest=False).indices
+        support = torch.cat([match[:, None], others], 1)
+        to_support = (bank[support] - test_patch[:, None]).norm(dim=2)  # (B, b)
+        weight = 1.0 - torch.softmax(to_support, dim=1)[:, 0]
+        return weight * best, maps

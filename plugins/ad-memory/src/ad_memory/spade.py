@@ -172,3 +172,32 @@ class SPADE(FeatureDetector):
             found = self.extractor(images)
         vector = found[global_layer].mean((2, 3))
         return vector, [found[name] for name in layers]
+
+    # -- export (adcore.export) -----------------------------------------------------------------
+    def _export_predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_predict`` as a graph: both faiss searches become exact searches over the stored
+        features (initializers of the graph), and the per-image pixel search is batched."""
+        from ad_memory.exact_knn import bank_chunk, exact_knn
+
+        vector, maps = self._features(images)
+        train_count = self.image_features_.shape[0]
+        k_image = min(self.num_image_neighbors, train_count)
+        k_map = min(self.num_map_images, train_count)
+        distance, nearest = exact_knn(vector, self.image_features_, max(k_image, k_map))
+        scores = distance[:, :k_image].mean(1)
+        grid = tuple(maps[0].shape[-2:])
+        count = images.shape[0]
+        query = self._stack(maps, grid)  # (B, C, h, w)
+        channels = query.shape[1]
+        rows = self.gallery_[nearest[:, :k_map].reshape(-1)]  # (B*K, total)
+        stages_out, offset = [], 0
+        for shape in self.gallery_shapes_:
+            size = int(shape[0]) * int(shape[1]) * int(shape[2])
+            stages_out.append(upsample(rows[:, offset:offset + size].reshape(-1, *(int(s) for s in shape)), grid))
+            offset += size
+        gallery = torch.cat(stages_out, 1)  # (B*K, C, h, w)
+        gallery_rows = gallery.reshape(count, k_map, channels, -1).permute(0, 1, 3, 2).reshape(count, -1, channels)
+        query_rows = query.reshape(count, channels, -1).permute(0, 2, 1)  # (B, h*w, C)
+        pixel, _ = exact_knn(query_rows, gallery_rows, self.num_map_neighbors, bank_chunk(query_rows.shape[1]))
+        pixel_maps = pixel.mean(-1).reshape(count, *grid)
+        return scores, gaussian_blur(upsample(pixel_maps, tuple(images.shape[-2:])), self.sigma)

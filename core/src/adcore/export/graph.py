@@ -1,0 +1,76 @@
+"""The exported graph: a fitted detector wrapped as one ``nn.Module``.
+
+``images`` float32 ``(N, 3, h, w)`` in [0, 1] at the detector's ``input_size`` go in; the image
+score ``pred_score (N,)``, the ``anomaly_map (N, h, w)`` at the input size and, for a calibrated
+detector (``threshold_`` and ``score_scale_``, Contract A), ``normalized_score (N,)`` come out. The
+detector's own normalisation, forward pass, map post-processing (upsampling, Gaussian smoothing)
+and image score run inside: the module calls the detector's ``_export_predict(images)`` when it has
+one (a detector whose ``_predict`` does not trace, e.g. a faiss search, writes it), else ``_predict``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adcore.export.errors import NotExportableError
+
+__all__ = ["ExportModule", "calibration_of", "output_names"]
+
+
+def calibration_of(detector: Any) -> dict[str, float | None]:
+    """Contract A's four numbers (any may be ``None``: an uncalibrated detector)."""
+    def number(name: str) -> float | None:
+        value = getattr(detector, name, None)
+        return None if value is None else float(value)
+
+    return {"threshold": number("threshold_"), "score_scale": number("score_scale_"),
+            "pixel_threshold": number("pixel_threshold_"), "pixel_scale": number("pixel_scale_")}
+
+
+def output_names(detector: Any) -> list[str]:
+    calibration = calibration_of(detector)
+    normalized = calibration["threshold"] is not None and calibration["score_scale"] is not None
+    return ["pred_score", "anomaly_map"] + (["normalized_score"] if normalized else [])
+
+
+class ExportModule(nn.Module):
+    """A fitted detector as a graph from images at ``input_size`` to its outputs."""
+
+    def __init__(self, detector: Any) -> None:
+        super().__init__()
+        if not getattr(detector, "is_fitted", False):
+            raise NotExportableError(f"{type(detector).__name__} is not fitted: fit or load it before exporting")
+        predict = getattr(detector, "_export_predict", None) or getattr(detector, "_predict", None)
+        if predict is None:
+            raise NotExportableError(f"{type(detector).__name__} has no _predict: only BaseDetector subclasses export")
+        self._detector = detector
+        self._predict_fn = predict
+        self.size = tuple(int(s) for s in detector.image_size)
+        calibration = calibration_of(detector)
+        self.normalized = "normalized_score" in output_names(detector)
+        self.threshold = calibration["threshold"]
+        self.score_scale = calibration["score_scale"]
+        # the detector's networks become this module's submodules, so their weights are graph
+        # initializers (and eval mode holds), not constants folded by accident
+        for name, value in vars(detector).items():
+            if isinstance(value, nn.Module):
+                self.add_module(name.strip("_") or "module", value)
+        self.eval()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        score, amap = self._predict_fn(images)
+        if amap.ndim == 4 and amap.shape[1] == 1:
+            amap = amap[:, 0]
+        amap = amap.float()
+        if tuple(amap.shape[-2:]) != self.size:
+            amap = F.interpolate(amap[:, None], size=self.size, mode="bilinear", align_corners=False)[:, 0]
+        score = score.float().reshape(-1)
+        if not self.normalized:
+            return score, amap
+        # Contract A: 1 / (1 + exp(-(raw - threshold) / scale))
+        normalized = torch.sigmoid((score - self.threshold) / self.score_scale)
+        return score, amap, normalized

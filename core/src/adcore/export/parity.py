@@ -1,0 +1,105 @@
+"""The parity check that is part of every export: the torch detector and the artefact on the same images.
+
+Scores are compared relatively, ``|torch - exported| / max(|torch|, 1e-6)`` per image (the
+normalised score, when there is one, the same way); maps by the largest absolute difference over
+the torch maps' range (max - min over every check image). The artefact is run once on all images
+at once and once on a single image, so a graph that baked in the traced batch size fails here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Tolerance", "check_images", "reference_outputs", "compare"]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    score_rel: float = 1e-4
+    map_over_range: float = 1e-3
+
+    def as_dict(self) -> dict[str, float]:
+        return {"score_rel": self.score_rel, "map_over_range": self.map_over_range}
+
+
+def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    # Contract C's resize rule, the same as BaseDetector's
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    shrinking = images.shape[-2] > size[0] or images.shape[-1] > size[1]
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+
+
+def check_images(size: tuple[int, int], paths: Sequence[str | Path] = (), *, generated: int = 3) -> torch.Tensor:
+    """Float ``(N,3,h,w)`` check images at ``size``: ``paths`` (files or folders) decoded as adcore
+    does, or, when none are given, ``generated`` good images and the same with a pasted defect."""
+    from adcore.data import list_images, load_image
+    from adcore.errors import InvalidInputError
+
+    if paths:
+        files: list[Path] = []
+        for raw in paths:
+            path = Path(raw)
+            files.extend(list_images(path) if path.is_dir() else [path])
+        if not files:
+            raise InvalidInputError(f"no images found in {', '.join(map(str, paths))} for the parity check; give "
+                                    "image files or folders holding them")
+        return torch.cat([_resize(load_image(p)[None], size) for p in files])
+    from adcore.testing import make_normal_images, paste_defects
+
+    good = make_normal_images(generated, size, seed=7)
+    defects, _ = paste_defects(good, seed=8)
+    return torch.cat([good, defects])
+
+
+def reference_outputs(detector: Any, images: torch.Tensor) -> list[np.ndarray]:
+    """What adcore's torch path gives for ``images`` (already at ``input_size``)."""
+    from adcore.export.graph import calibration_of, output_names
+
+    context = torch.inference_mode() if getattr(detector, "inference_mode", True) else torch.no_grad()
+    with context:
+        score, amap = detector._predict_resized(images, tuple(detector.image_size))
+    outputs = [score.numpy().astype(np.float64), amap.numpy().astype(np.float64)]
+    if "normalized_score" in output_names(detector):
+        calibration = calibration_of(detector)
+        z = -(outputs[0] - calibration["threshold"]) / calibration["score_scale"]
+        outputs.append(1.0 / (1.0 + np.exp(z)))
+    return outputs
+
+
+def compare(reference: list[np.ndarray], run: Callable[[np.ndarray], list[np.ndarray]], images: torch.Tensor,
+            tolerance: Tolerance) -> dict[str, Any]:
+    """Run the artefact, compare with ``reference``; the sidecar's ``parity`` entry (``ok`` included)."""
+    batch = images.numpy().astype(np.float32)
+    together = [np.asarray(x, dtype=np.float64) for x in run(batch)]
+    single = [np.asarray(x, dtype=np.float64) for x in run(batch[:1])]
+    for got, want, count in ((together, reference, batch.shape[0]), (single, reference, 1)):
+        shapes = [tuple(g.shape) for g in got]
+        wanted = [(count, *w.shape[1:]) for w in want]
+        if shapes != wanted:  # e.g. a graph that baked in the traced batch size
+            return {"images": int(batch.shape[0]), "max_score_rel_diff": math.inf, "max_map_diff_over_range": math.inf,
+                    "tolerance": tolerance.as_dict(), "ok": False, "shapes": f"outputs {shapes}, expected {wanted}"}
+    score_diff = 0.0
+    for index in (0, 2) if len(reference) > 2 else (0,):
+        for got, want in ((together[index], reference[index]), (single[index], reference[index][:1])):
+            diff = np.abs(got.reshape(-1) - want.reshape(-1)) / np.maximum(np.abs(want.reshape(-1)), 1e-6)
+            score_diff = max(score_diff, _worst(diff))
+    span = float(reference[1].max() - reference[1].min())
+    map_diff = max(_worst(np.abs(together[1] - reference[1])), _worst(np.abs(single[1] - reference[1][:1])))
+    map_rel = map_diff / span if span > 0 else (0.0 if map_diff == 0 else math.inf)
+    ok = score_diff <= tolerance.score_rel and map_rel <= tolerance.map_over_range
+    return {"images": int(batch.shape[0]), "max_score_rel_diff": score_diff, "max_map_diff_over_range": map_rel,
+            "tolerance": tolerance.as_dict(), "ok": bool(ok)}
+
+
+def _worst(diff: np.ndarray) -> float:
+    # a NaN would slip through max() and every comparison: a non-finite output is the worst difference
+    return float(diff.max()) if bool(np.isfinite(diff).all()) else math.inf

@@ -1,0 +1,46 @@
+"""The export graphs of PatchCore and SPADE: exact chunked kNN as tensor ops, the same numbers as faiss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ad_memory.exact_knn import exact_knn
+from ad_memory.memory_bank import knn
+from ad_memory.patchcore import PatchCore
+from ad_memory.spade import SPADE
+from adcore.testing import make_normal_images, paste_defects
+
+SIZE = 64
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1000])
+def test_exact_knn_is_the_brute_force_answer_in_any_chunking(chunk: int) -> None:
+    generator = torch.Generator().manual_seed(0)
+    queries, bank = torch.randn(50, 16, generator=generator), torch.randn(300, 16, generator=generator)
+    distance, index = exact_knn(queries, bank, 5, chunk)
+    want = torch.cdist(queries.double(), bank.double()).topk(5, dim=1, largest=False)
+    torch.testing.assert_close(distance.double(), want.values, rtol=1e-4, atol=1e-4)
+    assert torch.equal(index, want.indices)
+
+
+def test_exact_knn_batched_bank_and_faiss_agree() -> None:
+    generator = torch.Generator().manual_seed(1)
+    queries, banks = torch.randn(3, 20, 8, generator=generator), torch.randn(3, 90, 8, generator=generator)
+    distance, index = exact_knn(queries, banks, 4, chunk=32)
+    for row in range(3):
+        faiss_distance, faiss_index = knn(queries[row], banks[row], 4)
+        torch.testing.assert_close(distance[row], faiss_distance, rtol=1e-5, atol=1e-5)
+        assert torch.equal(index[row], faiss_index)
+
+
+@pytest.mark.parametrize("make", [lambda: PatchCore(input_size=SIZE, coreset_ratio=0.25),
+                                  lambda: SPADE(input_size=SIZE)], ids=["patchcore", "spade"])
+def test_export_predict_gives_predict(make) -> None:
+    detector = make().fit(make_normal_images(6, (SIZE, SIZE)))
+    images, _ = paste_defects(make_normal_images(3, (SIZE, SIZE), seed=4))
+    with torch.inference_mode():
+        scores, maps = detector._predict(images)
+        graph_scores, graph_maps = detector._export_predict(images)
+    torch.testing.assert_close(graph_scores, scores, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(graph_maps, maps, rtol=1e-4, atol=1e-5)
