@@ -164,7 +164,9 @@ def test_non_conforming_detector_classes_are_dropped(fake_dist):
     assert "good_eager" in host.detectors and "bad_lazy" in host.detectors  # lazy targets are checked when built
 
     adcore.plugins.reset_plugins()
-    assert adcore.get_model("good_eager").get_params() == {"input_size": 32, "seed": 0}
+    from adcore.base import COMMON_PARAMETERS
+
+    assert adcore.get_model("good_eager").get_params() == {"input_size": 32, "seed": 0, **COMMON_PARAMETERS}
     with pytest.raises(TypeError, match=r"ad-shapes 0.1.0 registered 'bad_lazy' but .*NotADetector built a NotADetector, "
                                         r"which lacks fit/predict/get_params"):
         adcore.get_model("bad_lazy")
