@@ -93,9 +93,19 @@ def _colour_bar(height: int, calibrated: bool) -> np.ndarray:
     return np.asarray(canvas)
 
 
+def printable(text: str) -> str:
+    """``text`` with newlines and other control characters escaped, for a one-line caption."""
+    return text if text.isprintable() else text.encode("unicode_escape", "backslashreplace").decode("ascii")
+
+
+def caption_width(text: str, size: int = 11) -> int:
+    return int(_font(size).getlength(printable(text))) + 6
+
+
 def _caption(width: int, text: str, height: int = 16) -> np.ndarray:
     from PIL import Image, ImageDraw
 
+    text = printable(text)
     canvas = Image.new("RGB", (width, height), _BACKGROUND)
     ImageDraw.Draw(canvas).text((3, 2), text, fill=_TEXT, font=_font(11))
     return np.asarray(canvas)
@@ -118,6 +128,9 @@ def render_heatmap(image: np.ndarray, normalized: np.ndarray, mask: np.ndarray |
         row += [panel, gap]
     row.append(_colour_bar(height, calibrated))
     body = np.concatenate(row, axis=1)
+    missing = caption_width(title) - body.shape[1]
+    if missing > 0:  # a small image: widen the canvas so the caption is readable, panels unscaled
+        body = np.concatenate([body, np.full((height, missing, 3), _BACKGROUND, dtype=np.uint8)], axis=1)
     return np.concatenate([_caption(body.shape[1], title), body], axis=0)
 
 
@@ -144,18 +157,31 @@ def _thumbnail(picture: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(tile)
 
 
-def render_contact_sheet(tiles: Sequence[tuple[np.ndarray, str]], *, title: str, calibrated: bool,
+def _fit_tail(text: str, width: int) -> str:
+    """``text``, or its end behind an ellipsis, so that it fits ``width`` pixels."""
+    text = printable(text)
+    while len(text) > 2 and caption_width(text) > width:
+        text = "…" + text[2:]
+    return text
+
+
+def render_contact_sheet(tiles: Sequence[tuple[np.ndarray, str, str]], *, title: str, calibrated: bool,
                          tile_size: int = 224) -> np.ndarray:
-    """One picture of overlays (uint8 ``(H,W,3)`` each) with their captions, most anomalous first."""
+    """One picture of overlays (uint8 ``(H,W,3)`` each) under two caption lines (a verdict, then the
+    path, its end kept when it is long), most anomalous first."""
     columns = max(1, math.ceil(math.sqrt(len(tiles))))
     rows_count = max(1, math.ceil(len(tiles) / columns))
-    cell_h = tile_size + 16
+    cell_h = tile_size + 32
     grid = np.full((rows_count * cell_h, columns * (tile_size + 4), 3), _BACKGROUND, dtype=np.uint8)
-    for index, (picture, caption) in enumerate(tiles):
+    for index, (picture, head, path) in enumerate(tiles):
         r, c = divmod(index, columns)
         y, x = r * cell_h, c * (tile_size + 4)
-        grid[y:y + 16, x:x + tile_size] = _caption(tile_size, caption)
-        grid[y + 16:y + cell_h, x:x + tile_size] = _thumbnail(picture, tile_size)
+        grid[y:y + 16, x:x + tile_size] = _caption(tile_size, head)
+        grid[y + 16:y + 32, x:x + tile_size] = _caption(tile_size, _fit_tail(path, tile_size))
+        grid[y + 32:y + cell_h, x:x + tile_size] = _thumbnail(picture, tile_size)
     bar = _colour_bar(grid.shape[0], calibrated)
     body = np.concatenate([grid, np.full((grid.shape[0], 4, 3), _BACKGROUND, dtype=np.uint8), bar], axis=1)
+    missing = caption_width(title) - body.shape[1]
+    if missing > 0:
+        body = np.concatenate([body, np.full((body.shape[0], missing, 3), _BACKGROUND, dtype=np.uint8)], axis=1)
     return np.concatenate([_caption(body.shape[1], title, 18), body], axis=0)

@@ -246,9 +246,9 @@ def write_contact_sheet(detector: Any, options: PredictOptions, calibration: Cal
         if calibration.pixel_threshold is not None:
             mask = find_regions(amap, calibration.pixel_threshold, min_area=options.min_area)[1]
         picture = overlay(decoded.full.permute(1, 2, 0).numpy(), normalized_map(amap, calibration), mask, 0.45)
-        readable = "" if result["normalized_score"] is None else f"{result['normalized_score']:.3f} "
-        verdict = {True: "ANOMALOUS ", False: "ok ", None: ""}[result["anomalous"]]
-        tiles.append((picture, f"{readable}{verdict}{Path(result['path']).name}"))
+        readable = "" if result["normalized_score"] is None else f"  norm {result['normalized_score']:.3f}"
+        verdict = {True: "ANOMALOUS", False: "ok", None: "no threshold"}[result["anomalous"]]
+        tiles.append((picture, f"#{len(tiles) + 1} {verdict}{readable}  score {result['score']:.4g}", result["path"]))
     title = f"{len(tiles)} most anomalous of the run in {options.out.name} (normalised score, threshold 0.5)"
     sheet = render_contact_sheet(tiles, title=title, calibrated=calibration.pixels)
     return atomic_write_bytes(options.out / "contact-sheet.png", png_bytes(sheet))
