@@ -201,3 +201,25 @@ def test_contact_sheet_of_the_most_anomalous(tmp_path: Path, model):
     assert summary.contact_sheet == tmp_path / "out" / "contact-sheet.png"
     with Image.open(summary.contact_sheet) as sheet:
         assert sheet.width > 2 * 224 and sheet.height > 224
+
+
+@pytest.mark.parametrize("tile_size", [None, 16])
+def test_pipeline_scores_equal_the_python_api(tmp_path: Path, model, tile_size):
+    from adcore.data import load_image
+
+    detector, model_file = model
+    if tile_size is not None:  # a tiling detector gets full-resolution images (load_size None)
+        detector = BrightnessDetector(tile_size=tile_size).fit(torch.rand(2, 3, 32, 32) * 0.3)
+        detector.calibrate(torch.rand(4, 3, 48, 48) * 0.3)
+        assert detector.load_size is None
+    root = _folder(tmp_path)
+    run_predictions(detector, model_file, collect_inputs([str(root)]),
+                    PredictOptions(out=tmp_path / "out", batch_size=3, heatmaps=False), echo=None,
+                    warn=lambda text: None)
+    for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines():
+        result = json.loads(line)
+        if result["error"] is None:
+            expected = detector.predict(load_image(result["path"])[None])
+            assert result["score"] == pytest.approx(float(expected.pred_score[0]), rel=1e-5, abs=1e-6)
+            assert result["normalized_score"] == pytest.approx(float(expected.normalized_score[0]), abs=1e-6)
+            assert result["anomalous"] == bool(expected.pred_label[0])

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                              heatmaps=not args.no_heatmaps, masks=args.masks, side_by_side=args.side_by_side,
                              min_area=args.min_area, resume=args.resume, strict=args.strict_inputs,
                              contact_sheet=args.contact_sheet)
-    summary = run_predictions(detector, Path(args.model_file), inputs, options)
+    summary = run_predictions(detector, Path(args.model_file), inputs, options, given=list(args.images))
     done = summary.scored + summary.already_done
     message = f"adcore predict: {done} of {len(inputs)} images scored into {out}"
     if summary.skipped:

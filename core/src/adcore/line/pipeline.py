@@ -148,10 +148,13 @@ def _score(detector: Any, batch: list[Decoded]) -> Iterator[Scored | Decoded]:
 
 
 def run_predictions(detector: Any, model_file: Path, inputs: list[InputImage], options: PredictOptions, *,
-                    echo: Callable[[dict], None] | None = print_result,
+                    given: list[str] | None = None, echo: Callable[[dict], None] | None = print_result,
                     warn: Callable[[str], None] = lambda text: print(f"adcore predict: {text}", file=sys.stderr,
                                                                      flush=True)) -> RunSummary:
     """Score ``inputs`` into ``options.out`` (see the module docstring); returns how it ended.
+
+    ``given`` is what the user named (files and folders; default: the inputs' paths): a resumed run
+    must name the same, while files added to those folders since are simply scored too.
 
     Raises :class:`~adcore.errors.InvalidInputError` for the first bad file under ``strict`` (after
     writing every image before it), and whatever the detector or the writer raised.
@@ -168,7 +171,8 @@ def run_predictions(detector: Any, model_file: Path, inputs: list[InputImage], o
     elif not calibration.pixels:
         warn(NO_PIXEL_THRESHOLD)
         notes["warnings"].append(NO_PIXEL_THRESHOLD)
-    identity = {"model_sha256": file_sha256(model_file), "inputs": [item.path for item in inputs],
+    identity = {"model_sha256": file_sha256(model_file),
+                "inputs": list(given) if given is not None else [item.path for item in inputs],
                 **options.identity()}
     summary = RunSummary()
     outputs = RunOutputs(options.out, identity, resume=options.resume, notes=notes)
