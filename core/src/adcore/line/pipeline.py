@@ -97,9 +97,7 @@ class _StopRequest:
     def _handle(self, number: int, frame: Any) -> None:
         if self.signal_name is not None and number == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        self.signal_name = signal.Signals(number).name
-        print(f"adcore predict: {self.signal_name} received; finishing the current batch and flushing the outputs "
-              "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        self.signal_name = signal.Signals(number).name  # announced by the loop: no I/O inside a handler
 
     def __exit__(self, *exc_info: object) -> None:
         for number, handler in self._previous.items():
@@ -197,6 +195,9 @@ def run_predictions(detector: Any, model_file: Path, inputs: list[InputImage], o
                         batch = []
                     if failed or stop.signal_name:
                         break
+                if stop.signal_name:
+                    warn(f"{stop.signal_name} received: the images scored so far are written and flushed; stopping "
+                         "(Ctrl-C again to stop at once)")
                 if batch:
                     _feed(detector, batch, sink, summary, warn)
                 summary.stopped_by = stop.signal_name
