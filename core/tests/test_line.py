@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import json
 from pathlib import Path
 
@@ -223,3 +224,25 @@ def test_pipeline_scores_equal_the_python_api(tmp_path: Path, model, tile_size):
             assert result["score"] == pytest.approx(float(expected.pred_score[0]), rel=1e-5, abs=1e-6)
             assert result["normalized_score"] == pytest.approx(float(expected.normalized_score[0]), abs=1e-6)
             assert result["anomalous"] == bool(expected.pred_label[0])
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_refused_before_any_image(tmp_path: Path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(OutputPathError, match="cannot write in the output folder .*read-only"):
+            RunOutputs(folder, {}, resume=False)
+    finally:
+        folder.chmod(0o755)
+
+
+def test_a_full_disk_is_refused_before_any_image(tmp_path: Path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(100, 100, 0))
+    with pytest.raises(OutputPathError, match="disk .* is full"):
+        RunOutputs(tmp_path / "out", {}, resume=False)

@@ -193,6 +193,7 @@ def run_predictions(detector: Any, model_file: Path, inputs: list[InputImage], o
                     if len([d for d in batch if d.error is None]) >= options.batch_size or failed or stop.signal_name:
                         _feed(detector, batch, sink, summary, warn)
                         batch = []
+                        failed = failed or (options.strict and bool(summary.skipped))  # refused by the detector
                     if failed or stop.signal_name:
                         break
                 if stop.signal_name:
