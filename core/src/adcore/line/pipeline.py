@@ -238,8 +238,8 @@ def write_contact_sheet(detector: Any, options: PredictOptions, calibration: Cal
     from adcore.line.sources import InputImage as Item
 
     scored = (r for r in read_results(options.out) if r.get("error") is None and r.get("score") is not None)
-    key = (lambda r: r["normalized_score"]) if calibration.score_scale is not None else (lambda r: r["score"])
-    top = heapq.nlargest(options.contact_sheet, scored, key=key)
+    # the raw score ranks exactly as the normalised one (monotone) and keeps apart what saturates at 1.000
+    top = heapq.nlargest(options.contact_sheet, scored, key=lambda r: r["score"])
     tiles = []
     for result in top:
         decoded = decode(Item(result["path"], result["path"]), detector.load_size, keep_full=True,
