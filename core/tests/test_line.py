@@ -202,6 +202,11 @@ def test_contact_sheet_of_the_most_anomalous(tmp_path: Path, model):
     assert summary.contact_sheet == tmp_path / "out" / "contact-sheet.png"
     with Image.open(summary.contact_sheet) as sheet:
         assert sheet.width > 2 * 224 and sheet.height > 224
+    from adcore.line.pipeline import most_anomalous
+
+    top = most_anomalous(tmp_path / "out", 2)
+    assert {r["path"] for r in top} == {str(root / "cam2" / "big.png"), str(root / "cam2" / "img001.png")}
+    assert top[0]["score"] >= top[1]["score"]  # the parts with a white blob, highest score first
 
 
 @pytest.mark.parametrize("tile_size", [None, 16])

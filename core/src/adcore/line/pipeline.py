@@ -31,7 +31,7 @@ from adcore.line.outputs import RunOutputs, read_results
 from adcore.line.sink import Calibration, Scored, Sink, map_at_size, normalized_map, print_result
 from adcore.line.sources import InputImage
 
-__all__ = ["PredictOptions", "RunSummary", "run_predictions", "file_sha256", "NO_THRESHOLD"]
+__all__ = ["PredictOptions", "RunSummary", "run_predictions", "file_sha256", "most_anomalous", "NO_THRESHOLD"]
 
 NO_THRESHOLD = ("the model has no threshold (it was not calibrated), so nothing can be flagged: 'anomalous' is "
                 "empty; calibrate it (adcore train calibrates on held-out good images) to get verdicts")
@@ -230,6 +230,14 @@ def _feed(detector: Any, batch: list[Decoded], sink: Sink, summary: RunSummary, 
         sink.put(work)
 
 
+def most_anomalous(out: Path, count: int) -> list[dict[str, Any]]:
+    """The ``count`` results of the run in ``out`` with the highest scores, highest first (streamed:
+    memory holds ``count`` rows). The raw score ranks exactly as the normalised one (monotone) and
+    keeps apart images whose normalised score saturates at 1.000."""
+    scored = (r for r in read_results(out) if r.get("error") is None and r.get("score") is not None)
+    return heapq.nlargest(count, scored, key=lambda r: r["score"])
+
+
 def write_contact_sheet(detector: Any, options: PredictOptions, calibration: Calibration) -> Path:
     """``OUT/contact-sheet.png``: the ``options.contact_sheet`` most anomalous images of the run (all
     of it, resumed parts included), most anomalous first, re-scored from their files."""
@@ -237,9 +245,7 @@ def write_contact_sheet(detector: Any, options: PredictOptions, calibration: Cal
     from adcore.line.regions import find_regions
     from adcore.line.sources import InputImage as Item
 
-    scored = (r for r in read_results(options.out) if r.get("error") is None and r.get("score") is not None)
-    # the raw score ranks exactly as the normalised one (monotone) and keeps apart what saturates at 1.000
-    top = heapq.nlargest(options.contact_sheet, scored, key=lambda r: r["score"])
+    top = most_anomalous(options.out, options.contact_sheet)
     tiles = []
     for result in top:
         decoded = decode(Item(result["path"], result["path"]), detector.load_size, keep_full=True,
