@@ -33,10 +33,11 @@ TIERS = {
     "adcore.backbones": KIT, "adcore.base": KIT, "adcore.params": KIT, "adcore.persistence": KIT,
     "adcore.files": KIT, "adcore.values": KIT, "adcore.tables": KIT, "adcore.lookups": KIT, "adcore.weights": KIT,
     "adcore.feature_detector": KIT, "adcore.tiling": KIT, "adcore.metrics": KIT,
+    "adcore.scoring": KIT,
     "adcore.plugins": HOST, "adcore.factory": HOST, "adcore.builtin": HOST,
     "adcore": APPLICATION, "adcore.__main__": APPLICATION, "adcore.data": APPLICATION, "adcore.datasets": APPLICATION,
     "adcore.evaluation": APPLICATION, "adcore.cli": APPLICATION,
-    "adcore.commands": APPLICATION, "adcore.benchmark": APPLICATION, "adcore.viz": APPLICATION,
+    "adcore.commands": APPLICATION, "adcore.benchmark": APPLICATION, "adcore.line": APPLICATION, "adcore.viz": APPLICATION,
     "adcore.plots": APPLICATION, "adcore.testing": APPLICATION, "adcore.export": APPLICATION,
 }
 #: the modules that may import the plugin host

@@ -80,10 +80,12 @@ def test_train_eval_predict_round_trip(tiny_mvtec: Path, tmp_path: Path):
 
     predicted = run_cli("predict", str(model), str(tiny_mvtec / "widget" / "test" / "scratch"), "--out", str(tmp_path / "p"))
     assert predicted.returncode == 0, predicted.stderr
-    rows = json.loads((tmp_path / "p" / "scores.json").read_text())
+    rows = [json.loads(line) for line in (tmp_path / "p" / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(isinstance(r["anomalous"], bool) for r in rows)
-    assert (tmp_path / "p" / "scores.csv").read_text().startswith("path,score,anomalous")
-    assert len(list((tmp_path / "p" / "heatmaps").glob("*.png"))) == 3
+    assert all(0.0 < r["normalized_score"] < 1.0 or r["normalized_score"] in (0.0, 1.0) for r in rows)
+    assert (tmp_path / "p" / "scores.csv").read_text().startswith(
+        "path,score,normalized_score,threshold,anomalous,regions,error")
+    assert len(list((tmp_path / "p" / "heatmaps").glob("*.png.png"))) == 3
 
 
 def test_help_explains_commands():

@@ -171,6 +171,7 @@ class BaseDetector(ABC):
             stream = TileStream(stream, self.tile_size, self.tile_overlap, self.image_size, self._tile_input_size(),
                                 batch_size=getattr(self, "batch_size", 8))
         self.threshold_: float | None = None
+        self.score_scale_ = self.pixel_threshold_ = self.pixel_scale_ = None  # set by calibrate
         self.fitted_ = False
         with seeded(getattr(self, "seed", 0)):
             self._fit(stream)
@@ -188,10 +189,16 @@ class BaseDetector(ABC):
                 pred_score, anomaly_map = torch.stack(scores), torch.stack(maps)
             else:
                 pred_score, anomaly_map = self._predict_resized(images, tuple(images.shape[-2:]))
-        label = None
-        if getattr(self, "threshold_", None) is not None:
-            label = pred_score >= self.threshold_
-        return Prediction(pred_score, anomaly_map, label)
+        label = normalized = None
+        threshold = getattr(self, "threshold_", None)
+        if threshold is not None:
+            label = pred_score >= threshold
+            scale = getattr(self, "score_scale_", None)
+            if scale is not None:
+                from adcore.scoring import normalize_score
+
+                normalized = normalize_score(pred_score, threshold, scale)
+        return Prediction(pred_score, anomaly_map, label, normalized)
 
     def _predict_resized(self, images: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``_predict`` in chunks of ``predict_batch_size`` on images resized to ``input_size``; maps at ``size``."""
@@ -257,40 +264,59 @@ class BaseDetector(ABC):
         return self.predict(images).pred_score
 
     # -- thresholds ---------------------------------------------------------------------------
-    def calibrate(self, data: Any, *, target_fpr: float = 0.01) -> BaseDetector:
-        """Set ``threshold_`` from held-out data.
+    def calibrate(self, data: Any, *, target_fpr: float = 0.01, pixel_target_fpr: float = 0.001) -> BaseDetector:
+        """Set ``threshold_`` (and the readable-score scales) from held-out data.
 
         Good-only data (no labels, or labels all 0): the smallest threshold that flags at most
         ``target_fpr`` of these good images, so a validation set without defects gives an honest
         threshold instead of one that flags everything. Labelled data with both classes: the
         threshold with the best F1.
+
+        Also sets (see :mod:`adcore.scoring`): ``score_scale_``, the spread of the good images'
+        scores, so that ``Prediction.normalized_score`` is 0.5 at the threshold; ``pixel_threshold_``,
+        the smallest per-pixel threshold that flags at most ``pixel_target_fpr`` of the good images'
+        pixels (on a bounded uniform sample of them), and ``pixel_scale_``, their spread. With no good
+        image in ``data`` the pixel values stay ``None``.
         """
         self._check_fitted("calibrate")
         if not 0.0 <= target_fpr < 1.0:
             raise InvalidInputError(f"target_fpr must be in [0, 1), got {target_fpr}")
+        if not 0.0 <= pixel_target_fpr < 1.0:
+            raise InvalidInputError(f"pixel_target_fpr must be in [0, 1), got {pixel_target_fpr}")
         from adcore.metrics import f1_max
+        from adcore.scoring import PixelSample, fpr_threshold, spread
 
         scores, labels = [], []
+        good_pixels = PixelSample(seed=0)
         # full images: predict() tiles them itself when tiling is on
         stream = ImageStream(data, self.load_size, batch_size=getattr(self, "batch_size", 8), where="calibrate")
         for batch, found in stream.with_labels():
-            scores.append(self.predict(batch).pred_score)
-            labels.append(found if found is not None else torch.zeros(batch.shape[0], dtype=torch.long))
+            prediction = self.predict(batch)
+            found = found if found is not None else torch.zeros(batch.shape[0], dtype=torch.long)
+            scores.append(prediction.pred_score)
+            labels.append(found)
+            if bool((found == 0).any()):
+                good_pixels.add(prediction.anomaly_map[found.to(prediction.anomaly_map.device) == 0])
         score = torch.cat(scores)
         label = torch.cat(labels)
         if bool((label == 1).any()) and bool((label == 0).any()):
             best_f1, threshold = f1_max(label, score)
             self.calibration_ = {"method": "f1", "f1": best_f1, "images": int(score.numel())}
         else:
-            good = torch.sort(score[label == 0], descending=True).values
-            allowed = int(math.floor(target_fpr * good.numel()))
-            pivot = float(good[min(allowed, good.numel() - 1)])
-            # the next float32 above the pivot: scores are float32, so a float64 step would round away
-            threshold = float(np.nextafter(np.float32(pivot), np.float32(np.inf)))
-            achieved = float((good >= threshold).float().mean())
+            threshold, achieved = fpr_threshold(score[label == 0], target_fpr)
             self.calibration_ = {"method": "fpr", "target_fpr": target_fpr, "achieved_fpr": achieved,
-                                 "images": int(good.numel())}
+                                 "images": int((label == 0).sum())}
         self.threshold_ = float(threshold)
+        good_scores = score[label == 0]
+        self.score_scale_: float | None = spread(good_scores if good_scores.numel() else score, self.threshold_)
+        self.pixel_threshold_: float | None = None
+        self.pixel_scale_: float | None = None
+        if len(good_pixels):
+            pixels = good_pixels.values
+            self.pixel_threshold_, pixel_achieved = fpr_threshold(pixels, pixel_target_fpr)
+            self.pixel_scale_ = spread(pixels, self.pixel_threshold_)
+            self.calibration_.update({"pixel_target_fpr": pixel_target_fpr, "pixel_achieved_fpr": pixel_achieved,
+                                      "pixels_sampled": len(good_pixels), "pixels_seen": good_pixels.offered})
         return self
 
     # -- persistence ----------------------------------------------------------------------------

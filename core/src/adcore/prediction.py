@@ -19,11 +19,14 @@ class Prediction:
         anomaly_map: ``(B, H, W)`` float32 at the input images' own size.
         pred_label: ``(B,)`` bool, ``pred_score >= threshold``; ``None`` until the detector has a
             threshold (see :meth:`adcore.BaseDetector.calibrate`).
+        normalized_score: ``(B,)`` float32 in (0, 1), 0.5 exactly at the threshold and monotone in
+            ``pred_score`` (:func:`adcore.scoring.normalize_score`); ``None`` until calibrated.
     """
 
     pred_score: torch.Tensor
     anomaly_map: torch.Tensor
     pred_label: torch.Tensor | None = None
+    normalized_score: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.pred_score.shape[0])

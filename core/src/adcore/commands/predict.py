@@ -1,79 +1,88 @@
 """``adcore predict MODEL_FILE IMAGES...``: score image files and folders with a saved model.
 
-Writes ``scores.json``, ``scores.csv`` and (unless ``--no-heatmaps``) one heatmap PNG per image.
+Writes, into ``--out`` (Contract B, see docs/predict.md): ``scores.csv``
+(``path,score,normalized_score,threshold,anomalous,regions,error``), ``results.jsonl`` (one object
+per image, with its defect regions), ``run.json``, and unless ``--no-heatmaps`` one heatmap PNG per
+image under ``heatmaps/``, named by the image's path relative to the inputs given
+(``cam1/img001.png`` -> ``heatmaps/cam1/img001.png.png``). Rows are appended and flushed per image.
+
+Exit codes: 0 every image scored; 3 the run finished but some files were skipped (each is reported
+on stderr and in the outputs with its reason); 1 an error (with ``--strict``: the first bad file);
+130 / 143 stopped by Ctrl-C / SIGTERM, every finished image written (``--resume`` continues).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
+import os
+import sys
 from pathlib import Path
 
-__all__ = ["NAME", "HELP", "add_arguments", "run"]
+__all__ = ["NAME", "HELP", "add_arguments", "run", "EXIT_SKIPPED"]
 
 NAME = "predict"
-HELP = "score images with a saved model; CSV/JSON scores and heatmap PNGs"
+HELP = "score images with a saved model: streaming CSV/JSONL scores, defect regions, heatmaps"
+#: the run finished, but some input files could not be scored (see the 'error' column)
+EXIT_SKIPPED = 3
+_SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_file", type=Path)
-    parser.add_argument("images", nargs="+", help="image files or folders")
-    parser.add_argument("--out", type=Path, default=Path("adcore-predictions"))
-    parser.add_argument("--no-heatmaps", action="store_true")
-
-
-def _image_paths(items: list[str]) -> list[Path]:
-    from adcore.data import list_images
-    from adcore.errors import InvalidInputError
-
-    paths: list[Path] = []
-    for raw in items:
-        path = Path(raw)
-        paths.extend(list_images(path) if path.is_dir() else [path])
-    if not paths:
-        raise InvalidInputError(f"no images found in {', '.join(items)}; give image files or folders holding them")
-    return paths
+    parser.add_argument("images", nargs="+", help="image files or folders (folders are walked recursively)")
+    parser.add_argument("--out", type=Path, default=Path("adcore-predictions"), help="output folder")
+    parser.add_argument("--batch-size", type=_positive, default=8, help="images per detector call (default 8)")
+    parser.add_argument("--workers", type=_non_negative, default=min(4, os.cpu_count() or 1),
+                        help="decoding threads working ahead of the detector (0: decode in the main thread)")
+    parser.add_argument("--no-heatmaps", action="store_true", help="write scores and regions only")
+    parser.add_argument("--side-by-side", action="store_true", help="heatmaps show the input beside the overlay")
+    parser.add_argument("--masks", action="store_true", help="also write each image's defect mask under masks/")
+    parser.add_argument("--min-area", type=_positive, default=1, help="smallest defect region kept, in pixels")
+    parser.add_argument("--contact-sheet", type=_non_negative, default=0, metavar="N",
+                        help="write contact-sheet.png with the N most anomalous images of the run")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a stopped run in --out: images already scored there are skipped")
+    parser.add_argument("--strict", dest="strict_inputs", action="store_true",
+                        help="stop with an error at the first file that cannot be scored (default: skip it)")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from adcore.data import load_image
     from adcore.factory import load
-    from adcore.files import atomic_write_text
-    from adcore.progress import progress
-    from adcore.viz import save_heatmap_panel
+    from adcore.line.pipeline import PredictOptions, run_predictions
+    from adcore.line.outputs import check_output_folder
+    from adcore.line.sources import collect_inputs
 
-    detector = load(args.model_file)
-    paths = _image_paths(args.images)
     out = Path(args.out)
-    rows = []
-    for path in progress(paths, desc="predict", total=len(paths)):
-        image = load_image(path)
-        prediction = detector.predict(image[None])
-        score = float(prediction.pred_score[0])
-        label = None if prediction.pred_label is None else bool(prediction.pred_label[0])
-        rows.append({"path": str(path), "score": score, "anomalous": label})
-        if not args.no_heatmaps:
-            amap = prediction.anomaly_map[0]
-            threshold = getattr(detector, "threshold_", None)
-            vmin = float(amap.min()) if threshold is None else 0.5 * threshold
-            vmax = float(amap.max()) if threshold is None else max(1.5 * threshold, float(amap.max()))
-            verdict = "" if label is None else (" ANOMALOUS" if label else " ok")
-            save_heatmap_panel(out / "heatmaps" / f"{path.stem}.png", image, amap, vmin=vmin, vmax=vmax,
-                               title=f"{path.name}  score {score:.4g}{verdict}")
-        del prediction
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    atomic_write_text(out / "scores.json", json.dumps(rows, indent=2))
-    buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=["path", "score", "anomalous"])
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "scores.csv", buffer.getvalue())
-    for row in rows:
-        flag = "" if row["anomalous"] is None else ("ANOMALOUS" if row["anomalous"] else "ok")
-        print(f"{row['score']:.6g}\t{flag}\t{row['path']}")
-    return 0
+    check_output_folder(out)  # before loading the model or listing 100,000 files
+    inputs = collect_inputs(args.images, exclude=out)
+    detector = load(args.model_file)
+    options = PredictOptions(out=out, batch_size=args.batch_size, workers=args.workers,
+                             heatmaps=not args.no_heatmaps, masks=args.masks, side_by_side=args.side_by_side,
+                             min_area=args.min_area, resume=args.resume, strict=args.strict_inputs,
+                             contact_sheet=args.contact_sheet)
+    summary = run_predictions(detector, Path(args.model_file), inputs, options, given=list(args.images))
+    done = summary.scored + summary.already_done
+    message = f"adcore predict: {done} of {len(inputs)} images scored into {out}"
+    if summary.skipped:
+        message += f"; {len(summary.skipped)} files skipped (see the 'error' column of {out / 'scores.csv'})"
+    if summary.stopped_by:
+        print(f"{message}; stopped by {summary.stopped_by}: rerun with --resume to finish", file=sys.stderr)
+        return _SIGNAL_EXIT.get(summary.stopped_by, 1)
+    if summary.contact_sheet is not None:
+        message += f"; contact sheet {summary.contact_sheet}"
+    print(message, file=sys.stderr)
+    return EXIT_SKIPPED if summary.skipped else 0
