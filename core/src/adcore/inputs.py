@@ -136,6 +136,7 @@ class ImageStream:
         self.size = size
         self.where = where
         self.batch_size = batch_size
+        self._data_rng: torch.Tensor | None = None
         self._cache: list[torch.Tensor] | None = None
         if isinstance(data, torch.Tensor):
             images = data if data.ndim == 4 else data.unsqueeze(0)
@@ -147,7 +148,7 @@ class ImageStream:
                                       collate_fn=_ResizingCollate(size, where))
         else:
             try:
-                one_shot = iter(data) is data
+                one_shot = self._off_the_detector_rng(lambda: iter(data) is data)
             except TypeError:
                 raise InvalidInputError(f"{where}: expected a DataLoader, a (N,3,H,W) tensor, a dataset or an iterable "
                                         f"of (B,3,H,W) batches, got {type(data).__name__}") from None
@@ -173,7 +174,14 @@ class ImageStream:
         from adcore.progress import progress
 
         total = len(self._source) if hasattr(self._source, "__len__") else None
-        for index, item in enumerate(progress(self._source, desc=self.where, total=total)):
+        items = self._off_the_detector_rng(lambda: iter(progress(self._source, desc=self.where, total=total)))
+        index = -1
+        while True:
+            try:
+                item = self._off_the_detector_rng(lambda: next(items))
+            except StopIteration:
+                break
+            index += 1
             batch = extract_images(item)
             if isinstance(batch, torch.Tensor) and batch.ndim == 3:
                 batch = batch.unsqueeze(0)
@@ -192,6 +200,25 @@ class ImageStream:
             self._source = None  # type: ignore[assignment]
         if count == 0:
             raise InvalidInputError(f"{self.where}: the data yielded no images; check the dataset folder or loader")
+
+    def _off_the_detector_rng(self, read: Any) -> Any:
+        """Call ``read()`` (reading the caller's data) on a random stream of its own.
+
+        A DataLoader draws its base seed from torch's global generator each time it is iterated (a
+        shuffling one its order too); a dataset may draw augmentations from it. Left there, those
+        draws would shift the initial weights a detector draws next, so the same images given as a
+        DataLoader or as a list of tensors would train different models. The data keeps a stream of
+        its own (continuing where it left off, starting from the state at the first read); the
+        detector's generator is put back exactly as it was.
+        """
+        detector_state = torch.get_rng_state()
+        if self._data_rng is not None:
+            torch.set_rng_state(self._data_rng)
+        try:
+            return read()
+        finally:
+            self._data_rng = torch.get_rng_state()
+            torch.set_rng_state(detector_state)
 
     def materialize(self) -> torch.Tensor:
         """All images as one ``(N,3,h,w)`` tensor (for detectors that train for several epochs)."""

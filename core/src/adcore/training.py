@@ -11,6 +11,14 @@ after each epoch with an :class:`EpochEnd` (the loop's description, the epoch in
 threads a parameter through for it: ``adcore benchmark --curve`` records learning curves this way.
 A callback must leave the modules as it found them (their weights; their train/eval mode is reset
 by the loop); an exception it raises ends the training.
+
+Order and batching do not reach the model: a detector that trains calls :func:`training_images`
+(or, when it streams, :func:`content_keys` and :func:`canonical_permutation`) so that the images it
+fits on stand in one canonical order, sorted by a hash of their content, before
+:func:`split_holdout` and :func:`train_epochs` draw the hold-out and the shuffles from the
+detector's own seed. The same images in any order and in batches of any size give the same split,
+the same batches and so the same weights (:class:`adcore.inputs.ImageStream` keeps reading the
+caller's data off the random stream the detector draws its initial weights from).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +37,8 @@ from torch import nn
 from adcore.errors import TrainingDivergedError
 from adcore.progress import progress
 
-__all__ = ["TrainingHistory", "EpochEnd", "EpochCallback", "on_epoch", "train_epochs", "split_holdout"]
+__all__ = ["TrainingHistory", "EpochEnd", "EpochCallback", "on_epoch", "train_epochs", "split_holdout",
+           "content_keys", "canonical_permutation", "canonical_order", "training_images"]
 
 
 @dataclass
@@ -81,6 +91,39 @@ def on_epoch(callback: EpochCallback) -> Iterator[EpochCallback]:
         yield callback
     finally:
         _CALLBACKS.reset(token)
+
+
+def content_keys(images: torch.Tensor) -> list[bytes]:
+    """One SHA-256 digest per item of ``(N, ...)``: of its shape, dtype and bytes (equal only for equal content)."""
+    items = images.detach().cpu().contiguous()
+    header = f"{tuple(items.shape[1:])}|{items.dtype}|".encode()
+    return [hashlib.sha256(header + item.numpy().tobytes()).digest() for item in items]
+
+
+def canonical_permutation(keys: list[bytes]) -> torch.Tensor:
+    """The permutation that sorts items by their :func:`content_keys`.
+
+    Stable: identical items keep their relative order, and being identical they are interchangeable.
+    """
+    return torch.tensor(sorted(range(len(keys)), key=keys.__getitem__), dtype=torch.long)
+
+
+def canonical_order(images: torch.Tensor) -> torch.Tensor:
+    """``images`` (``(N, ...)``) sorted by content: the same tensor whatever order the items came in."""
+    if images.shape[0] < 2:
+        return images
+    return images[canonical_permutation(content_keys(images))]
+
+
+def training_images(stream: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Every image of a fit stream as one ``(N,3,h,w)`` tensor in canonical order (:func:`canonical_order`).
+
+    What every detector that trains fits on: however the caller orders or batches its images, the
+    tensor is the same, so the seeded hold-out split and shuffles pick the same images.
+    """
+    materialize = getattr(stream, "materialize", None)
+    images = materialize() if callable(materialize) else torch.cat(list(stream), dim=0)
+    return canonical_order(images)
 
 
 def split_holdout(images: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -59,7 +59,7 @@ from ad_distill.teachers import (
 from adcore.errors import InvalidInputError
 from adcore.inputs import ImageStream
 from adcore.params import Boolean, Check, ConstraintSpec, FilePath, Integer, Options, Size
-from adcore.training import train_epochs
+from adcore.training import train_epochs, training_images
 
 __all__ = ["EfficientAD", "PDN", "hard_feature_loss", "EfficientADAutoencoder", "pdn_output_size"]
 
@@ -148,7 +148,7 @@ class EfficientAD(DistillationDetector):
 
     # -- fit ------------------------------------------------------------------------------------
     def _fit(self, stream: ImageStream) -> None:
-        images = stream.materialize()
+        images = training_images(stream)  # canonical order: the stream's order and batching do not matter
         train, held = self._split_validation(images)
         spec = self._teacher_spec(f"pdn_{self.model_size}", {"out_channels": int(self.teacher_channels),
                                                              "width": float(self.width)}, images.shape[0])

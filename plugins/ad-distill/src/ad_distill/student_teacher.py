@@ -49,7 +49,7 @@ from ad_distill.teachers import ImageNetNormalize, channel_statistics, grid_to_i
 from adcore.errors import InvalidInputError
 from adcore.inputs import ImageStream
 from adcore.params import Check, ConstraintSpec, FilePath, Integer
-from adcore.training import train_epochs
+from adcore.training import train_epochs, training_images
 
 __all__ = ["StudentTeacher", "DescriptorNet", "descriptor_output_size", "RECEPTIVE_FIELDS"]
 
@@ -155,7 +155,7 @@ class StudentTeacher(DistillationDetector):
 
     # -- fit ------------------------------------------------------------------------------------
     def _fit(self, stream: ImageStream) -> None:
-        images = stream.materialize()
+        images = training_images(stream)  # canonical order: the stream's order and batching do not matter
         train, held = self._split_validation(images)
         paths = self._teacher_paths() or (None,) * len(self.receptive_fields)
         teachers, provenance, means, stds = [], [], [], []

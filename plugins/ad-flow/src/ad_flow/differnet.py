@@ -52,7 +52,7 @@ from adcore.inputs import ImageStream
 from adcore.ops import gaussian_blur
 from adcore.params import Check, Integer, Real, Stages
 from adcore.progress import progress
-from adcore.training import train_epochs
+from adcore.training import train_epochs, training_images
 
 __all__ = ["DifferNet", "transform_images"]
 
@@ -156,7 +156,7 @@ class DifferNet(FeatureDetector):
 
     # -- fit ------------------------------------------------------------------------------------
     def _fit(self, stream: ImageStream) -> None:
-        images = stream.materialize()
+        images = training_images(stream)  # canonical order: the stream's order and batching do not matter
         # Augmented views through the frozen backbone once: ``view_pool`` per image (the training pool),
         # or one per image only to standardise. Standardising each descriptor dimension with the
         # statistics of augmented good views is a fixed affine map in front of the flow (the

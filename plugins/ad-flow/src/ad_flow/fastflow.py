@@ -36,7 +36,7 @@ from adcore.feature_detector import FeatureDetector
 from adcore.inputs import ImageStream
 from adcore.ops import upsample
 from adcore.params import Boolean, Integer, Real
-from adcore.training import train_epochs
+from adcore.training import canonical_permutation, content_keys, train_epochs
 
 __all__ = ["FastFlow"]
 
@@ -97,13 +97,17 @@ class FastFlow(FeatureDetector):
     def _fit(self, stream: ImageStream) -> None:
         started = time.perf_counter()
         cached: list[list[torch.Tensor]] = []
+        keys: list[bytes] = []
         with torch.no_grad():
             for batch in stream:
+                keys.extend(content_keys(batch))
                 for level, feature in enumerate(self.extractor(batch).values()):
                     if level == len(cached):
                         cached.append([])
                     cached[level].append(feature)
-        levels = [torch.cat(chunks) for chunks in cached]
+        # the cached features in the canonical order of their images: the stream's order does not matter
+        order = canonical_permutation(keys)
+        levels = [torch.cat(chunks)[order] for chunks in cached]
         self.feature_shapes_ = [list(level.shape[1:]) for level in levels]
         features_seconds = time.perf_counter() - started
 

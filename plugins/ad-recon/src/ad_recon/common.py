@@ -41,7 +41,7 @@ from adcore.errors import InvalidInputError
 from adcore.inputs import ImageStream
 from adcore.ops import gaussian_blur
 from adcore.params import Boolean, ConstraintSpec, Integer, Options, Real
-from adcore.training import split_holdout, train_epochs
+from adcore.training import split_holdout, train_epochs, training_images
 
 __all__ = [
     "ERRORS",
@@ -367,7 +367,7 @@ class ReconstructionDetector(BaseDetector):
 
     # -- fit ------------------------------------------------------------------------------------
     def _fit(self, stream: ImageStream) -> None:
-        images = stream.materialize()
+        images = training_images(stream)  # canonical order: the stream's order and batching do not matter
         train, held_out = split_holdout(images, self.validation_fraction, self.seed) \
             if self.validation_fraction > 0 else (images, images[:0])
         if train.shape[0] == 0:

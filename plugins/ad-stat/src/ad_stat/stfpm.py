@@ -40,7 +40,7 @@ from adcore.feature_detector import FeatureDetector
 from adcore.inputs import ImageStream
 from adcore.ops import upsample
 from adcore.params import Integer, Options, Real
-from adcore.training import split_holdout, train_epochs
+from adcore.training import split_holdout, train_epochs, training_images
 
 __all__ = ["Stfpm", "level_distances"]
 
@@ -113,7 +113,7 @@ class Stfpm(FeatureDetector):
     # -- fit ------------------------------------------------------------------------------------
     def _fit(self, stream: ImageStream) -> None:
         teacher = self.extractor
-        images = stream.materialize()
+        images = training_images(stream)  # canonical order: the stream's order and batching do not matter
         with torch.no_grad():
             targets = [torch.cat(level) for level in zip(*(
                 [F.normalize(f, p=2, dim=1) for f in teacher(images[i:i + self.predict_batch_size]).values()]
