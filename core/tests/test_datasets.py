@@ -47,23 +47,23 @@ def data(tmp_path: Path) -> Path:
     return root
 
 
-def _benchmark_fields(spec: DatasetSpec) -> dict:
-    fields = dataclasses.asdict(spec)
-    fields.pop("test_fraction")
-    return fields
-
-
-def test_every_benchmark_form_parses_exactly_as_the_benchmark_does(data: Path):
+def test_every_benchmark_form_parses_into_the_one_grammar(data: Path):
+    assert bench.parse_datasets is parse_datasets and bench.DatasetSpec is DatasetSpec  # one grammar, not two
     items = [f"{data}:widget", str(data / "gadget"), str(data), "named=widget", "widget", {"path": "widget", "max_train": 4},
              f"folder:train={data}/widget/train/good,good={data}/widget/test/good,defect={data}/widget/test/scratch,"
              f"masks={data}/widget/ground_truth/scratch,name=w",
              "folder:train=widget/train/good,good=widget/test/good,defect=widget/test/scratch",
              "ok=folder:train=photos/ok,good=widget/test/good,defect=photos/bad",
              {"kind": "folder", "train": "photos/ok", "good": "widget/test/good", "defects": ["photos/bad"]}]
-    ours = parse_datasets(items, data, max_train=7)
-    theirs = bench.parse_datasets(items, data, max_train=7)
-    assert [_benchmark_fields(spec) for spec in ours] == [dataclasses.asdict(spec) for spec in theirs]
-    assert [spec.name for spec in ours][:5] == ["widget", "gadget", "gadget-2", "widget-2", "named"]
+    specs = parse_datasets(items, data, max_train=7)
+    assert [spec.name for spec in specs][:5] == ["widget", "gadget", "gadget-2", "widget-2", "named"]
+    assert (specs[0].kind, specs[0].root, specs[0].category, specs[0].max_train) == ("mvtec", str(data), "widget", 7)
+    # the parent folder gives one dataset per category (gadget-2, widget-2); a bare category folder is its own root
+    assert (specs[5].root, specs[5].category) == (str(data / "widget"), None)
+    assert (specs[7].kind, specs[7].name, specs[7].masks) == ("folder", "w", f"{data}/widget/ground_truth/scratch")
+    assert specs[8].train == str(data / "widget/train/good") and specs[8].defects == (str(data / "widget/test/scratch"),)
+    assert (specs[9].name, specs[9].good) == ("ok", str(data / "widget/test/good"))
+    assert specs[10].defects == (str(data / "photos/bad"),) and len(specs) == 11
 
 
 def test_mvtec_splits_match_the_benchmark_loader(data: Path):

@@ -19,11 +19,12 @@ import os
 import re
 import sys
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from adcore.benchmark.options import OPTION_KEYS, options_for, parse_param, parse_seeds, parse_time_limit
+from adcore.datasets import DatasetSpec, parse_datasets
 from adcore.errors import ConfigurationError
 
 __all__ = [
@@ -45,61 +46,6 @@ RESULTS_FILE = "results.jsonl"
 RUNS_DIR = "runs"
 RECORD_FORMAT = 1
 DEFAULT_TIME_LIMIT = 1800.0
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One dataset of the plan.
-
-    ``kind="mvtec"``: ``root``/``category`` in the MVTec AD layout (``category=None`` when ``root``
-    is the category folder itself). ``kind="folder"``: ``train`` (good training images), ``good``
-    (good test images), ``defects`` (folders of defective test images) and optional ``masks``
-    (``<stem>_mask.png`` or ``<stem>.png``). ``max_train`` caps the training images (evenly spaced,
-    deterministic) to bound the cost on large sets; the test set is always complete.
-    """
-
-    name: str
-    kind: str = "mvtec"
-    root: str = ""
-    category: str | None = None
-    train: str | None = None
-    good: str | None = None
-    defects: tuple[str, ...] = ()
-    masks: str | None = None
-    max_train: int | None = None
-
-    def identity(self) -> dict[str, Any]:
-        """What makes two runs comparable (not the absolute path: ``--data-root`` may move)."""
-        return {"name": self.name, "kind": self.kind, "category": self.category, "max_train": self.max_train}
-
-    def describe(self) -> str:
-        if self.kind == "mvtec":
-            where = str(Path(self.root) / self.category) if self.category else self.root
-        else:
-            where = f"train={self.train} good={self.good} defects={list(self.defects)}"
-        cap = f" (train capped at {self.max_train})" if self.max_train else ""
-        return f"{self.name}: {where}{cap}"
-
-    def load(self, image_size: int | tuple[int, int] | None) -> tuple[Any, Any]:
-        """``(train, test)`` datasets at ``image_size`` (a capped train set is an evenly spaced subset)."""
-        from adcore.data import FolderDataset, MVTecDataset
-
-        if self.kind == "mvtec":
-            train = MVTecDataset(self.root, self.category, "train", image_size=image_size)
-            test = MVTecDataset(self.root, self.category, "test", image_size=image_size)
-        elif self.kind == "folder":
-            if not self.train or not self.good:
-                raise ConfigurationError(f"dataset {self.name!r}: a folder dataset needs train= and good= folders")
-            train = FolderDataset(self.train, image_size=image_size)
-            test = FolderDataset(self.good, self.defects, self.masks, image_size=image_size)
-        else:
-            raise ConfigurationError(f"dataset {self.name!r}: unknown kind {self.kind!r} (use 'mvtec' or 'folder')")
-        if self.max_train and len(train) > self.max_train:
-            from torch.utils.data import Subset
-
-            step = len(train) / self.max_train
-            train = Subset(train, [int(i * step) for i in range(self.max_train)])
-        return train, test
 
 
 @dataclass(frozen=True)
@@ -159,95 +105,6 @@ class BenchmarkPlan:
 def _resolve_path(path: str | Path, base: Path | None) -> Path:
     path = Path(os.path.expanduser(str(path)))
     return path if path.is_absolute() or base is None else base / path
-
-
-def _unique_name(name: str, taken: set[str]) -> str:
-    candidate, counter = name, 2
-    while candidate in taken:
-        candidate, counter = f"{name}-{counter}", counter + 1
-    taken.add(candidate)
-    return candidate
-
-
-def parse_datasets(items: list[Any], data_root: Path | None = None, *, max_train: int | None = None) -> list[DatasetSpec]:
-    """Dataset specifications (strings or config dicts) → :class:`DatasetSpec` list.
-
-    Strings: ``ROOT:CATEGORY`` (MVTec layout), ``CATEGORY_DIR`` (a folder with ``train/`` and
-    ``test/``), ``PARENT`` (every sub-folder with ``train/`` and ``test/``, sorted), or
-    ``folder:train=DIR,good=DIR,defect=DIR,defect=DIR,masks=DIR[,name=NAME]``. A ``NAME=`` prefix
-    names the dataset. Relative paths are taken from ``data_root`` (the current folder when None).
-    Dicts take the same fields as :class:`DatasetSpec` plus ``path`` (any of the string forms).
-    """
-    specs: list[DatasetSpec] = []
-    taken: set[str] = set()
-    for item in items:
-        options: dict[str, Any] = {}
-        if isinstance(item, dict):
-            options = dict(item)
-            text = options.pop("path", None)
-            if text is None and options.get("kind", "mvtec") == "folder":
-                found = _folder_spec(options, data_root, max_train)
-                specs.append(replace(found, name=_unique_name(found.name, taken)))
-                continue
-            if text is None:
-                raise ConfigurationError(f"dataset {item!r}: give 'path' (ROOT:CATEGORY or a folder) or kind='folder' with folders")
-        else:
-            text = str(item)
-        name_override = options.get("name")
-        if re.match(r"^[A-Za-z0-9_.-]+=", text) and not text.startswith("folder:"):
-            name_override, text = text.split("=", 1)
-        cap = options.get("max_train", max_train)
-        if text.startswith("folder:"):
-            fields: dict[str, Any] = {"defects": []}
-            for part in text[len("folder:"):].split(","):
-                key, sep, value = part.partition("=")
-                if not sep:
-                    raise ConfigurationError(f"dataset {text!r}: expected key=value parts (train=, good=, defect=, masks=, name=)")
-                key = key.strip()
-                if key == "defect":
-                    fields["defects"].append(value)
-                elif key in ("train", "good", "masks", "name"):
-                    fields[key] = value
-                else:
-                    raise ConfigurationError(f"dataset {text!r}: unknown key {key!r} (use train, good, defect, masks, name)")
-            if name_override:
-                fields["name"] = name_override
-            found = _folder_spec({**fields, "max_train": cap}, data_root, max_train)
-            specs.append(replace(found, name=_unique_name(found.name, taken)))
-            continue
-        root_text, sep, category = text.rpartition(":")
-        if sep and root_text and "/" not in category and _resolve_path(root_text, data_root).joinpath(category).is_dir():
-            root = _resolve_path(root_text, data_root)
-            specs.append(DatasetSpec(_unique_name(name_override or category, taken), "mvtec", str(root), category,
-                                     max_train=cap))
-            continue
-        path = _resolve_path(text, data_root)
-        if (path / "train").is_dir():
-            specs.append(DatasetSpec(_unique_name(name_override or path.name, taken), "mvtec", str(path), None,
-                                     max_train=cap))
-            continue
-        children = sorted(p for p in path.iterdir() if (p / "train").is_dir()) if path.is_dir() else []
-        if not children:
-            hint = "it does not exist" if not path.exists() else "it has no train/ folder and no sub-folder with one"
-            raise ConfigurationError(f"dataset {text!r} (resolved to {path}): {hint}; give ROOT:CATEGORY, a category folder "
-                             "with train/ and test/, a parent of such folders, or folder:train=...,good=...,defect=...")
-        for child in children:
-            name = f"{name_override}/{child.name}" if name_override else child.name
-            specs.append(DatasetSpec(_unique_name(name, taken), "mvtec", str(path), child.name, max_train=cap))
-    return specs
-
-
-def _folder_spec(fields: dict[str, Any], data_root: Path | None, max_train: int | None) -> DatasetSpec:
-    def resolve(value: Any) -> str | None:
-        return None if value in (None, "") else str(_resolve_path(value, data_root))
-
-    defects = fields.get("defects", fields.get("defect", []))
-    defects = [defects] if isinstance(defects, str) else list(defects)
-    good = resolve(fields.get("good"))
-    name = fields.get("name") or (Path(good).parent.name if good else "folder")
-    return DatasetSpec(str(name), "folder", "", None, resolve(fields.get("train")), good,
-                       tuple(resolve(d) or "" for d in defects), resolve(fields.get("masks")),
-                       fields.get("max_train", max_train))
 
 
 def resolve_models(tokens: list[str], exclude: list[str] | None = None, *, allow_import: bool = False) -> list[str]:
