@@ -221,6 +221,9 @@ def _open(path: Path, max_pixels: int | None, target: tuple[int, int] | None = N
         return ImageOps.exif_transpose(image)
     except ImageLoadError:
         raise
+    except PermissionError as exc:
+        raise ImageLoadError(f"cannot read image {path}: permission denied; give this user read access to it "
+                             "(or run as a user who has it)") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error,
             Image.DecompressionBombError, IndexError, KeyError, TypeError, ZeroDivisionError, OverflowError) as exc:
         # Pillow's format plugins raise all of these on malformed files; each means "this file is bad"

@@ -138,6 +138,8 @@ def read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     meta = _read_meta(path)
     try:
         tensors = load(path.read_bytes())
+    except PermissionError as exc:
+        raise ModelFileError(f"cannot read model file {path}: permission denied; give this user read access to it") from exc
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path} is truncated or corrupt: {exc}") from exc
     if _digest(tensors, meta) != meta["sha256"]:
@@ -297,7 +299,11 @@ def _read_meta(path: Path) -> dict[str, str]:
     """The safetensors ``__metadata__`` of ``path``, checked for format, version and required fields."""
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist (or is not a file)")
-    with open(path, "rb") as handle:
+    try:
+        handle = open(path, "rb")
+    except PermissionError as exc:
+        raise ModelFileError(f"cannot read model file {path}: permission denied; give this user read access to it") from exc
+    with handle:
         prefix = handle.read(8)
         if len(prefix) < 8:
             raise ModelFileError(f"{path} is truncated or empty ({len(prefix)} bytes); it is not an adcore model file")

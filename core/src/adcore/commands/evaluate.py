@@ -14,7 +14,7 @@ from typing import Any
 
 from adcore.commands.options import (add_dataset_options, add_fit_options, add_model_options, build_detector,
                                      check_fit_options, dataset_from_args, load_size_of, loader_batch_size,
-                                     split_for_fit, warn_no_threshold)
+                                     split_for_fit, warn_no_threshold, written_files)
 
 __all__ = ["NAME", "HELP", "add_arguments", "run", "metrics_table", "METRIC_KEYS"]
 
@@ -80,10 +80,12 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     if args.out:
         out = Path(args.out)
-        detector.save(out / "model.safetensors")
-        atomic_write_text(out / "metrics.json", json.dumps(row, indent=2, default=str))
-        atomic_write_text(out / "metrics.md", table + "\n")
-        _write_heatmaps(out / "heatmaps", test_set, outputs, getattr(detector, "threshold_", None), args.max_heatmaps)
+        with written_files(args.command) as written:
+            written.append(detector.save(out / "model.safetensors"))
+            written.append(atomic_write_text(out / "metrics.json", json.dumps(row, indent=2, default=str)))
+            written.append(atomic_write_text(out / "metrics.md", table + "\n"))
+            _write_heatmaps(out / "heatmaps", test_set, outputs, getattr(detector, "threshold_", None),
+                            args.max_heatmaps)
         print(f"wrote {out}/model.safetensors, metrics.json, metrics.md and heatmaps/", file=sys.stderr)
     return 0
 

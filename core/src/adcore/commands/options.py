@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ from adcore.errors import ConfigurationError
 
 __all__ = ["load_size_of", "loader_batch_size", "add_model_options", "add_dataset_options", "add_fit_options", "detector_params", "build_detector",
            "dataset_from_args", "detector_entries", "plugin_failures", "plugin_report", "report_plugin_failures",
-           "check_fit_options", "split_for_fit", "warn_no_threshold", "MIN_CALIBRATION_TRAIN"]
+           "check_fit_options", "split_for_fit", "warn_no_threshold", "MIN_CALIBRATION_TRAIN", "written_files"]
 
 #: good training images needed before some are held out to calibrate (see evaluation.split_calibration)
 MIN_CALIBRATION_TRAIN = 4
@@ -119,6 +121,23 @@ def _why_no_threshold(args: argparse.Namespace, count: int) -> str:
         return "calibration is off (--calibration-fraction 0), so the model would have no threshold"
     return (f"{count} good training image(s) are too few to hold some out for calibration "
             f"({MIN_CALIBRATION_TRAIN} or more are needed), so the model would have no threshold")
+
+
+@contextlib.contextmanager
+def written_files(command: str) -> Iterator[list[Path]]:
+    """Collect the files a command has finished writing; Ctrl-C then says which ones are complete.
+
+    The interrupt is re-raised (the CLI exits 130); only the message is added.
+    """
+    written: list[Path] = []
+    try:
+        yield written
+    except KeyboardInterrupt:
+        if written:
+            print(f"adcore {command}: interrupted after writing {', '.join(str(p) for p in written)}: "
+                  f"{'it is' if len(written) == 1 else 'each is'} complete (written atomically); nothing after it was "
+                  "written", file=sys.stderr)
+        raise
 
 
 def warn_no_threshold(args: argparse.Namespace, count: int) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from adcore.commands.options import (add_dataset_options, add_fit_options, add_model_options, build_detector,
                                      check_fit_options, dataset_from_args, load_size_of, loader_batch_size,
-                                     split_for_fit, warn_no_threshold)
+                                     split_for_fit, warn_no_threshold, written_files)
 
 __all__ = ["NAME", "HELP", "add_arguments", "run"]
 
@@ -43,5 +43,7 @@ def run(args: argparse.Namespace) -> int:
               f"(target false-positive rate {args.target_fpr})", file=sys.stderr)
     else:
         warn_no_threshold(args, len(train))
-    print(str(detector.save(args.out)))
+    with written_files(args.command) as written:
+        written.append(detector.save(args.out))
+        print(str(written[-1]))
     return 0
