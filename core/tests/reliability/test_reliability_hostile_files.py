@@ -189,3 +189,24 @@ def test_key_file(no_signing, mean_detector_class, normal_images, tmp_path):
 
     with pytest.raises(ConfigurationError, match=r"ADCORE_SIGNING_KEY_FILE=.*missing: cannot read the signing key"):
         mean_detector_class.load(path)
+
+
+def test_a_file_naming_another_backbone_never_reaches_the_network(gaussian, tmp_path, monkeypatch):
+    import timm
+
+    import adcore
+    from adcore.errors import AdcoreError
+
+    real = timm.create_model
+    asked: list[str] = []
+
+    def recording(name, pretrained=False, **kwargs):
+        if pretrained:
+            asked.append(name)
+        return real(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", recording)
+    path = resign(gaussian.save(tmp_path / "g.safetensors"), lambda fields, _: fields["params"].update(backbone="resnet18"))
+    with pytest.raises(AdcoreError):  # resnet18 has no offline weights here: refused, not downloaded
+        adcore.load(path).predict(torch.rand(1, 3, 32, 32))
+    assert not asked
