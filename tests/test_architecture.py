@@ -34,7 +34,7 @@ TIERS = {
     "adcore.files": KIT, "adcore.memory": KIT, "adcore.values": KIT, "adcore.tables": KIT, "adcore.lookups": KIT, "adcore.weights": KIT,
     "adcore.feature_detector": KIT, "adcore.tiling": KIT, "adcore.metrics": KIT,
     "adcore.plugins": HOST, "adcore.factory": HOST, "adcore.builtin": HOST,
-    "adcore": APPLICATION, "adcore.__main__": APPLICATION, "adcore.data": APPLICATION, "adcore.datasets": APPLICATION,
+    "adcore": APPLICATION, "adcore.__main__": APPLICATION, "adcore.data": APPLICATION, "adcore.decoding": APPLICATION, "adcore.datasets": APPLICATION,
     "adcore.evaluation": APPLICATION, "adcore.cli": APPLICATION,
     "adcore.commands": APPLICATION, "adcore.benchmark": APPLICATION, "adcore.viz": APPLICATION,
     "adcore.plots": APPLICATION, "adcore.testing": APPLICATION,

@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from adcore.decoding import (DEFAULT_MAX_PIXELS, PEAK_BYTES_PER_PIXEL, REDUCE_ABOVE_PIXELS, decode_bytes,
+                             default_max_pixels, reduction_factor, resolve_max_pixels)
 from adcore.errors import DatasetLayoutError, ImageLoadError, InvalidInputError
 
 __all__ = [
@@ -65,49 +67,9 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-#: the most the default decompression-bomb guard allows (on a machine with memory to spare); images
-#: with more pixels than the guard are refused unless ``max_pixels=`` or ``ADCORE_MAX_PIXELS`` (read
-#: at each call) says otherwise
-DEFAULT_MAX_PIXELS = 100_000_000
-#: the least the default guard allows, however small the machine
-MIN_DEFAULT_MAX_PIXELS = 4_000_000
-#: memory a full-resolution image costs at its peak in predict (4.5 GB for a 5,000×5,000 PNG)
-PEAK_BYTES_PER_PIXEL = 180
-#: images above this many pixels are decoded reduced when a ``target_size`` allows it
-REDUCE_ABOVE_PIXELS = 16_000_000
-
-
-def default_max_pixels() -> int:
-    """The default guard for this machine: half its memory at :data:`PEAK_BYTES_PER_PIXEL`, clamped to
-    [:data:`MIN_DEFAULT_MAX_PIXELS`, :data:`DEFAULT_MAX_PIXELS`] (the upper bound when memory is unknown)."""
-    from adcore.memory import total_memory_bytes
-
-    total = total_memory_bytes()
-    if total is None:
-        return DEFAULT_MAX_PIXELS
-    return int(min(DEFAULT_MAX_PIXELS, max(MIN_DEFAULT_MAX_PIXELS, total // 2 // PEAK_BYTES_PER_PIXEL)))
-
 # Pillow has its own, process-wide bomb guard (Image.MAX_IMAGE_PIXELS, an error at twice it). adcore
 # applies its own configurable limit before decoding, so Pillow's is lifted while adcore opens a file.
 _PIL_GUARD_LOCK = threading.Lock()
-
-
-def resolve_max_pixels(max_pixels: int | None = None) -> int:
-    """``max_pixels`` if given, else ``ADCORE_MAX_PIXELS``, else :func:`default_max_pixels`; validated."""
-    source = "max_pixels"
-    if max_pixels is None:
-        raw = os.environ.get("ADCORE_MAX_PIXELS", "").strip().replace("_", "")
-        if not raw:
-            return default_max_pixels()
-        source = "ADCORE_MAX_PIXELS"
-        try:
-            max_pixels = int(raw)
-        except ValueError:
-            raise InvalidInputError(f"ADCORE_MAX_PIXELS must be a positive integer number of pixels, got "
-                                    f"{os.environ['ADCORE_MAX_PIXELS']!r}") from None
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise InvalidInputError(f"{source} must be a positive integer number of pixels, got {max_pixels!r}")
-    return max_pixels
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -151,25 +113,6 @@ def _other_files(folder: Path) -> str:
     return f" (it holds {len(others)} other entries, e.g. {summarize_names(others)})"
 
 
-_BAND_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
-
-
-def _decode_bytes(image: Any, width: int, height: int) -> int:
-    """What decoding ``image`` takes in memory: its pixels × bands × bytes per band."""
-    bands = len(image.getbands()) if hasattr(image, "getbands") else 3
-    return width * height * bands * _BAND_BYTES.get(image.mode, 1)
-
-
-def _reduction(width: int, height: int, target: tuple[int, int] | None) -> int:
-    """The integer factor an image may be decoded smaller by and still be at least ``target`` per side
-    whichever way EXIF orientation turns it; 1 when it is not large enough to bother."""
-    if target is None or width * height <= REDUCE_ABOVE_PIXELS:
-        return 1
-    long_side, short_side = max(width, height), min(width, height)
-    factor = min(long_side // max(target), short_side // min(target))
-    return factor if factor >= 2 else 1
-
-
 def _open(path: Path, max_pixels: int | None, target: tuple[int, int] | None = None):
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -194,9 +137,9 @@ def _open(path: Path, max_pixels: int | None, target: tuple[int, int] | None = N
         width, height = image.size
         if width < 1 or height < 1:
             raise ImageLoadError(f"image {path} has no pixels ({width}×{height})")
-        factor = _reduction(width, height, target)
+        factor = reduction_factor(width, height, target)
         out_width, out_height = -(-width // factor), -(-height // factor)
-        decode = _decode_bytes(image, width, height)
+        decode = decode_bytes(image, width, height)
         tensor = out_width * out_height * 12  # the (3,H,W) float32 result
         from adcore.memory import available_memory_bytes, format_bytes
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adcore import data, memory
+from adcore import data, decoding, memory
 from adcore.data import FolderDataset, default_max_pixels, load_image
 from adcore.errors import ImageLoadError
 
@@ -24,7 +24,7 @@ def resized(image: torch.Tensor, size: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("suffix, expected", [(".png", (3, 40, 67)), (".jpg", (3, 60, 100))])
 def test_large_images_are_decoded_reduced_for_a_small_target(tmp_path, write_image, monkeypatch, suffix, expected):
-    monkeypatch.setattr(data, "REDUCE_ABOVE_PIXELS", 1000)
+    monkeypatch.setattr(decoding, "REDUCE_ABOVE_PIXELS", 1000)
     path = write_image(tmp_path / f"big{suffix}", smooth(120, 200), quality=95)
     full = load_image(path)
     reduced = load_image(path, target_size=32)
@@ -40,7 +40,7 @@ def test_small_images_and_no_target_decode_exactly_as_before(tmp_path, write_ima
 
 
 def test_datasets_decode_reduced_at_their_image_size(tmp_path, write_image, monkeypatch):
-    monkeypatch.setattr(data, "REDUCE_ABOVE_PIXELS", 1000)
+    monkeypatch.setattr(decoding, "REDUCE_ABOVE_PIXELS", 1000)
     for i in range(2):
         write_image(tmp_path / "good" / f"{i}.png", smooth(120, 200))
     calls = []
