@@ -384,7 +384,7 @@ class BaseDetector(ABC):
         ``_`` (so never ``__dict__``, a dunder or a private name), that the class does not define
         itself (a method, property or class attribute cannot be shadowed) and, when the class
         declares ``fitted_state`` (a set of names), one of those or of the base class's own
-        (:data:`BASE_FITTED_STATE`). Every tensor belongs to such an attribute or to one of the
+        (:data:`adcore.persistence.BASE_FITTED_STATE`). Every tensor belongs to such an attribute or to one of the
         modules :meth:`_build_modules` created, each of which must receive all its tensors.
         """
         from adcore.errors import ModelFileError
@@ -392,7 +392,9 @@ class BaseDetector(ABC):
         modules = meta.pop("__modules__", [])
         if not isinstance(modules, (list, tuple)) or not all(isinstance(m, str) for m in modules):
             raise ModelFileError(f"the state's module list must be a list of names, got {modules!r}")
-        _check_state_names(type(self), [*meta, *modules, *(name for name in tensors if "." not in name)])
+        from adcore.persistence import check_state_names
+
+        check_state_names(type(self), [*meta, *modules, *(name for name in tensors if "." not in name)])
         stray = sorted(name for name in tensors if "." in name and name.split(".", 1)[0] not in set(modules))
         if stray:
             raise ModelFileError(f"tensor(s) {stray[:5]} belong to no module of the saved state "
@@ -449,29 +451,6 @@ class BaseDetector(ABC):
         if not self.is_fitted:
             raise NotFittedError(f"{type(self).__name__} is not fitted yet: call fit(good_images) before {action}(), "
                                  "or load a saved model with adcore.load(path)")
-
-
-#: fitted attributes BaseDetector itself sets (fit, calibrate), allowed in every file's state
-BASE_FITTED_STATE = frozenset({"fitted_", "threshold_", "calibration_", "score_scale_", "pixel_threshold_",
-                               "pixel_scale_"})
-
-
-def _check_state_names(cls: type, names: list[str]) -> None:
-    """Refuse state names a model file must not set on ``cls`` (see :meth:`BaseDetector._set_state`)."""
-    from adcore.errors import ModelFileError
-
-    declared = getattr(cls, "fitted_state", None)
-    for name in names:
-        if not (isinstance(name, str) and name[:1].isalpha() and name.endswith("_") and name.isidentifier()
-                and not name.endswith("__")):
-            raise ModelFileError(f"the saved state names {name!r}, which is not a fitted attribute (a name starting "
-                                 f"with a letter and ending in one '_'); the file was not written by {cls.__name__}.save()")
-        if hasattr(cls, name):
-            raise ModelFileError(f"the saved state would replace {cls.__name__}.{name}, which the class defines itself; "
-                                 f"the file was not written by {cls.__name__}.save()")
-        if declared is not None and name not in declared and name not in BASE_FITTED_STATE:
-            raise ModelFileError(f"the saved state holds {name!r}, which {cls.__name__} does not declare in "
-                                 f"fitted_state {sorted(declared)}; install the version that wrote it or retrain")
 
 
 def _json_able(value: Any) -> bool:

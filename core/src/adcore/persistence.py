@@ -18,7 +18,8 @@ Reading never executes code from the file: pickles and ``torch.save`` archives a
 first bytes, the header is plain JSON with a size limit (:data:`MAX_HEADER_BYTES`) and a nesting
 limit (:data:`MAX_JSON_DEPTH`, so a header of nested brackets is an error, not a ``RecursionError``),
 and the class to build comes from the installed registry, never from the file. Tensors must be
-floating-point, integer or bool. The checksum detects corruption and casual edits; it is not a
+floating-point, integer or bool, and the state may set only fitted attributes
+(:func:`check_state_names`). The checksum detects corruption and casual edits; it is not a
 signature (anyone who can write the file can recompute it).
 
 Authenticity is optional: with a signing key (``ADCORE_SIGNING_KEY``, the key itself, or
@@ -46,7 +47,7 @@ from adcore.errors import ModelFileError
 from adcore.files import atomic_write_bytes  # ad-distill's teachers.py still imports it from here; new code: adcore.files
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_JSON_DEPTH", "ALLOWED_DTYPES", "write", "read",
-           "read_header", "signing_key"]
+           "read_header", "signing_key", "BASE_FITTED_STATE", "check_state_names"]
 
 FORMAT_NAME = "adcore-detector"
 FORMAT_VERSION = 1
@@ -355,3 +356,27 @@ def _decode_fields(meta: dict[str, str], path: Path) -> dict[str, Any]:
             raise ModelFileError(f"{path} has a corrupt parameter block: params and state must be JSON objects")
         header[key] = value
     return header
+
+
+# -- fitted state ---------------------------------------------------------------------------------------------
+#: fitted attributes BaseDetector itself sets (fit, calibrate), allowed in every file's state
+BASE_FITTED_STATE = frozenset({"fitted_", "threshold_", "calibration_", "score_scale_", "pixel_threshold_",
+                               "pixel_scale_"})
+
+
+def check_state_names(cls: type, names: list[str]) -> None:
+    """Refuse state names a model file must not set on ``cls``: only fitted attributes (a letter
+    first, one ``_`` last), none that ``cls`` defines itself, and, when ``cls`` declares
+    ``fitted_state``, only those and :data:`BASE_FITTED_STATE` (see ``BaseDetector._set_state``)."""
+    declared = getattr(cls, "fitted_state", None)
+    for name in names:
+        if not (isinstance(name, str) and name[:1].isalpha() and name.endswith("_") and name.isidentifier()
+                and not name.endswith("__")):
+            raise ModelFileError(f"the saved state names {name!r}, which is not a fitted attribute (a name starting "
+                                 f"with a letter and ending in one '_'); the file was not written by {cls.__name__}.save()")
+        if hasattr(cls, name):
+            raise ModelFileError(f"the saved state would replace {cls.__name__}.{name}, which the class defines itself; "
+                                 f"the file was not written by {cls.__name__}.save()")
+        if declared is not None and name not in declared and name not in BASE_FITTED_STATE:
+            raise ModelFileError(f"the saved state holds {name!r}, which {cls.__name__} does not declare in "
+                                 f"fitted_state {sorted(declared)}; install the version that wrote it or retrain")
