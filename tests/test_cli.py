@@ -35,13 +35,13 @@ def test_list_json_has_cards():
 
 
 def test_broken_plugins_are_reported_and_the_rest_still_listed(broken_plugins_site: Path):
-    env = {"PYTHONPATH": str(broken_plugins_site)}
+    env = {"PYTHONPATH": os.pathsep.join([str(broken_plugins_site), os.environ.get("PYTHONPATH", "")])}
     result = run_cli("list", env_extra=env)
     assert result.returncode == 0, result.stderr
     assert "healthy_detector" in result.stdout and "example_gaussian" in result.stdout
     assert "half_registered" not in result.stdout  # a raising hook leaves nothing behind
     for dist, stage in [("ad-import-error", "import"), ("ad-bad-signature", "register"), ("ad-raising", "hook"),
-                        ("ad-duplicate", "duplicate")]:
+                        ("ad-duplicate", "conflict")]:
         assert dist in result.stderr and f"stage '{stage}'" in result.stderr, (dist, result.stderr)
     report = json.loads(run_cli("plugins", env_extra=env).stdout)
     failed = {f["distribution"]: f for f in report["failures"]}
@@ -51,7 +51,7 @@ def test_broken_plugins_are_reported_and_the_rest_still_listed(broken_plugins_si
 
 
 def test_strict_mode_exits_nonzero(broken_plugins_site: Path):
-    env = {"PYTHONPATH": str(broken_plugins_site)}
+    env = {"PYTHONPATH": os.pathsep.join([str(broken_plugins_site), os.environ.get("PYTHONPATH", "")])}
     assert run_cli("--strict", "list", env_extra=env).returncode == 2
     assert run_cli("list", env_extra={**env, "ADCORE_STRICT_PLUGINS": "1"}).returncode == 2
     disabled = "ad-import-error,ad-bad-signature,ad-raising,ad-duplicate"

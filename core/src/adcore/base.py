@@ -370,6 +370,8 @@ class BaseDetector(ABC):
                                  "that wrote it or retrain") from exc
         try:
             detector._set_state(tensors, dict(tuples(header["state"])))
+        except ModelFileError as exc:  # a state no save() of this class writes
+            raise ModelFileError(f"{path}: {exc}") from exc
         except (TypeError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelFileError(f"{path} was written by {origin}; its fitted state does not fit the installed "
                                  f"{cls.__name__} ({type(exc).__name__}: {exc}); install the version that wrote it or "
@@ -402,8 +404,27 @@ class BaseDetector(ABC):
         return tensors, meta
 
     def _set_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        """Inverse of :meth:`_get_state`. Modules are built by :meth:`_build_modules` first."""
+        """Inverse of :meth:`_get_state`. Modules are built by :meth:`_build_modules` first.
+
+        A file's state may set only fitted attributes: names that start with a letter and end in
+        ``_`` (so never ``__dict__``, a dunder or a private name), that the class does not define
+        itself (a method, property or class attribute cannot be shadowed) and, when the class
+        declares ``fitted_state`` (a set of names), one of those or of the base class's own
+        (:data:`adcore.persistence.BASE_FITTED_STATE`). Every tensor belongs to such an attribute or to one of the
+        modules :meth:`_build_modules` created, each of which must receive all its tensors.
+        """
+        from adcore.errors import ModelFileError
+
         modules = meta.pop("__modules__", [])
+        if not isinstance(modules, (list, tuple)) or not all(isinstance(m, str) for m in modules):
+            raise ModelFileError(f"the state's module list must be a list of names, got {modules!r}")
+        from adcore.persistence import check_state_names
+
+        check_state_names(type(self), [*meta, *modules, *(name for name in tensors if "." not in name)])
+        stray = sorted(name for name in tensors if "." in name and name.split(".", 1)[0] not in set(modules))
+        if stray:
+            raise ModelFileError(f"tensor(s) {stray[:5]} belong to no module of the saved state "
+                                 f"(modules: {sorted(modules)}); the file was not written by {type(self).__name__}.save()")
         for name, value in meta.items():
             setattr(self, name, value)
         if modules:
@@ -411,8 +432,6 @@ class BaseDetector(ABC):
         for name in modules:
             module = getattr(self, name, None)
             if not isinstance(module, nn.Module):
-                from adcore.errors import ModelFileError
-
                 raise ModelFileError(f"{type(self).__name__}._build_modules() must create the module {name!r} "
                                      "before loading")
             prefix = f"{name}."

@@ -9,8 +9,16 @@ user code (each conversion is tested in ``core/tests/reliability``):
 * 16-bit grayscale (``I;16``) is divided by 65535; 32-bit integer (``I``) by 255 when its values fit
   in 8 bits, else by 65535; float (``F``) images must already be in [0, 1];
 * EXIF orientation is applied, so a rotated phone photo comes out upright;
-* images above ``max_pixels`` (default 100 million, or ``ADCORE_MAX_PIXELS``) are refused before
-  they are decoded: a decompression-bomb guard.
+* images above ``max_pixels`` (or ``ADCORE_MAX_PIXELS``) are refused before they are decoded: a
+  decompression-bomb guard whose default is sized to this machine (:func:`default_max_pixels`: half
+  its memory at about 180 bytes per pixel, the measured peak of a full-resolution predict, between
+  4 and 100 million pixels); the error says how much memory the image would need;
+* with ``target_size`` (the datasets pass their ``image_size``), an image of more than
+  :data:`REDUCE_ABOVE_PIXELS` that is at least twice the target per side is decoded reduced by an
+  integer factor (JPEG: Pillow's ``draft``, decoding at 1/2, 1/4 or 1/8 scale; others:
+  ``Image.reduce``, a box filter), never below the target, so a 50-megapixel photo resized to
+  256 px anyway never becomes a full-resolution float tensor. Smaller images decode exactly as
+  before.
 
 Masks are binarised: colour masks use their brightest channel; a mask whose values reach half its
 range (an anti-aliased 0/255 mask) is cut at half, and a mask whose values all stay below half
@@ -37,11 +45,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from adcore.decoding import (DEFAULT_MAX_PIXELS, PEAK_BYTES_PER_PIXEL, REDUCE_ABOVE_PIXELS, decode_bytes,
+                             default_max_pixels, reduction_factor, resolve_max_pixels)
 from adcore.errors import DatasetLayoutError, ImageLoadError, InvalidInputError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DEFAULT_MAX_PIXELS",
+    "PEAK_BYTES_PER_PIXEL",
+    "REDUCE_ABOVE_PIXELS",
+    "default_max_pixels",
     "resolve_max_pixels",
     "load_image",
     "load_mask",
@@ -54,31 +67,9 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-#: decompression-bomb guard: images with more pixels are refused unless ``max_pixels=`` or the
-#: ``ADCORE_MAX_PIXELS`` environment variable (read at each call) says otherwise
-DEFAULT_MAX_PIXELS = 100_000_000
-
 # Pillow has its own, process-wide bomb guard (Image.MAX_IMAGE_PIXELS, an error at twice it). adcore
 # applies its own configurable limit before decoding, so Pillow's is lifted while adcore opens a file.
 _PIL_GUARD_LOCK = threading.Lock()
-
-
-def resolve_max_pixels(max_pixels: int | None = None) -> int:
-    """``max_pixels`` if given, else ``ADCORE_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`; validated."""
-    source = "max_pixels"
-    if max_pixels is None:
-        raw = os.environ.get("ADCORE_MAX_PIXELS", "").strip().replace("_", "")
-        if not raw:
-            return DEFAULT_MAX_PIXELS
-        source = "ADCORE_MAX_PIXELS"
-        try:
-            max_pixels = int(raw)
-        except ValueError:
-            raise InvalidInputError(f"ADCORE_MAX_PIXELS must be a positive integer number of pixels, got "
-                                    f"{os.environ['ADCORE_MAX_PIXELS']!r}") from None
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise InvalidInputError(f"{source} must be a positive integer number of pixels, got {max_pixels!r}")
-    return max_pixels
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -122,7 +113,7 @@ def _other_files(folder: Path) -> str:
     return f" (it holds {len(others)} other entries, e.g. {summarize_names(others)})"
 
 
-def _open(path: Path, max_pixels: int | None):
+def _open(path: Path, max_pixels: int | None, target: tuple[int, int] | None = None):
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -146,13 +137,36 @@ def _open(path: Path, max_pixels: int | None):
         width, height = image.size
         if width < 1 or height < 1:
             raise ImageLoadError(f"image {path} has no pixels ({width}×{height})")
+        factor = reduction_factor(width, height, target)
+        out_width, out_height = -(-width // factor), -(-height // factor)
+        decode = decode_bytes(image, width, height)
+        tensor = out_width * out_height * 12  # the (3,H,W) float32 result
+        from adcore.memory import available_memory_bytes, format_bytes
+
+        cost = f"decoding it needs about {format_bytes(decode)} and its float tensor {format_bytes(tensor)}"
         if width * height > limit:
             raise ImageLoadError(f"image {path} has {width}×{height} = {width * height:,} pixels, above the limit of "
-                                 f"{limit:,} (a decompression-bomb guard); raise it with max_pixels= or ADCORE_MAX_PIXELS")
+                                 f"{limit:,} (a decompression-bomb guard); {cost}. Raise the limit with max_pixels= "
+                                 "or ADCORE_MAX_PIXELS if the machine has the memory")
+        available = available_memory_bytes()
+        if available is not None and decode + tensor > available:
+            raise ImageLoadError(f"image {path} ({width}×{height}) cannot be read: {cost}, more than the "
+                                 f"{format_bytes(available)} of memory available")
+        if factor > 1 and image.format == "JPEG":
+            image.draft(image.mode, (out_width, out_height))  # DCT scaling: decodes at 1/2, 1/4 or 1/8
+            factor = max(1, min(image.size[0] // out_width, image.size[1] // out_height))
         image.load()
+        if factor > 1:
+            try:
+                image = image.reduce(factor)
+            except (ValueError, NotImplementedError):
+                pass  # a mode reduce does not support: kept at full size
         return ImageOps.exif_transpose(image)
     except ImageLoadError:
         raise
+    except PermissionError as exc:
+        raise ImageLoadError(f"cannot read image {path}: permission denied; give this user read access to it "
+                             "(or run as a user who has it)") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error,
             Image.DecompressionBombError, IndexError, KeyError, TypeError, ZeroDivisionError, OverflowError) as exc:
         # Pillow's format plugins raise all of these on malformed files; each means "this file is bad"
@@ -160,10 +174,21 @@ def _open(path: Path, max_pixels: int | None):
                              "non-image file? Remove or replace it") from exc
 
 
-def load_image(path: str | Path, *, max_pixels: int | None = None) -> torch.Tensor:
-    """Read any common image file as a ``(3,H,W)`` float32 tensor in [0, 1] (see the module docstring)."""
+def load_image(path: str | Path, *, max_pixels: int | None = None,
+               target_size: int | Sequence[int] | None = None) -> torch.Tensor:
+    """Read any common image file as a ``(3,H,W)`` float32 tensor in [0, 1] (see the module docstring).
+
+    ``target_size`` (a side or ``(height, width)``): the size the caller will resize the image to. A
+    large image (more than :data:`REDUCE_ABOVE_PIXELS`) is then decoded reduced by an integer
+    factor, never below ``target_size``; the caller still resizes to the exact size.
+    """
     path = Path(path)
-    image = _open(path, max_pixels)
+    target = None
+    if target_size is not None:
+        from adcore.inputs import to_size
+
+        target = tuple(to_size(target_size))
+    image = _open(path, max_pixels, target)
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
@@ -240,7 +265,7 @@ class _Samples(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path, label, mask_path, defect = self.samples[index]
-        image = load_image(path, max_pixels=self.max_pixels)
+        image = load_image(path, max_pixels=self.max_pixels, target_size=self.image_size)
         height, width = image.shape[-2:]
         if mask_path is not None:
             mask = load_mask(mask_path, max_pixels=self.max_pixels)

@@ -44,15 +44,22 @@ def detector_entries(pattern: str = "*", category: str | None = None) -> list[De
 
 
 def list_models(pattern: str = "*", category: str | None = None) -> list[str]:
-    """Registered detector names matching a glob ``pattern`` and optional ``category``. Imports no model code."""
-    return sorted(entry.name for entry in detector_entries(pattern, category))
+    """Registered detector names matching a glob ``pattern`` and optional ``category``. Imports no model code.
+
+    A name that several distributions register appears once per distribution as
+    ``"distribution:name"``, so that every name listed can be given to :func:`get_model`.
+    """
+    entries = detector_entries(pattern, category)
+    conflicts = get_host().detectors.conflicts()
+    return sorted(entry.qualified_name if entry.name in conflicts else entry.name for entry in entries)
 
 
 def list_models_by_category() -> dict[str, list[str]]:
     """``{category: [names]}`` over every registered detector."""
     grouped: dict[str, list[str]] = {}
+    conflicts = get_host().detectors.conflicts()
     for entry in get_host().detectors:
-        grouped.setdefault(entry.category, []).append(entry.name)
+        grouped.setdefault(entry.category, []).append(entry.qualified_name if entry.name in conflicts else entry.name)
     return {category: sorted(names) for category, names in sorted(grouped.items())}
 
 
@@ -88,7 +95,10 @@ def get_model(name: str, **params: Any):
     """Build the detector registered as ``name`` (or ``"ad-memory:patchcore"``) with ``params``.
 
     Raises :class:`adcore.ModelNotFoundError` (a ``KeyError``) naming close matches and the
-    distribution to install when no plugin registered ``name``, and
+    distribution to install when no plugin registered ``name``,
+    :class:`~adcore.registry.AmbiguousDetectorError` (a ``LookupError``) when several
+    distributions registered ``name`` and neither ``"distribution:name"`` nor ``ADCORE_PREFER``
+    chooses, and
     :class:`~adcore.errors.InvalidArgumentError` (a ``TypeError``) for a parameter the detector
     does not take.
     """
@@ -122,9 +132,9 @@ def entry_for_file(path: str | Path, header: dict[str, Any]) -> DetectorEntry:
             raise ModelFileError(
                 f"{path} holds a {name!r} detector ({header['target']}) that no installed plugin registers; "
                 "load it with its class: TheClass.load(path)") from None
-        other = registry.get(name) if name in registry else None
-        also = (f" ({name!r} is registered by {other.distribution} {other.version}, a different detector)"
-                if other is not None else "")
+        others = [e for e in registry if e.name == name]
+        also = (f" ({name!r} is registered by {', '.join(f'{e.distribution} {e.version}' for e in others)}, "
+                "a different detector)" if others else "")
         raise ModelFileError(
             f"{path} holds a {name!r} detector from {distribution} {header.get('distribution_version', 'unknown')}, "
             f"which is not installed: pip install {distribution}{also}") from None

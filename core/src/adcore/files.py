@@ -2,8 +2,9 @@
 
 A write goes to a temporary file in the target's folder, is flushed and ``fsync``-ed, then renamed
 over the target, so a crash, a full disk, ``SIGTERM`` or Ctrl-C mid-write leaves the previous file
-intact. The temporary file is removed on every failure; one left by a killed process (which no
-``finally`` can clean) is removed by the next write to the same target.
+intact. The temporary file (``.NAME.<pid>.<random>.tmp``, named by the writer's process id) is
+removed on every failure; one left by a killed process (which no ``finally`` can clean) is removed
+by the next write to the same target once its writer's process is gone.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from adcore.errors import OutputPathError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "check_output_file", "check_output_folder"]
 
 
 def _file_mode() -> int:
@@ -45,7 +46,7 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
         raise OutputPathError(f"cannot create the folder {path.parent}: permission denied") from exc
     _remove_stale_temporaries(path)
     try:
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except PermissionError as exc:
         raise OutputPathError(f"cannot write {path}: permission denied in {path.parent}") from exc
     try:
@@ -70,27 +71,97 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
     return path
 
 
+def check_output_file(path: str | Path, *, what: str = "output file") -> Path:
+    """Check, before any work, that :func:`atomic_write_bytes` could write ``path``; returns it.
+
+    Creates missing parent folders. Raises :class:`~adcore.errors.OutputPathError` when ``path``
+    is a folder, a part of its folder path is a file, or its folder is not writable (tried with a
+    real temporary file, so a read-only mount is caught too).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"cannot write the {what} {path}: it is a folder; give a file name such as "
+                              f"{path / 'model.safetensors'}")
+    _make_folder(path.parent, f"the {what} {path}")
+    _probe_writable(path.parent, f"the {what} {path}")
+    return path
+
+
+def check_output_folder(folder: str | Path, *, what: str = "output folder") -> Path:
+    """Check, before any work, that files can be written into ``folder`` (created if missing); returns it."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"cannot use {folder} as the {what}: it is a file; give a folder name")
+    _make_folder(folder, f"the {what} {folder}")
+    _probe_writable(folder, f"the {what} {folder}")
+    return folder
+
+
+def _make_folder(folder: Path, purpose: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise OutputPathError(f"cannot write {purpose}: a part of its folder path is a file ({exc.filename})") from exc
+    except PermissionError as exc:
+        raise OutputPathError(f"cannot create the folder {folder} for {purpose}: permission denied") from exc
+
+
+def _probe_writable(folder: Path, purpose: str) -> None:
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=f".adcore-probe.{os.getpid()}.", suffix=".tmp", dir=folder)
+    except PermissionError as exc:
+        raise OutputPathError(f"cannot write {purpose}: permission denied in {folder}") from exc
+    except OSError as exc:
+        if exc.errno == errno.EROFS:
+            raise OutputPathError(f"cannot write {purpose}: {folder} is on a read-only file system") from exc
+        raise OutputPathError(f"cannot write {purpose}: {exc.strerror or exc} in {folder}") from exc
+    os.close(descriptor)
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """:func:`atomic_write_bytes` for UTF-8 text."""
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _remove_stale_temporaries(path: Path) -> None:
-    """Remove ``.NAME.*.tmp`` files a killed earlier write to ``path`` left behind (not while in use:
-    only files whose writer's process is gone would be safe, so only files older than a minute go)."""
+    """Remove ``.NAME.<pid>.*.tmp`` files an earlier, killed write to ``path`` left behind.
+
+    A temporary file is removed only when the process named in it no longer exists (so a write in
+    progress in another process is never disturbed); one without a process id (an older adcore)
+    only once it is more than a minute old.
+    """
     import time
 
-    cutoff = time.time() - 60.0
     try:
         candidates = list(path.parent.glob(f".{path.name}.*.tmp"))
     except OSError:
         return
+    cutoff = time.time() - 60.0
     for candidate in candidates:
+        writer = candidate.name[len(path.name) + 2:].split(".", 1)[0]
         try:
-            if candidate.stat().st_mtime < cutoff:
-                candidate.unlink()
+            if writer.isdigit():
+                if int(writer) == os.getpid() or _process_alive(int(writer)):
+                    continue
+            elif candidate.stat().st_mtime >= cutoff:
+                continue
+            candidate.unlink()
         except OSError:
             continue
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # it exists but is another user's (or cannot be asked): leave its file alone
+    return True
 
 
 def _fsync_folder(folder: Path) -> None:

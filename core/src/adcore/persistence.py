@@ -17,15 +17,24 @@ mid-write leaves the previous file intact.
 Reading never executes code from the file: pickles and ``torch.save`` archives are refused by their
 first bytes, the header is plain JSON with a size limit (:data:`MAX_HEADER_BYTES`) and a nesting
 limit (:data:`MAX_JSON_DEPTH`, so a header of nested brackets is an error, not a ``RecursionError``),
-and the class to build comes from the installed registry, never from the file. The checksum
-detects corruption and casual edits; it is not a signature (anyone who can write the file can
-recompute it), so keep model files where only trusted users can write.
+and the class to build comes from the installed registry, never from the file. Tensors must be
+floating-point, integer or bool, and the state may set only fitted attributes
+(:func:`check_state_names`). The checksum detects corruption and casual edits; it is not a
+signature (anyone who can write the file can recompute it).
+
+Authenticity is optional: with a signing key (``ADCORE_SIGNING_KEY``, the key itself, or
+``ADCORE_SIGNING_KEY_FILE``, a file holding it) :func:`write` adds ``signature`` =
+``hmac-sha256:<hex>``, an HMAC-SHA256 over every other header field (the checksum among them, so
+the tensors are covered), and :func:`read` verifies it. ``ADCORE_REQUIRE_SIGNED=1`` refuses files
+without a valid signature; without it, an unsigned file loads as before.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,7 +46,8 @@ from adcore._version import __version__
 from adcore.errors import ModelFileError
 from adcore.files import atomic_write_bytes  # ad-distill's teachers.py still imports it from here; new code: adcore.files
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_JSON_DEPTH", "write", "read", "read_header"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_JSON_DEPTH", "ALLOWED_DTYPES", "write", "read",
+           "read_header", "signing_key", "BASE_FITTED_STATE", "check_state_names"]
 
 FORMAT_NAME = "adcore-detector"
 FORMAT_VERSION = 1
@@ -50,6 +60,40 @@ _SIGNED_KEYS = ("detector", "target", "params", "state")
 _REQUIRED_KEYS = ("detector", "target", "params", "state", "sha256")
 _TEXT_FIELDS = ("detector", "target", "distribution", "distribution_version")
 _JSON_FIELDS = ("params", "state")
+_SIGNATURE_PREFIX = "hmac-sha256:"
+#: the tensor dtypes a model file may hold: floating-point, integer and bool (no complex, no quantized)
+ALLOWED_DTYPES = frozenset({torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+                            torch.int16, torch.int8, torch.uint8, torch.bool})
+
+
+def signing_key() -> bytes | None:
+    """The HMAC key from ``ADCORE_SIGNING_KEY`` or the file named by ``ADCORE_SIGNING_KEY_FILE``; ``None`` if neither."""
+    from adcore.errors import ConfigurationError
+
+    text = os.environ.get("ADCORE_SIGNING_KEY", "")
+    if text:
+        return text.encode("utf-8")
+    file = os.environ.get("ADCORE_SIGNING_KEY_FILE", "")
+    if not file:
+        return None
+    try:
+        key = Path(file).read_bytes().strip()
+    except OSError as exc:
+        raise ConfigurationError(f"ADCORE_SIGNING_KEY_FILE={file}: cannot read the signing key "
+                                 f"({exc.strerror or exc})") from exc
+    if not key:
+        raise ConfigurationError(f"ADCORE_SIGNING_KEY_FILE={file} is empty; put the signing key in it")
+    return key
+
+
+def _require_signed() -> bool:
+    return os.environ.get("ADCORE_REQUIRE_SIGNED", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _signature(key: bytes, meta: Mapping[str, str]) -> str:
+    signed = {k: v for k, v in meta.items() if k != "signature"}
+    message = json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _SIGNATURE_PREFIX + hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 def write(path: str | Path, tensors: Mapping[str, torch.Tensor], header: Mapping[str, Any]) -> Path:
@@ -66,7 +110,14 @@ def write(path: str | Path, tensors: Mapping[str, torch.Tensor], header: Mapping
     meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "adcore_version": __version__,
             **_encode_fields(header)}
     tensors = _unshare({name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()})
+    unsupported = sorted(name for name, tensor in tensors.items() if tensor.dtype not in ALLOWED_DTYPES)
+    if unsupported:
+        raise ModelFileError(f"tensor(s) {unsupported} have dtype {tensors[unsupported[0]].dtype}; a model file holds "
+                             "floating-point, integer or bool tensors only")
     meta["sha256"] = _digest(tensors, meta)
+    key = signing_key()
+    if key is not None:
+        meta["signature"] = _signature(key, meta)
     return atomic_write_bytes(path, _serialise(tensors, meta))
 
 
@@ -88,12 +139,38 @@ def read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     meta = _read_meta(path)
     try:
         tensors = load(path.read_bytes())
+    except PermissionError as exc:
+        raise ModelFileError(f"cannot read model file {path}: permission denied; give this user read access to it") from exc
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path} is truncated or corrupt: {exc}") from exc
     if _digest(tensors, meta) != meta["sha256"]:
         raise ModelFileError(f"{path} failed its checksum: tensors or parameters were modified or corrupted after saving. "
                              "Use an intact copy or retrain")
+    _verify_signature(meta, path)
+    unsupported = sorted(name for name, tensor in tensors.items() if tensor.dtype not in ALLOWED_DTYPES)
+    if unsupported:
+        raise ModelFileError(f"{path} holds tensor(s) {unsupported[:5]} of dtype {tensors[unsupported[0]].dtype}; a model "
+                             "file holds floating-point, integer or bool tensors only. It was not written by "
+                             "detector.save()")
     return tensors, _decode_fields(meta, path)
+
+
+def _verify_signature(meta: Mapping[str, str], path: Path) -> None:
+    key = signing_key()
+    signature = meta.get("signature")
+    if signature is None:
+        if _require_signed():
+            raise ModelFileError(f"{path} is not signed, and ADCORE_REQUIRE_SIGNED=1 refuses unsigned model files; "
+                                 "save it again with ADCORE_SIGNING_KEY (or ADCORE_SIGNING_KEY_FILE) set")
+        return
+    if key is None:
+        if _require_signed():
+            raise ModelFileError(f"{path} is signed, but no signing key is configured to verify it "
+                                 "(ADCORE_REQUIRE_SIGNED=1); set ADCORE_SIGNING_KEY or ADCORE_SIGNING_KEY_FILE")
+        return
+    if not isinstance(signature, str) or not hmac.compare_digest(signature, _signature(key, meta)):
+        raise ModelFileError(f"{path} failed its signature check: it was modified after it was signed, or signed with "
+                             "another key. Use the original file, or the key it was signed with")
 
 
 # -- writing -------------------------------------------------------------------------------------------------
@@ -223,7 +300,11 @@ def _read_meta(path: Path) -> dict[str, str]:
     """The safetensors ``__metadata__`` of ``path``, checked for format, version and required fields."""
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist (or is not a file)")
-    with open(path, "rb") as handle:
+    try:
+        handle = open(path, "rb")
+    except PermissionError as exc:
+        raise ModelFileError(f"cannot read model file {path}: permission denied; give this user read access to it") from exc
+    with handle:
         prefix = handle.read(8)
         if len(prefix) < 8:
             raise ModelFileError(f"{path} is truncated or empty ({len(prefix)} bytes); it is not an adcore model file")
@@ -275,3 +356,27 @@ def _decode_fields(meta: dict[str, str], path: Path) -> dict[str, Any]:
             raise ModelFileError(f"{path} has a corrupt parameter block: params and state must be JSON objects")
         header[key] = value
     return header
+
+
+# -- fitted state ---------------------------------------------------------------------------------------------
+#: fitted attributes BaseDetector itself sets (fit, calibrate), allowed in every file's state
+BASE_FITTED_STATE = frozenset({"fitted_", "threshold_", "calibration_", "score_scale_", "pixel_threshold_",
+                               "pixel_scale_"})
+
+
+def check_state_names(cls: type, names: list[str]) -> None:
+    """Refuse state names a model file must not set on ``cls``: only fitted attributes (a letter
+    first, one ``_`` last), none that ``cls`` defines itself, and, when ``cls`` declares
+    ``fitted_state``, only those and :data:`BASE_FITTED_STATE` (see ``BaseDetector._set_state``)."""
+    declared = getattr(cls, "fitted_state", None)
+    for name in names:
+        if not (isinstance(name, str) and name[:1].isalpha() and name.endswith("_") and name.isidentifier()
+                and not name.endswith("__")):
+            raise ModelFileError(f"the saved state names {name!r}, which is not a fitted attribute (a name starting "
+                                 f"with a letter and ending in one '_'); the file was not written by {cls.__name__}.save()")
+        if hasattr(cls, name):
+            raise ModelFileError(f"the saved state would replace {cls.__name__}.{name}, which the class defines itself; "
+                                 f"the file was not written by {cls.__name__}.save()")
+        if declared is not None and name not in declared and name not in BASE_FITTED_STATE:
+            raise ModelFileError(f"the saved state holds {name!r}, which {cls.__name__} does not declare in "
+                                 f"fitted_state {sorted(declared)}; install the version that wrote it or retrain")

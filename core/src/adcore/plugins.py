@@ -6,26 +6,40 @@ the same plugin name) → ``import`` (any exception, including ``SystemExit``) �
 validates hook signatures) → ``check`` (hook names the specs do not know, e.g. a typo; a hook
 function not marked with ``@hookimpl``) → ``hook`` (calling the plugin's hooks raised; nothing it
 registered is kept) → ``detector`` (a registered class that is abstract or lacks
-fit/predict/get_params; only that detector is dropped) → ``duplicate`` (names already taken). A
-failure at any stage is recorded as a :class:`PluginFailure` with the distribution, its version,
+fit/predict/get_params; only that detector is dropped) → ``duplicate`` (a distribution registering
+one name twice). A name that two distributions register is a ``conflict``: both are kept and listed,
+a bare ``get_model(name)`` is ambiguous until ``"distribution:name"`` or ``ADCORE_PREFER=name=dist``
+chooses, and a model file loads with the distribution that wrote it. A failure at any stage is recorded as a :class:`PluginFailure` with the distribution, its version,
 the stage and the error, the plugin (or detector) is dropped, and every other plugin keeps
 working. pluggy's ``load_setuptools_entrypoints`` is not used: it aborts on the first failure, and
 so does ``importlib.metadata.entry_points()`` on one malformed ``entry_points.txt``.
 
 A plugin whose import takes longer than ``ADCORE_SLOW_IMPORT_SECONDS`` (default 5) still loads
-and is reported with stage ``slow-import``: a warning, which strict mode does not count.
+and is reported with stage ``slow-import``: a warning, which strict mode does not count. While it
+is still importing it is named on stderr at that moment; one that has not finished after
+``ADCORE_PLUGIN_TIMEOUT`` seconds (default 30) ends loading with :class:`PluginTimeoutError`
+naming the distribution and how to disable it. To be able to give up, each import runs in a
+daemon worker thread while the loader waits; a timed-out import may still hold its modules' import
+locks, so the loader never continues past it (nothing else is imported in that process) and later
+calls fail fast with the same error. ``ADCORE_PLUGIN_TIMEOUT=0`` imports in the calling thread,
+without a limit (for a plugin that must import in the main thread, e.g. to install signal handlers).
+
+What a plugin prints while it is imported or its hooks run goes to stderr, so the JSON of
+``adcore list --json`` and ``adcore plugins`` on stdout stays parseable.
 
 Loading is lazy: nothing happens at ``import adcore``; the first ``list_models``/``get_model``
 call loads plugins once. ``ADCORE_STRICT_PLUGINS=1`` (or ``adcore --strict``) turns any failure
 into a :class:`PluginLoadError`; ``ADCORE_DISABLE_PLUGINS=a,b`` skips plugins by entry-point or
-distribution name. What cannot be isolated in-process: a plugin that hangs on import, calls
-``os._exit`` or crashes the interpreter; ``ADCORE_DISABLE_PLUGINS`` is the way out.
+distribution name. What cannot be isolated in-process: a plugin that calls ``os._exit``, crashes
+the interpreter or hangs inside a hook; ``ADCORE_DISABLE_PLUGINS`` is the way out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+import sys
 import threading
 import time
 import traceback
@@ -41,6 +55,7 @@ from adcore._version import __version__
 from adcore.errors import PluginError
 from adcore.hookspecs import ENTRY_POINT_GROUP
 from adcore.registry import BackboneRegistry, DetectorRegistry, DuplicateDetectorError
+from adcore.values import parse_assignments
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -48,6 +63,7 @@ __all__ = [
     "PluginInfo",
     "PluginHost",
     "PluginLoadError",
+    "PluginTimeoutError",
     "WARNING_STAGES",
     "discover_entry_points",
     "get_host",
@@ -56,8 +72,9 @@ __all__ = [
 ]
 
 SLOW_IMPORT_SECONDS = 5.0
+PLUGIN_TIMEOUT_SECONDS = 30.0
 #: failure stages that are warnings: reported, but the plugin loaded and strict mode ignores them
-WARNING_STAGES = frozenset({"slow-import"})
+WARNING_STAGES = frozenset({"slow-import", "conflict"})
 _BUILTIN = "adcore.builtin"
 _DETECTOR_METHODS = ("fit", "predict", "get_params")
 
@@ -72,6 +89,10 @@ class PluginLoadError(PluginError):
         lines += [f"  - {f.describe()}" for f in failures]
         lines.append("Fix or uninstall them, or skip them with ADCORE_DISABLE_PLUGINS=name1,name2.")
         super().__init__("\n".join(lines))
+
+
+class PluginTimeoutError(PluginError, TimeoutError):
+    """A plugin did not finish importing within ``ADCORE_PLUGIN_TIMEOUT`` seconds."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +163,22 @@ def _slow_import_seconds() -> float:
         return float(raw) if raw.strip() else SLOW_IMPORT_SECONDS
     except ValueError:
         return SLOW_IMPORT_SECONDS
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw.strip() else default
+    except ValueError:
+        return default
+    return value if value >= 0 and value == value else default
+
+
+def _preferences() -> dict[str, str]:
+    """``ADCORE_PREFER=padim=ad-stat,patchcore=ad-memory`` → ``{"padim": "ad-stat", ...}``."""
+    raw = os.environ.get("ADCORE_PREFER", "")
+    pairs = [part for part in raw.split(",") if part.strip()]
+    return {key: str(value) for key, value in parse_assignments(pairs, option="ADCORE_PREFER").items()}
 
 
 def _name_and_version(dist: Any) -> tuple[str, str]:
@@ -268,7 +305,9 @@ class _Loader:
                 for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
                     if impl.plugin is module:
                         impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
-        except Exception as exc:
+        except BaseException as exc:  # noqa: BLE001 - sys.exit in a hook is that plugin's failure
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             self.fail(info.plugin, info.distribution, info.version, "hook", exc)
             return False
         finally:
@@ -280,11 +319,21 @@ class _Loader:
                 self.fail(info.plugin, info.distribution, info.version, "detector",
                           f"detector {entry.name!r} ({entry.target_path}) {problem}; it was not registered")
                 continue
+            others = [e for e in self.detectors._entries.get(entry.name, ()) if e.distribution != entry.distribution]
             try:
                 self.detectors._commit(entry)
                 info.detectors.append(entry.name)
             except DuplicateDetectorError as exc:
                 self.fail(info.plugin, info.distribution, info.version, "duplicate", exc)
+                continue
+            if others:
+                every = [*others, entry]
+                self.fail(info.plugin, info.distribution, info.version, "conflict",
+                          f"detector name {entry.name!r} is registered by "
+                          f"{' and '.join(f'{e.distribution} {e.version}' for e in every)}; all are kept and "
+                          f"listed, and a bare {entry.name!r} is ambiguous: choose "
+                          f"{' or '.join(repr(e.qualified_name) for e in every)}, or set "
+                          f"ADCORE_PREFER={entry.name}={others[0].distribution}")
         for name in staged_backbones.names():
             try:
                 self.backbones.add(name, staged_backbones.get(name), description=staged_backbones._providers[name][1])
@@ -307,12 +356,23 @@ def _nonconforming(target: Any) -> str:
 
 
 def load_plugins(*, strict: bool | None = None, entry_points_list: list[EntryPoint] | None = None) -> PluginHost:
-    """Load every ``adcore`` entry point in isolation and return the resulting :class:`PluginHost`."""
+    """Load every ``adcore`` entry point in isolation and return the resulting :class:`PluginHost`.
+
+    Raises :class:`PluginLoadError` in strict mode when a plugin failed, and
+    :class:`PluginTimeoutError` when a plugin's import did not finish within the budget.
+    """
+    # whatever a plugin prints while it loads goes to stderr: stdout carries JSON reports
+    with contextlib.redirect_stdout(sys.stderr):
+        return _load_plugins(strict, entry_points_list)
+
+
+def _load_plugins(strict: bool | None, entry_points_list: list[EntryPoint] | None) -> PluginHost:
     from adcore import builtin  # core's own backbone weight providers, registered like a plugin
 
     strict = _env_flag("ADCORE_STRICT_PLUGINS") if strict is None else strict
     disabled = _disabled_names()
     loader = _Loader()
+    loader.detectors.preferences = _preferences()
     core_version = __version__
     loader.load_module(_BUILTIN, "adcore", core_version, builtin, 0.0)
 
@@ -322,6 +382,7 @@ def load_plugins(*, strict: bool | None = None, entry_points_list: list[EntryPoi
         found, discovery_failures = discover_entry_points()
         loader.failures.extend(discovery_failures)
     slow = _slow_import_seconds()
+    budget = _seconds_from_env("ADCORE_PLUGIN_TIMEOUT", PLUGIN_TIMEOUT_SECONDS)
     seen: dict[str, str] = {}
     for ep in sorted(found, key=lambda e: (_dist_of(e)[0].lower(), e.name)):
         dist, version = _dist_of(ep)
@@ -334,9 +395,16 @@ def load_plugins(*, strict: bool | None = None, entry_points_list: list[EntryPoi
         seen[ep.name] = dist
         if {ep.name.lower().replace("_", "-"), dist.lower().replace("_", "-")} & disabled:
             continue
+        if EntryPoint.pattern.match(ep.value) is None or not ep.module:
+            loader.fail(ep.name, dist, version, "import",
+                        f"entry point value {ep.value!r} is not module:attr (a dotted module name, optionally "
+                        f"followed by ':attr'), e.g. {ep.name} = my_plugin.hooks; fix the entry_points of {dist}")
+            continue
         started = time.perf_counter()
         try:
-            module = ep.load()
+            module = _import_entry_point(ep, dist, version, slow, budget)
+        except PluginTimeoutError:
+            raise
         except BaseException as exc:  # noqa: BLE001 - a plugin calling sys.exit must not kill the host
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -357,6 +425,51 @@ def load_plugins(*, strict: bool | None = None, entry_points_list: list[EntryPoi
     if strict and any(f.stage not in WARNING_STAGES for f in host.failures):
         raise PluginLoadError(host.failures)
     return host
+
+
+#: entry points whose import timed out in this process: their module locks may still be held
+_timed_out: dict[tuple[str, str], PluginTimeoutError] = {}
+
+
+def _import_entry_point(ep: EntryPoint, dist: str, version: str, slow: float, budget: float) -> Any:
+    """``ep.load()``, in a daemon worker thread when ``budget`` > 0, so that a hang can be given up on.
+
+    The plugin is named on stderr once it has taken ``slow`` seconds; after ``budget`` seconds
+    :class:`PluginTimeoutError` is raised. Exceptions of the import (``SystemExit`` and
+    ``KeyboardInterrupt`` included) are re-raised in the calling thread.
+    """
+    key = (dist, ep.name)
+    if key in _timed_out:
+        raise _timed_out[key]
+    if budget == 0:
+        return ep.load()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:  # sys.stdout is process-wide: load_plugins' redirect covers this thread too
+        try:
+            outcome["module"] = ep.load()
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name=f"adcore-import-{ep.name}", daemon=True)
+    started = time.perf_counter()
+    worker.start()
+    worker.join(min(slow, budget))
+    if worker.is_alive() and slow < budget:
+        print(f"adcore: still importing plugin {ep.name!r} from {dist} {version} after {slow:g} s "
+              f"(giving up at {budget:g} s, ADCORE_PLUGIN_TIMEOUT)...", file=sys.stderr, flush=True)
+        worker.join(max(0.0, budget - (time.perf_counter() - started)))
+    if worker.is_alive():
+        error = PluginTimeoutError(
+            f"plugin {ep.name!r} of {dist} {version} did not finish importing within {budget:g} s "
+            f"(ADCORE_PLUGIN_TIMEOUT); it hangs or is very slow. Disable it with "
+            f"ADCORE_DISABLE_PLUGINS={dist}, uninstall it (pip uninstall {dist}), or raise the budget with "
+            "ADCORE_PLUGIN_TIMEOUT=SECONDS")
+        _timed_out[key] = error
+        raise error
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["module"]
 
 
 _host: PluginHost | None = None

@@ -21,6 +21,7 @@ __all__ = [
     "CATEGORIES",
     "DetectorEntry",
     "DetectorRegistry",
+    "AmbiguousDetectorError",
     "DuplicateDetectorError",
     "ModelNotFoundError",
     "DetectorImportError",
@@ -78,7 +79,23 @@ class ModelNotFoundError(AdcoreError, KeyError):
 
 
 class DuplicateDetectorError(PluginError, ValueError):
-    """Two plugins registered the same detector name."""
+    """One distribution registered the same detector name twice."""
+
+
+class AmbiguousDetectorError(AdcoreError, LookupError):
+    """Several distributions registered this name and no preference chooses one."""
+
+    def __init__(self, name: str, entries: list[DetectorEntry]) -> None:
+        self.name = name
+        self.entries = entries
+        providers = ", ".join(f"{e.distribution} {e.version}" for e in entries)
+        choices = " or ".join(repr(e.qualified_name) for e in entries)
+        self.message = (f"detector name {name!r} is ambiguous: it is registered by {providers}. Choose one: "
+                        f"{choices}, or set a preference, e.g. ADCORE_PREFER={name}={entries[0].distribution}")
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class DetectorImportError(PluginError, ImportError):
@@ -142,16 +159,22 @@ class DetectorRegistry:
     """Name → :class:`DetectorEntry`. The object plugins receive in ``adcore_register_detectors``."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, DetectorEntry] = {}
+        # name -> every entry of that name, one per distribution: a name two distributions register
+        # is a conflict both sides of which stay visible, never settled by load order
+        self._entries: dict[str, list[DetectorEntry]] = {}
         self._source = ("unknown", "unknown", "unknown")  # (plugin, distribution, version)
         self._staged: list[DetectorEntry] | None = None
+        #: name -> distribution to use when several registered that name (``ADCORE_PREFER``)
+        self.preferences: dict[str, str] = {}
 
     # -- the public plugin API -------------------------------------------------------------
     def add(self, name: str, target: str | Callable[..., Any], *, category: str, **card: Any) -> None:
         """Register ``target`` under ``name``.
 
         Args:
-            name: lowercase identifier (``[a-z][a-z0-9_]*``), unique across all plugins.
+            name: lowercase identifier (``[a-z][a-z0-9_]*``), unique within a distribution; when
+                two distributions register one name both are kept and a bare lookup of it is
+                ambiguous (``"distribution:name"`` or ``ADCORE_PREFER`` chooses).
             target: a detector class or factory, or a lazy ``"module:attr"`` string.
             category: paradigm group used by ``adcore list``; first-party ones are in
                 :data:`CATEGORIES`, third parties may add their own.
@@ -183,26 +206,40 @@ class DetectorRegistry:
 
     # -- queries ---------------------------------------------------------------------------
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._resolve(name) is not None
+        if not isinstance(name, str):
+            return False
+        try:
+            return self._resolve(name) is not None
+        except AmbiguousDetectorError:
+            return True
 
     def __iter__(self) -> Iterator[DetectorEntry]:
-        return iter(sorted(self._entries.values(), key=lambda e: (e.category, e.name)))
+        everything = [entry for entries in self._entries.values() for entry in entries]
+        return iter(sorted(everything, key=lambda e: (e.category, e.name, e.distribution)))
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return sum(len(entries) for entries in self._entries.values())
 
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def conflicts(self) -> dict[str, list[DetectorEntry]]:
+        """``{name: entries}`` for every name that more than one distribution registered."""
+        return {name: list(entries) for name, entries in sorted(self._entries.items()) if len(entries) > 1}
+
     def get(self, name: str) -> DetectorEntry:
-        """Entry for ``name`` or ``"distribution:name"``; :class:`ModelNotFoundError` otherwise."""
+        """Entry for ``name`` or ``"distribution:name"``.
+
+        Raises :class:`ModelNotFoundError` when nothing registered it and
+        :class:`AmbiguousDetectorError` when several distributions did and no preference chooses.
+        """
         entry = self._resolve(name)
         if entry is None:
             raise ModelNotFoundError(name, self.names())
         return entry
 
     def find_by_target(self, target_path: str) -> DetectorEntry | None:
-        for entry in self._entries.values():
+        for entry in self:
             if entry.target_path == target_path:
                 return entry
         return None
@@ -215,22 +252,37 @@ class DetectorRegistry:
     def _resolve(self, name: str) -> DetectorEntry | None:
         if ":" in name:
             prefix, _, bare = name.partition(":")
-            entry = self._entries.get(bare)
-            normalise = lambda s: s.lower().replace("_", "-")  # noqa: E731
-            if entry is not None and normalise(prefix) in (normalise(entry.distribution), normalise(entry.plugin)):
-                return entry
+            for entry in self._entries.get(bare, ()):
+                if _same_name(prefix, entry.distribution) or _same_name(prefix, entry.plugin):
+                    return entry
             return None
-        return self._entries.get(name)
+        entries = self._entries.get(name)
+        if not entries:
+            return None
+        if len(entries) == 1:
+            return entries[0]
+        preferred = self.preferences.get(name)
+        for entry in entries:
+            if preferred is not None and _same_name(preferred, entry.distribution):
+                return entry
+        raise AmbiguousDetectorError(name, entries)
 
     def _commit(self, entry: DetectorEntry) -> None:
-        existing = self._entries.get(entry.name)
-        if existing is not None:
-            raise DuplicateDetectorError(
-                f"detector name {entry.name!r} from {entry.distribution} {entry.version} is already "
-                f"registered by {existing.distribution} {existing.version}; the first registration is kept. "
-                "Rename one of them or disable a plugin with ADCORE_DISABLE_PLUGINS."
-            )
-        self._entries[entry.name] = entry
+        entries = self._entries.setdefault(entry.name, [])
+        for existing in entries:
+            if _same_name(existing.distribution, entry.distribution):
+                raise DuplicateDetectorError(
+                    f"detector name {entry.name!r} from {entry.distribution} {entry.version} is already "
+                    f"registered by {existing.distribution} {existing.version}; the first registration is kept. "
+                    "Rename one of them or disable a plugin with ADCORE_DISABLE_PLUGINS."
+                )
+        entries.append(entry)
+
+
+def _same_name(a: str, b: str) -> bool:
+    """Distribution names compare as pip does: case, ``-``, ``_`` and ``.`` do not matter."""
+    normalise = lambda s: re.sub(r"[-_.]+", "-", s).lower()  # noqa: E731
+    return normalise(a) == normalise(b)
 
 
 class BackboneRegistry:

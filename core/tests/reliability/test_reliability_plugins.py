@@ -108,22 +108,22 @@ def test_broken_plugin_is_isolated_and_reported(fake_dist, case):
     json.dumps(host.report())  # `adcore plugins` prints this
 
 
-def test_duplicate_detector_name_keeps_the_first(fake_dist):
-    first = fake_dist.add("ad-aaa", HEALTHY)
-    fake_dist.add("ad-zzz", f"""
+def test_duplicate_detector_name_within_one_distribution_keeps_the_first(fake_dist):
+    plugin = fake_dist.add("ad-aaa", """
         from adcore import hookimpl
 
         @hookimpl
         def adcore_register_detectors(registry):
-            registry.add("{first.module}_ok", "x.y:Z", category="example")
-            registry.add("zzz_unique", "ad_example.gaussian:GaussianPatchDetector", category="example")
-    """, version="2.0")
+            registry.add("{mod}_ok", "ad_example.gaussian:GaussianPatchDetector", category="example")
+            registry.add("{mod}_ok", "x.y:Z", category="example")
+            registry.add("aaa_unique", "ad_example.gaussian:GaussianPatchDetector", category="example")
+    """)
     host = load_plugins()
-    (failure,) = [f for f in host.failures if f.distribution == "ad-zzz"]
+    (failure,) = [f for f in host.failures if f.distribution == "ad-aaa"]
     assert failure.stage == "duplicate"
-    assert f"detector name '{first.module}_ok' from ad-zzz 2.0 is already registered by ad-aaa 0.1.0" in failure.error
-    assert host.detectors.get(f"{first.module}_ok").distribution == "ad-aaa"
-    assert "zzz_unique" in host.detectors  # the plugin's other detector is kept
+    assert f"detector name '{plugin.module}_ok' from ad-aaa 0.1.0 is already registered by ad-aaa 0.1.0" in failure.error
+    assert host.detectors.get(f"{plugin.module}_ok").target == "ad_example.gaussian:GaussianPatchDetector"
+    assert "aaa_unique" in host.detectors  # the plugin's other detector is kept
 
 
 def test_non_conforming_detector_classes_are_dropped(fake_dist):

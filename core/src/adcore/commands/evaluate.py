@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from adcore.commands.options import (add_dataset_options, add_fit_options, add_model_options, build_detector,
-                                     dataset_from_args, detector_params, load_size_of, loader_batch_size)
+                                     check_fit_options, dataset_from_args, load_size_of, loader_batch_size,
+                                     split_for_fit, warn_no_threshold, written_files)
 
 __all__ = ["NAME", "HELP", "add_arguments", "run", "metrics_table", "METRIC_KEYS"]
 
@@ -53,29 +54,38 @@ def metrics_table(row: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from adcore.datasets import open_dataset
-    from adcore.evaluation import evaluate_detector, split_calibration
-    from adcore.files import atomic_write_text
+    from adcore.evaluation import evaluate_detector
+    from adcore.files import atomic_write_text, check_output_file, check_output_folder
 
+    check_fit_options(args)
     detector = build_detector(args)
+    if args.out:  # before the fit: a bad --out must not lose the work
+        check_output_folder(args.out)
+        for name in ("model.safetensors", "metrics.json", "metrics.md"):
+            check_output_file(Path(args.out) / name)
+        check_output_folder(Path(args.out) / "heatmaps")
     spec = dataset_from_args(args)
     size = load_size_of(detector)
     train = open_dataset(spec, "train", size)
     test_set = open_dataset(spec, "test", size)
-    seed = detector_params(args).get("seed") or 0
-    fit_set, calibration_set = split_calibration(train, args.calibration_fraction, seed=seed)
+    fit_set, calibration_set = split_for_fit(args, train, fallback_split=True)
     result, outputs = evaluate_detector(detector, fit_set, test_set, batch_size=loader_batch_size(detector, args.batch_size),
                                         calibration_set=calibration_set if len(calibration_set) else None,
                                         target_fpr=args.target_fpr)
+    if getattr(detector, "threshold_", None) is None:
+        warn_no_threshold(args, len(train))
     row = {"model": args.model, "data": spec.root or spec.train, "category": spec.category or spec.name,
            "dataset": spec.describe(), "params": detector.get_params(), **result.as_dict()}
     table = metrics_table(row)
     print(table)
     if args.out:
         out = Path(args.out)
-        detector.save(out / "model.safetensors")
-        atomic_write_text(out / "metrics.json", json.dumps(row, indent=2, default=str))
-        atomic_write_text(out / "metrics.md", table + "\n")
-        _write_heatmaps(out / "heatmaps", test_set, outputs, getattr(detector, "threshold_", None), args.max_heatmaps)
+        with written_files(args.command) as written:
+            written.append(detector.save(out / "model.safetensors"))
+            written.append(atomic_write_text(out / "metrics.json", json.dumps(row, indent=2, default=str)))
+            written.append(atomic_write_text(out / "metrics.md", table + "\n"))
+            _write_heatmaps(out / "heatmaps", test_set, outputs, getattr(detector, "threshold_", None),
+                            args.max_heatmaps)
         print(f"wrote {out}/model.safetensors, metrics.json, metrics.md and heatmaps/", file=sys.stderr)
     return 0
 

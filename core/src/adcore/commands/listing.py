@@ -23,6 +23,12 @@ def run(args: argparse.Namespace) -> int:
     entries = detector_entries(args.pattern, args.category)
     if args.json:
         print(json.dumps([entry.as_dict() for entry in entries], indent=2))
+    elif not entries and (args.pattern != "*" or args.category is not None):
+        asked = " and ".join(part for part in (f"pattern {args.pattern!r}" if args.pattern != "*" else "",
+                                               f"category {args.category!r}" if args.category is not None else "") if part)
+        categories = sorted({entry.category for entry in detector_entries()})
+        print(f"No detector matched {asked}; categories: {', '.join(categories) or '(none)'}. "
+              "Run `adcore list` to see every registered detector")
     elif not entries:
         print("No detectors registered. Install a plugin, e.g. pip install ad-memory")
     else:

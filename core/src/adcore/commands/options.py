@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,11 @@ from adcore.datasets import SPEC_HELP
 from adcore.errors import ConfigurationError
 
 __all__ = ["load_size_of", "loader_batch_size", "add_model_options", "add_dataset_options", "add_fit_options", "detector_params", "build_detector",
-           "dataset_from_args", "detector_entries", "plugin_failures", "plugin_report", "report_plugin_failures"]
+           "dataset_from_args", "detector_entries", "plugin_failures", "plugin_report", "report_plugin_failures",
+           "check_fit_options", "split_for_fit", "warn_no_threshold", "MIN_CALIBRATION_TRAIN", "written_files"]
+
+#: good training images needed before some are held out to calibrate (see evaluation.split_calibration)
+MIN_CALIBRATION_TRAIN = 4
 
 
 # The plugin host is reached through adcore.factory, the one module besides adcore.plugins that talks to it.
@@ -72,6 +78,74 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
                         help="share of the good training images held out to set the threshold (default 0.2)")
     parser.add_argument("--target-fpr", type=float, default=0.01,
                         help="false-positive rate the threshold allows on held-out good images (default 0.01)")
+    parser.add_argument("--require-threshold", action="store_true",
+                        help="refuse (before fitting) to produce a model without a calibrated threshold")
+
+
+def check_fit_options(args: argparse.Namespace) -> None:
+    """``--target-fpr`` in [0, 1), ``--calibration-fraction`` in [0, 1), ``--batch-size`` ≥ 1: checked
+    before anything is loaded or fitted."""
+    import math
+
+    if not (math.isfinite(args.target_fpr) and 0.0 <= args.target_fpr < 1.0):
+        raise ConfigurationError(f"--target-fpr must be in [0, 1), got {args.target_fpr:g}; e.g. --target-fpr 0.01")
+    if not (math.isfinite(args.calibration_fraction) and 0.0 <= args.calibration_fraction < 1.0):
+        raise ConfigurationError(f"--calibration-fraction must be in [0, 1), got {args.calibration_fraction:g}; "
+                                 "e.g. 0.2 holds out a fifth of the good images, 0 turns calibration off")
+    if args.batch_size < 1:
+        raise ConfigurationError(f"--batch-size must be a positive integer, got {args.batch_size}")
+
+
+def split_for_fit(args: argparse.Namespace, train: Any, *, fallback_split: bool = False) -> tuple[Any, Any]:
+    """The fit and calibration subsets of ``train``, refused before the fit when nothing would be
+    left to fit, or when ``--require-threshold`` is given and the model would get no threshold.
+
+    ``fallback_split``: the caller holds out a fifth of the fit set itself when the calibration set
+    is empty (``evaluate_detector`` does), so only too few images leave the model without one.
+    """
+    from adcore.evaluation import split_calibration
+
+    seed = detector_params(args).get("seed") or 0
+    fit_set, calibration_set = split_calibration(train, args.calibration_fraction, seed=seed)
+    if len(fit_set) == 0:
+        raise ConfigurationError(f"--calibration-fraction {args.calibration_fraction:g} holds out all {len(train)} "
+                                 "good training images, leaving none to fit; lower it (e.g. 0.2)")
+    fallback = fallback_split and len(fit_set) >= MIN_CALIBRATION_TRAIN
+    if args.require_threshold and len(calibration_set) == 0 and not fallback:
+        raise ConfigurationError(f"--require-threshold: {_why_no_threshold(args, len(train))}; nothing was fitted")
+    return fit_set, calibration_set
+
+
+def _why_no_threshold(args: argparse.Namespace, count: int) -> str:
+    if args.calibration_fraction <= 0:
+        return "calibration is off (--calibration-fraction 0), so the model would have no threshold"
+    return (f"{count} good training image(s) are too few to hold some out for calibration "
+            f"({MIN_CALIBRATION_TRAIN} or more are needed), so the model would have no threshold")
+
+
+@contextlib.contextmanager
+def written_files(command: str) -> Iterator[list[Path]]:
+    """Collect the files a command has finished writing; Ctrl-C then says which ones are complete.
+
+    The interrupt is re-raised (the CLI exits 130); only the message is added.
+    """
+    written: list[Path] = []
+    try:
+        yield written
+    except KeyboardInterrupt:
+        if written:
+            print(f"adcore {command}: interrupted after writing {', '.join(str(p) for p in written)}: "
+                  f"{'it is' if len(written) == 1 else 'each is'} complete (written atomically); nothing after it was "
+                  "written", file=sys.stderr)
+        raise
+
+
+def warn_no_threshold(args: argparse.Namespace, count: int) -> None:
+    """The loud warning for a model saved without a threshold (train/eval)."""
+    print(f"adcore {args.command}: WARNING: {_why_no_threshold(args, count)}. predict will give scores but "
+          "cannot flag any image as anomalous. Add good images or raise --calibration-fraction, calibrate "
+          "later with detector.calibrate(good_images), or pass --require-threshold to make this an error.",
+          file=sys.stderr)
 
 
 def detector_params(args: argparse.Namespace) -> dict[str, Any]:

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from adcore.commands.options import (add_dataset_options, add_fit_options, add_model_options, build_detector,
-                                     dataset_from_args, detector_params, load_size_of, loader_batch_size)
+                                     check_fit_options, dataset_from_args, load_size_of, loader_batch_size,
+                                     split_for_fit, warn_no_threshold, written_files)
 
 __all__ = ["NAME", "HELP", "add_arguments", "run"]
 
@@ -25,14 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from adcore.data import make_loader
     from adcore.datasets import open_dataset
-    from adcore.evaluation import split_calibration
+    from adcore.files import check_output_file
 
+    check_fit_options(args)
     detector = build_detector(args)
+    check_output_file(args.out, what="model file")  # before the fit: a bad --out must not lose the work
     spec = dataset_from_args(args)
     train = open_dataset(spec, "train", load_size_of(detector))
     batch_size = loader_batch_size(detector, args.batch_size)
-    seed = detector_params(args).get("seed") or 0
-    fit_set, calibration_set = split_calibration(train, args.calibration_fraction, seed=seed)
+    fit_set, calibration_set = split_for_fit(args, train)
     print(f"fitting {args.model} on {len(fit_set)} good images of {spec.describe()}", file=sys.stderr)
     detector.fit(make_loader(fit_set, batch_size))
     if len(calibration_set):
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"threshold {detector.threshold_:.6g} from {len(calibration_set)} held-out good images "
               f"(target false-positive rate {args.target_fpr})", file=sys.stderr)
     else:
-        print(f"no threshold: {len(train)} good images are too few to hold some out (4 or more are needed); "
-              "predictions will have scores but no labels", file=sys.stderr)
-    print(str(detector.save(args.out)))
+        warn_no_threshold(args, len(train))
+    with written_files(args.command) as written:
+        written.append(detector.save(args.out))
+        print(str(written[-1]))
     return 0

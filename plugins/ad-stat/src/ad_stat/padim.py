@@ -124,6 +124,7 @@ class Padim(FeatureDetector):
                     # fallback about 20x slower than the BLAS path
                     x = embedding.flatten(2).permute(2, 0, 1).contiguous()
                     if shift is None:
+                        self._check_statistics_memory(x.shape[0], x.shape[2])
                         # centring on a first estimate of the mean keeps Σxxᵀ − N μμᵀ free of cancellation
                         shift = x.mean(1)
                         sum_x = torch.zeros_like(shift, dtype=torch.float64)
@@ -177,6 +178,15 @@ class Padim(FeatureDetector):
             self._split_index = [index[(index >= lo) & (index < hi)] - lo for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
         return self._split_index
 
+    def _check_statistics_memory(self, positions: int, dims: int) -> None:
+        """Refuse, before allocating, statistics that would not fit: positions × d² × 4 bytes."""
+        from adcore.memory import check_memory
+
+        needed = positions * dims * dims * 4 + positions * dims * 16  # Σxxᵀ (float32) + sums and mean
+        check_memory(needed, f"padim: the covariances ({positions} positions × {dims}² features × 4 bytes)",
+                     f"lower num_features (the memory grows with its square; now {self.num_features}) or "
+                     f"input_size (now {self.input_size})")
+
     def _whitening(self, sum_outer: torch.Tensor, mean: torch.Tensor, count: int) -> torch.Tensor:
         """W = L⁻¹ with LLᵀ = Σ + εI per position, computed in float64 one position chunk at a time.
 
@@ -192,6 +202,13 @@ class Padim(FeatureDetector):
             cov = sum_outer[start:stop].double()
             cov.sub_(count * centred_mean[:, :, None] * centred_mean[:, None, :]).div_(denominator)
             cov.add_(self.epsilon * identity)
-            factor = torch.linalg.cholesky(cov)
+            factor, info = torch.linalg.cholesky_ex(cov)
+            failed = int((info > 0).sum())
+            if failed or not bool(torch.isfinite(cov).all()):
+                raise InvalidInputError(
+                    f"padim: the feature covariance is not positive definite at {failed or 'some'} of positions "
+                    f"{start}..{min(stop, sum_outer.shape[0]) - 1} even with the ridge epsilon={self.epsilon:g} "
+                    f"(from {count} training images); raise epsilon (e.g. -p epsilon={max(self.epsilon * 100, 0.01):g}), "
+                    "lower num_features, or train on more images")
             sum_outer[start:stop] = torch.linalg.solve_triangular(factor, identity.expand_as(factor), upper=False)
         return sum_outer
