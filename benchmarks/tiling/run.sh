@@ -15,7 +15,7 @@ mkdir -p benchmarks/tiling/results docs/figures/tiling
 for model in padim patchcore; do
     extra=""; [ "$model" = patchcore ] && extra="-p coreset_ratio=0.01"
     $PY benchmarks/tiling/huge_image.py --mosaics runs/tiling/mosaics/PA_FLR01_TL_mosaic --model "$model" $extra \
-        --figure "docs/figures/tiling/huge_$model.png" >> benchmarks/tiling/results/huge_image.jsonl
+        >> benchmarks/tiling/results/huge_image.jsonl
 done
 cp results/tiling/untiled/results.jsonl benchmarks/tiling/results/untiled.jsonl
 cp results/tiling/tiled/results.jsonl benchmarks/tiling/results/tiled.jsonl
