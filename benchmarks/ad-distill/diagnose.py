@@ -16,8 +16,8 @@ __all__: list[str] = []
 from adcore.data import MVTecDataset
 
 size = 128  # 4x cheaper than 256
-tr = MVTecDataset("/work/shared/data/mvtec_bottle", "bottle", split="train", image_size=size)
-te = MVTecDataset("/work/shared/data/mvtec_bottle", "bottle", split="test", image_size=size)
+tr = MVTecDataset("../shared/data/mvtec_bottle", "bottle", split="train", image_size=size)
+te = MVTecDataset("../shared/data/mvtec_bottle", "bottle", split="test", image_size=size)
 x = torch.stack([tr[i]["image"] for i in range(0, 209, 3)])
 tx = torch.stack([te[i]["image"] for i in range(len(te))])
 ty = [te[i]["label"] for i in range(len(te))]

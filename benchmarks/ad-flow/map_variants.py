@@ -8,7 +8,7 @@ negative log-likelihood over channels and levels. Prints one line per variant:
 ``epochs variant image_auroc pixel_auroc aupro``.
 
     flock /tmp/adcore-bench.lock env OMP_NUM_THREADS=2 ADCORE_PROGRESS=0 .venv/bin/python \\
-        benchmarks/ad-flow/map_variants.py --root /work/shared/data/mvtec_bottle --category bottle --epochs 12
+        benchmarks/ad-flow/map_variants.py --root ../shared/data/mvtec_bottle --category bottle --epochs 12
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ grows). For comparison it times the textbook loop (one full distance pass per pi
 hundred picks. Prints one JSON line.
 
     flock /tmp/adcore-bench.lock env OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE ADCORE_PROGRESS=0 \\
-        .venv/bin/python benchmarks/ad-memory/coreset.py --root /work/shared/data/mvtec_bottle --category bottle
+        .venv/bin/python benchmarks/ad-memory/coreset.py --root ../shared/data/mvtec_bottle --category bottle
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from adcore.metrics import evaluate
 
 __all__ = ["main"]
 
-ROOT, CATEGORY, SIZE = "/work/shared/data/mvtec_bottle", "bottle", 256
+ROOT, CATEGORY, SIZE = "../shared/data/mvtec_bottle", "bottle", 256
 
 
 def main() -> None:
