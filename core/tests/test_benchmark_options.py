@@ -14,6 +14,7 @@ import pytest
 from adcore import benchmark as bench
 from adcore.benchmark.report import aggregate_seeds, results_table
 from adcore.errors import ConfigurationError
+from adcore.testing import write_tiny_category
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -24,36 +25,8 @@ def _args(*argv: str) -> argparse.Namespace:
 
 @pytest.fixture()
 def data(tmp_path: Path) -> Path:
-    _write_category(tmp_path / "data", "widget")
+    write_tiny_category(tmp_path / "data", "widget")
     return tmp_path / "data"
-
-
-def _write_category(root: Path, category: str, *, size: int = 48) -> Path:
-    """A tiny MVTec-layout category: 6 smooth training textures, 3 good and 3 defective test images with masks."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    folder = root / category
-    xs = np.mgrid[0:size, 0:size][1] / size
-
-    def save(array, path: Path, mode: str = "RGB") -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((array * 255).astype(np.uint8), mode=mode).save(path)
-
-    def texture():
-        base = 0.5 + 0.15 * np.sin(2 * np.pi * 4 * xs + rng.uniform(0, 6.28)) + 0.02 * rng.standard_normal((size, size))
-        return np.clip(np.stack([base, base * 0.9, base * 0.8], -1), 0, 1)
-
-    for i in range(6):
-        save(texture(), folder / "train" / "good" / f"{i:03d}.png")
-    for i in range(3):
-        save(texture(), folder / "test" / "good" / f"{i:03d}.png")
-        image, mask = texture(), np.zeros((size, size))
-        image[8:20, 8:20], mask[8:20, 8:20] = [1.0, 0.1, 0.1], 1.0
-        save(image, folder / "test" / "scratch" / f"{i:03d}.png")
-        save(mask, folder / "ground_truth" / "scratch" / f"{i:03d}_mask.png", mode="L")
-    return folder
 
 
 def _record(detector: str, seed: int, auroc: float | None, status: str = "ok", **extra) -> dict:

@@ -40,7 +40,7 @@ from adcore.hookspecs import ENTRY_POINT_GROUP
 from adcore.prediction import AnomalyDetector, Prediction
 
 __all__ = ["ConformanceError", "ConformanceReport", "check_detector", "check_export", "make_normal_images", "paste_defects",
-           "registered_detector_params", "build_registered", "write_fake_distribution"]
+           "registered_detector_params", "build_registered", "write_fake_distribution", "write_tiny_category"]
 
 
 class ConformanceError(AdcoreError, AssertionError):
@@ -391,3 +391,32 @@ def write_fake_distribution(site: str | PathLike[str], name: str, version: str =
             init.write_text("", encoding="utf-8")
     importlib.invalidate_caches()
     return info
+
+
+def write_tiny_category(root: str | PathLike[str], category: str, *, size: int = 48) -> Path:
+    """Write a tiny MVTec-layout category under ``root`` and return its folder: 6 smooth training
+    textures, 3 good and 3 defective test images (a red square, with its mask). Deterministic."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = Path(root) / category
+    xs = np.mgrid[0:size, 0:size][1] / size
+
+    def save(array: Any, path: Path, mode: str = "RGB") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((array * 255).astype(np.uint8), mode=mode).save(path)
+
+    def texture() -> Any:
+        base = 0.5 + 0.15 * np.sin(2 * np.pi * 4 * xs + rng.uniform(0, 6.28)) + 0.02 * rng.standard_normal((size, size))
+        return np.clip(np.stack([base, base * 0.9, base * 0.8], -1), 0, 1)
+
+    for i in range(6):
+        save(texture(), folder / "train" / "good" / f"{i:03d}.png")
+    for i in range(3):
+        save(texture(), folder / "test" / "good" / f"{i:03d}.png")
+        image, mask = texture(), np.zeros((size, size))
+        image[8:20, 8:20], mask[8:20, 8:20] = [1.0, 0.1, 0.1], 1.0
+        save(image, folder / "test" / "scratch" / f"{i:03d}.png")
+        save(mask, folder / "ground_truth" / "scratch" / f"{i:03d}_mask.png", mode="L")
+    return folder
