@@ -20,12 +20,12 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from adcore.commands import benchmark, evaluate, export, listing, plugins, predict, train
+from adcore.commands import benchmark, evaluate, export, listing, plugins, predict, serve, train
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 #: the sub-commands, in ``--help`` order; each module has NAME, HELP, add_arguments(parser) and run(args)
-COMMANDS: tuple[ModuleType, ...] = (listing, plugins, train, evaluate, predict, export, benchmark)
+COMMANDS: tuple[ModuleType, ...] = (listing, plugins, train, evaluate, predict, export, benchmark, serve)
 
 EPILOG = """Data: PATH is an MVTec-layout category folder or a plain folder of good images; --dataset SPEC takes
 ROOT:CATEGORY or folder:good=DIR,defect=DIR[,masks=DIR][,test_good=DIR] (see adcore.datasets).

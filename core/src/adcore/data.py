@@ -113,25 +113,28 @@ def _other_files(folder: Path) -> str:
     return f" (it holds {len(others)} other entries, e.g. {summarize_names(others)})"
 
 
-def _open(path: Path, max_pixels: int | None, target: tuple[int, int] | None = None):
+def _open(path: Path, max_pixels: int | None, target: tuple[int, int] | None = None, data: bytes | None = None):
+    import io
+
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     limit = resolve_max_pixels(max_pixels)
-    if path.is_symlink() and not path.exists():
-        raise ImageLoadError(f"image {path} is a broken symbolic link or a symlink loop")
-    if not path.exists():
-        raise ImageLoadError(f"image {path} does not exist")
-    if not path.is_file():
-        raise ImageLoadError(f"image {path} is not a regular file")
-    if path.stat().st_size == 0:
+    if data is None:
+        if path.is_symlink() and not path.exists():
+            raise ImageLoadError(f"image {path} is a broken symbolic link or a symlink loop")
+        if not path.exists():
+            raise ImageLoadError(f"image {path} does not exist")
+        if not path.is_file():
+            raise ImageLoadError(f"image {path} is not a regular file")
+    if (path.stat().st_size if data is None else len(data)) == 0:
         raise ImageLoadError(f"image {path} is empty (0 bytes)")
     try:
         with _PIL_GUARD_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                image = Image.open(path)  # reads the header only
+                image = Image.open(path if data is None else io.BytesIO(data))  # reads the header only
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
         width, height = image.size
@@ -175,12 +178,14 @@ def _open(path: Path, max_pixels: int | None, target: tuple[int, int] | None = N
 
 
 def load_image(path: str | Path, *, max_pixels: int | None = None,
-               target_size: int | Sequence[int] | None = None) -> torch.Tensor:
+               target_size: int | Sequence[int] | None = None, data: bytes | None = None) -> torch.Tensor:
     """Read any common image file as a ``(3,H,W)`` float32 tensor in [0, 1] (see the module docstring).
 
     ``target_size`` (a side or ``(height, width)``): the size the caller will resize the image to. A
     large image (more than :data:`REDUCE_ABOVE_PIXELS`) is then decoded reduced by an integer
     factor, never below ``target_size``; the caller still resizes to the exact size.
+    ``data``: decode these bytes instead (an upload to ``adcore serve``; the same rules and guard),
+    ``path`` then only names the image in messages and no file is read.
     """
     path = Path(path)
     target = None
@@ -188,7 +193,7 @@ def load_image(path: str | Path, *, max_pixels: int | None = None,
         from adcore.inputs import to_size
 
         target = tuple(to_size(target_size))
-    image = _open(path, max_pixels, target)
+    image = _open(path, max_pixels, target, data)
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
