@@ -53,7 +53,7 @@ def parse_model_specs(specs: list[str]) -> dict[str, Path]:
     models: dict[str, Path] = {}
     for spec in specs:
         name, sep, rest = spec.partition("=")
-        if sep and not Path(spec).exists() and _NAME.match(name):
+        if sep and not Path(spec).exists():  # NAME=MODEL (a path holding '=' is taken as it is)
             path = Path(rest)
         else:
             path, name = Path(spec), model_name_for(Path(spec))

@@ -145,9 +145,16 @@ class ModelSet:
 
 
 def _warm_up(model: Any) -> None:
-    """Score one blank image at the model's input size (a tiling model: one tile)."""
+    """Score one blank image at the model's input size (a tiling model: one tile), and draw its regions
+    and heatmap once (their first call imports scipy and matplotlib: a second the first request would pay)."""
+    import numpy as np
     import torch
+
+    from adcore.line.heatmaps import overlay
+    from adcore.line.regions import find_regions
 
     size = model.load_size or getattr(model, "image_size", None)
     if size is not None:
         model.predict(torch.full((1, 3, *size), 0.5))
+    blank = np.zeros((4, 4), dtype=np.float32)
+    overlay(np.zeros((4, 4, 3)), blank, find_regions(blank, 0.5)[1], 0.45)
