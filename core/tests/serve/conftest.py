@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +47,64 @@ def images() -> dict[str, bytes]:
     wide = make_normal_images(1, (48, 80), seed=10)
     return {"good": png(good[0]), "good2": png(good[1]), "defect": png(bad[0]), "wide": png(wide[0]),
             "corrupt": png(good[2])[:60]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m adcore serve ARGS`` on a free loopback port, its output in ``log``."""
+
+    def __init__(self, args: list[str], folder: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = folder / f"server-{self.port}.log"
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen([sys.executable, "-m", "adcore", "serve", *args, "--port", str(self.port)],
+                                        stdout=self._log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, "ADCORE_PROGRESS": "0", **(env or {})})
+
+    def wait_ready(self, timeout: float = 90) -> ServerProcess:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"the server exited before it was ready:\n{self.output()}"
+            try:
+                if httpx.get(f"{self.base}/v1/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"the server was not ready in time:\n{self.output()}")
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """``start_server(args, env=None)``: a :class:`ServerProcess`, stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def start(args: list[str], env: dict[str, str] | None = None) -> ServerProcess:
+        started.append(ServerProcess([str(a) for a in args], tmp_path, env))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()

@@ -9,7 +9,6 @@ import logging
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -17,12 +14,6 @@ import httpx
 import pytest
 
 from adcore.cli import main
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _slow_site(tmp_path: Path) -> Path:
@@ -44,95 +35,58 @@ def _slow_site(tmp_path: Path) -> Path:
     return site
 
 
-def _start(args: list[str], tmp_path: Path, env_extra: dict[str, str] | None = None):
-    env = {**os.environ, "ADCORE_PROGRESS": "0", **(env_extra or {})}
-    log = open(tmp_path / "server.log", "w+")
-    process = subprocess.Popen([sys.executable, "-m", "adcore", "serve", *args], stdout=log, stderr=subprocess.STDOUT,
-                               env=env)
-    return process, log
-
-
-def _wait_ready(base: str, process, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the server exited before it was ready"
-        try:
-            if httpx.get(f"{base}/v1/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the server was not ready in time")
-
-
-def test_real_server_over_http_and_graceful_sigterm(tiny_model, images, tmp_path):
+def test_real_server_over_http_and_graceful_sigterm(tiny_model, images, tmp_path, start_server):
     from adcore.data import load_image
     from adcore.serve.models import _open_model
 
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
     flag, started = tmp_path / "slow-now", tmp_path / "started"
     site = _slow_site(tmp_path)
     env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
            "SERVE_SLOW_FLAG": str(flag), "SERVE_STARTED": str(started)}
-    process, log = _start([f"cell={tiny_model}", "--port", str(port)], tmp_path, env)
-    try:
-        _wait_ready(base, process)
-        assert httpx.get(f"{base}/v1/models").json()["models"][0]["name"] == "cell"
-        page = httpx.get(f"{base}/")
-        assert page.status_code == 200 and "adcore" in page.text
-        answer = httpx.post(f"{base}/v1/models/cell/predict",
-                            files=[("images", ("d.png", images["defect"], "image/png"))], timeout=30)
-        assert answer.status_code == 200, answer.text
-        expected = _open_model(tiny_model).predict(load_image("d", data=images["defect"])[None])
-        assert answer.json()["results"][0]["score"] == pytest.approx(float(expected.pred_score[0]), rel=1e-5)
+    server = start_server([f"cell={tiny_model}"], env).wait_ready()
+    base, process = server.base, server.process
+    assert httpx.get(f"{base}/v1/models").json()["models"][0]["name"] == "cell"
+    page = httpx.get(f"{base}/")
+    assert page.status_code == 200 and "adcore" in page.text
+    answer = httpx.post(f"{base}/v1/models/cell/predict",
+                        files=[("images", ("d.png", images["defect"], "image/png"))], timeout=30)
+    assert answer.status_code == 200, answer.text
+    expected = _open_model(tiny_model).predict(load_image("d", data=images["defect"])[None])
+    assert answer.json()["results"][0]["score"] == pytest.approx(float(expected.pred_score[0]), rel=1e-5)
 
-        flag.touch()  # from now on each detector call takes 1.5 s
-        in_flight: dict = {}
+    flag.touch()  # from now on each detector call takes 1.5 s
+    in_flight: dict = {}
 
-        def post() -> None:
-            in_flight["response"] = httpx.post(f"{base}/v1/models/cell/predict",
-                                               files=[("images", ("g.png", images["good"], "image/png"))], timeout=60)
+    def post() -> None:
+        in_flight["response"] = httpx.post(f"{base}/v1/models/cell/predict",
+                                           files=[("images", ("g.png", images["good"], "image/png"))], timeout=60)
 
-        client = threading.Thread(target=post)
-        client.start()
-        deadline = time.monotonic() + 30
-        while not started.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert started.exists(), "the request never reached the detector"
-        process.send_signal(signal.SIGTERM)
-        client.join(60)
-        assert in_flight["response"].status_code == 200  # answered although SIGTERM came while it was scored
-        # uvicorn re-raises the signal once the server has shut down: killed by SIGTERM (143 in a shell), after
-        # the request above was answered; an older uvicorn exits 0
-        assert process.wait(30) in (0, -signal.SIGTERM)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        log.seek(0)
-        output = log.read()
-        log.close()
+    client = threading.Thread(target=post)
+    client.start()
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert started.exists(), "the request never reached the detector"
+    process.send_signal(signal.SIGTERM)
+    client.join(60)
+    assert in_flight["response"].status_code == 200  # answered although SIGTERM came while it was scored
+    # uvicorn re-raises the signal once the server has shut down: killed by SIGTERM (143 in a shell), after
+    # the request above was answered; an older uvicorn exits 0
+    assert process.wait(30) in (0, -signal.SIGTERM)
+    output = server.output()
+    assert "Finished server process" in output and "Traceback" not in output
     access = [json.loads(line) for line in output.splitlines() if line.startswith('{"method"')]
     posts = [a for a in access if a["method"] == "POST"]
-    assert "Finished server process" in output and "Traceback" not in output
     assert [(a["status"], a["model"], a["images"]) for a in posts] == [(200, "cell", 1), (200, "cell", 1)]
     assert posts[1]["ms"] >= 1500
 
 
-def test_a_model_that_cannot_be_opened_stops_the_server(tmp_path):
+def test_a_model_that_cannot_be_opened_stops_the_server(tmp_path, start_server):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a model file at all")
-    process, log = _start([str(broken), "--port", str(_free_port())], tmp_path)
-    try:
-        assert process.wait(90) == 1
-    finally:
-        if process.poll() is None:
-            process.kill()
-        log.seek(0)
-        output = log.read()
-        log.close()
-    assert "model broken" in output and "stopping" in output
+    server = start_server([broken])
+    assert server.process.wait(90) == 1
+    assert "model broken" in server.output() and "stopping" in server.output()
 
 
 def test_other_addresses_need_a_token(tiny_model, tmp_path, capsys, monkeypatch):
