@@ -116,7 +116,7 @@ def test_every_command_module_is_a_row_of_the_table():
     from adcore.cli import COMMANDS, build_parser
 
     names = [command.NAME for command in COMMANDS]
-    assert names == ["list", "plugins", "train", "eval", "predict", "export", "benchmark"]
+    assert names == ["list", "plugins", "train", "eval", "predict", "export", "benchmark", "serve"]
     for command in COMMANDS:
         assert isinstance(command.HELP, str) and command.HELP
         assert callable(command.add_arguments) and callable(command.run)

@@ -131,12 +131,12 @@ def corrupt_payloads(files: list[Path]) -> list[bytes]:
 
 
 class Server:
-    def __init__(self, model: Path, work: Path, max_batch: int, wait_ms: float) -> None:
+    def __init__(self, model: Path, work: Path, max_batch: int, wait_ms: float, name: str = "m") -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(work / "server.log", "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "adcore", "serve", f"m={model}", "--port", str(self.port), "--max-batch",
+            [sys.executable, "-m", "adcore", "serve", f"{name}={model}", "--port", str(self.port), "--max-batch",
              str(max_batch), "--batch-wait-ms", str(wait_ms)], stdout=self.log, stderr=subprocess.STDOUT,
             env={**os.environ, "ADCORE_PROGRESS": "0"})
         import httpx
