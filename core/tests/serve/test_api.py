@@ -120,7 +120,7 @@ def test_errors_say_what_was_wrong(tiny_model, images):
         text_part = client.post("/v1/models/line1/predict", data={"images": "/etc/passwd"},
                                 files=_files(images, "good"))
         wrong_type = client.post("/v1/models/line1/predict", content=b"{}", headers={"content-type": "application/json"})
-        too_many = client.post("/v1/models/line1/predict", files=_files(images, "good", "good", "good", "good"))
+        too_many = client.post("/v1/models/line1/predict", files=_files(images, *["corrupt"] * 4))
         bad_query = client.post("/v1/models/line1/predict?min_area=0", files=_files(images, "good"))
         no_route = client.get("/v1/nothing")
         page_file = client.get("/static/..%2Fapp.py")
@@ -136,7 +136,8 @@ def test_errors_say_what_was_wrong(tiny_model, images):
     assert text_part.status_code == 400 and text_part.json()["error"] == "not a file"
     assert "never reads a path" in text_part.json()["detail"]["reason"]
     assert wrong_type.status_code == 415 and "multipart/form-data" in wrong_type.json()["detail"]
-    assert too_many.status_code in (400, 413) and too_many.json()["error"]
+    assert too_many.status_code == 413 and too_many.json() == {"error": "too many images",
+                                                               "detail": "at most 3 images per request"}
     assert bad_query.status_code == 422 and bad_query.json()["detail"][0]["where"] == "query.min_area"
     assert no_route.status_code == 404 and "/v1/openapi.json" in no_route.json()["detail"]
     assert page_file.status_code == 404
@@ -277,3 +278,18 @@ def test_the_batcher_groups_sizes_and_a_refused_image_fails_alone():
         futures[2].result()
     # one call per size; the refused 4×4 batch again image by image, before the 6×4 one
     assert seen == [(3, 3, 4, 4), (1, 3, 4, 4), (1, 3, 4, 4), (1, 3, 4, 4), (1, 3, 6, 4)]
+
+
+def test_the_bomb_guard_holds_per_image_and_per_request(tiny_model, images):
+    with _client(tiny_model, max_pixels=2 * 64 * 64 + 100) as client:
+        _ready(client)
+        two = client.post("/v1/models/line1/predict", files=_files(images, "good", "defect"))
+        three = client.post("/v1/models/line1/predict", files=_files(images, "good", "defect", "good2"))
+    assert two.status_code == 200
+    assert three.status_code == 400 and three.json()["detail"]["index"] == 2
+    assert "more than 8,292 pixels together" in three.json()["detail"]["reason"]
+    with _client(tiny_model, max_pixels=1000) as client:
+        _ready(client)
+        big = client.post("/v1/models/line1/predict", files=_files(images, "good"))
+    assert big.status_code == 400 and "decompression-bomb" in big.json()["detail"]["reason"]
+    assert big.json()["detail"]["filename"] == "good.png"

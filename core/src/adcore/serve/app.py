@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adcore.serve.config import ServeConfig
 from adcore.serve.errors import ApiError
 from adcore.serve.guard import Guard
-from adcore.serve.images import Upload, decode_upload, image_result
+from adcore.serve.images import Upload, decode_all, image_result
 from adcore.serve.models import ModelSet
 
 __all__ = ["create_app", "PAGE_FILES"]
@@ -103,7 +103,7 @@ def create_app(config: ServeConfig, models: ModelSet | None = None, *, on_loaded
         batcher, model = slot.batcher, slot.model
         batcher.expect(len(uploads))
         try:
-            decoded = await run_in_threadpool(lambda: [decode_upload(u, model.load_size) for u in uploads])
+            decoded = await run_in_threadpool(decode_all, uploads, model.load_size, config.max_pixels)
         except BaseException:
             batcher.withdraw(len(uploads))
             raise
@@ -133,7 +133,12 @@ async def _read_uploads(request: Request, config: ServeConfig) -> list[Upload]:
     """The images of a request (multipart files, or a raw image body); 400/415 when there are none."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        form = await request.form(max_files=config.max_images, max_fields=config.max_images)
+        try:
+            form = await request.form(max_files=config.max_images, max_fields=config.max_images)
+        except StarletteHTTPException as exc:
+            if "Too many files" in str(exc.detail):
+                raise ApiError(413, "too many images", f"at most {config.max_images} images per request") from None
+            raise ApiError(400, "bad multipart body", str(exc.detail)) from None
         uploads: list[Upload] = []
         for index, (part, value) in enumerate(form.multi_items()):
             if not isinstance(value, UploadFile):

@@ -28,7 +28,9 @@ _MIN_TOKEN = 16
 class ServeConfig:
     """``models``: name -> model file or exported artefact. Limits: ``max_request_bytes`` per request
     body, ``max_images`` per request, ``max_batch`` images per detector call, ``batch_wait_ms`` the
-    longest a request waits for others to share its batch."""
+    longest a request waits for others to share its batch; ``max_pixels`` the decompression-bomb
+    guard (default ``ADCORE_MAX_PIXELS`` or the machine's default), which also bounds the pixels of all
+    of one request's images together."""
 
     models: dict[str, Path]
     host: str = "127.0.0.1"
@@ -38,6 +40,7 @@ class ServeConfig:
     max_images: int = 32
     max_batch: int = 8
     batch_wait_ms: float = 5.0
+    max_pixels: int | None = None
 
 
 def model_name_for(path: Path) -> str:

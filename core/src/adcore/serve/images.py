@@ -19,7 +19,7 @@ import torch
 from adcore.serve.batching import ImageScore
 from adcore.serve.errors import ApiError
 
-__all__ = ["Upload", "DecodedUpload", "decode_upload", "image_result"]
+__all__ = ["Upload", "DecodedUpload", "decode_upload", "decode_all", "image_result"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,30 @@ def decode_upload(upload: Upload, load_size: tuple[int, int] | None, *, max_pixe
     if height < 2 or width < 2:
         raise ApiError(400, "image too small", {**upload.where(), "reason": f"{height}×{width} pixels; at least 2×2"})
     return DecodedUpload(upload, resize_for_detector(full, load_size), full, (height, width))
+
+
+def decode_all(uploads: list[Upload], load_size: tuple[int, int] | None,
+               max_pixels: int | None = None) -> list[DecodedUpload]:
+    """Every upload of a request, in order; the first bad one is a 400 naming it. The images of one
+    request may hold at most ``max_pixels`` together (the decompression-bomb guard of one image), so a
+    request of many small files that decode huge cannot take the server's memory."""
+    from adcore.decoding import resolve_max_pixels
+
+    budget = resolve_max_pixels(max_pixels)
+    decoded: list[DecodedUpload] = []
+    held = 0
+    for upload in uploads:
+        try:
+            item = decode_upload(upload, load_size, max_pixels=max(1, budget - held))
+        except ApiError as exc:
+            if held and "decompression-bomb" in str(exc.detail.get("reason", "")):
+                exc.detail["reason"] = (f"the images of this request hold more than {budget:,} pixels together (the "
+                                        f"decompression-bomb guard of one request); {held:,} came before this one. Send "
+                                        "fewer images per request")
+            raise
+        held += item.size[0] * item.size[1]
+        decoded.append(item)
+    return decoded
 
 
 def image_result(decoded: DecodedUpload, scored: ImageScore, calibration: Any, *, heatmap: bool,
