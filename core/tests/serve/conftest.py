@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("fastapi", reason="adcore serve needs the serve extra: pip install 'adcore[serve]'")
-
 
 def png(image) -> bytes:
     """A ``(3,H,W)`` float tensor in [0, 1] as PNG bytes."""

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from fastapi.testclient import TestClient
 
-from adcore.serve import ServeConfig, create_app
-from adcore.serve.models import ModelSet, _open_model
+pytest.importorskip("fastapi", reason="adcore serve needs the serve extra: pip install 'adcore[serve]'")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from adcore.serve import ServeConfig, create_app  # noqa: E402
+from adcore.serve.models import ModelSet, _open_model  # noqa: E402
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 
@@ -293,3 +295,23 @@ def test_the_bomb_guard_holds_per_image_and_per_request(tiny_model, images):
         big = client.post("/v1/models/line1/predict", files=_files(images, "good"))
     assert big.status_code == 400 and "decompression-bomb" in big.json()["detail"]["reason"]
     assert big.json()["detail"]["filename"] == "good.png"
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "I;16", "P"])
+def test_uploaded_bytes_decode_as_the_file_does(tmp_path, mode):
+    import numpy as np
+    from PIL import Image
+
+    from adcore.data import load_image
+    from adcore.errors import ImageLoadError
+
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        picture = Image.fromarray(rng.integers(0, 65535, (20, 30), dtype=np.uint16))
+    else:
+        picture = Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).convert(mode)
+    path = tmp_path / "part.png"
+    picture.save(path)
+    assert torch.equal(load_image("upload", data=path.read_bytes()), load_image(path))
+    with pytest.raises(ImageLoadError, match="image upload is empty"):
+        load_image("upload", data=b"")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("fastapi", reason="adcore serve needs the serve extra: pip install 'adcore[serve]'")
+pytest.importorskip("uvicorn", reason="adcore serve needs the serve extra: pip install 'adcore[serve]'")
 CHROMIUM = shutil.which("chromium")
 
 

@@ -10,10 +10,13 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from adcore.cli import main
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi", reason="adcore serve needs the serve extra: pip install 'adcore[serve]'")
+pytest.importorskip("uvicorn", reason="adcore serve needs the serve extra: pip install 'adcore[serve]'")
+
+from adcore.cli import main  # noqa: E402
 
 
 def _slow_site(tmp_path: Path) -> Path:
