@@ -315,3 +315,24 @@ def test_uploaded_bytes_decode_as_the_file_does(tmp_path, mode):
     assert torch.equal(load_image("upload", data=path.read_bytes()), load_image(path))
     with pytest.raises(ImageLoadError, match="image upload is empty"):
         load_image("upload", data=b"")
+
+
+def test_a_tiling_model_scores_each_size_at_full_resolution(images, tmp_path):
+    import adcore
+    from adcore.data import load_image
+    from adcore.testing import make_normal_images
+
+    good = make_normal_images(8, (64, 64), seed=3)
+    detector = adcore.get_model("padim", weights=None, input_size=32, num_features=20, tile_size=32).fit(good[:5])
+    detector.calibrate(good[5:])
+    model_file = detector.save(tmp_path / "tiled.safetensors")
+    with _client(model_file) as client:
+        _ready(client)
+        listed = client.get("/v1/models").json()["models"][0]
+        response = client.post("/v1/models/line1/predict", files=_files(images, "good", "wide", "defect"))
+    assert listed["tiled"] is True and listed["input_size"] is None
+    assert response.status_code == 200, response.text
+    for name, result in zip(("good", "wide", "defect"), response.json()["results"]):
+        alone = detector.predict(load_image(name, data=images[name])[None])
+        assert result["score"] == pytest.approx(float(alone.pred_score[0]), rel=1e-5, abs=1e-6)
+    assert (response.json()["results"][1]["width"], response.json()["results"][1]["height"]) == (80, 48)

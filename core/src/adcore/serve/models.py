@@ -153,8 +153,15 @@ def _warm_up(model: Any) -> None:
     from adcore.line.heatmaps import overlay
     from adcore.line.regions import find_regions
 
-    size = model.load_size or getattr(model, "image_size", None)
+    from adcore.errors import InvalidInputError
+
+    size = model.load_size
+    if size is None and isinstance(getattr(model, "tile_size", None), int):
+        size = (model.tile_size, model.tile_size)
     if size is not None:
-        model.predict(torch.full((1, 3, *size), 0.5))
+        try:
+            model.predict(torch.full((1, 3, *size), 0.5))
+        except InvalidInputError as exc:  # a detector with its own size rules: the first request warms it
+            log.info("no warm-up for %s: %s", type(model).__name__, exc)
     blank = np.zeros((4, 4), dtype=np.float32)
     overlay(np.zeros((4, 4, 3)), blank, find_regions(blank, 0.5)[1], 0.45)
