@@ -7,6 +7,7 @@ there too (docs/images/serve-review.png was taken so).
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from pathlib import Path
@@ -25,7 +26,7 @@ def test_the_review_page_scores_an_uploaded_image(tiny_model, images, tmp_path, 
                                    "playwright (scripts/setup.sh does; no browser download needed)")
     for name in ("good", "defect"):
         (tmp_path / f"{name}.png").write_bytes(images[name])
-    server = start_server([f"cell={tiny_model}"]).wait_ready()
+    server = start_server([f"cell={tiny_model}", f"cell2={tiny_model}"]).wait_ready()
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
         try:
@@ -55,11 +56,32 @@ def test_the_review_page_scores_an_uploaded_image(tiny_model, images, tmp_path, 
             assert [c.text_content() for c in page.query_selector_all(".verdict")] == ["ANOMALOUS", "ANOMALOUS"]
             assert move_threshold(1.0) == "0 of 2 flagged"
             page.click("#reset")
+
+            def drop(name: str, payload: bytes) -> None:  # a file dropped on the page, as a person would
+                page.evaluate("""([name, b64]) => {
+                    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                    const data = new DataTransfer();
+                    data.items.add(new File([bytes], name, { type: "image/png" }));
+                    document.getElementById("drop").dispatchEvent(
+                        new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+                }""", [name, base64.b64encode(payload).decode()])
+
+            drop("wide.png", images["wide"])
+            page.wait_for_function("document.querySelectorAll('.card[data-score]').length === 3", timeout=30_000)
+            drop("broken.png", images["corrupt"])
+            page.wait_for_selector(".card.failed .error", timeout=30_000)
+            assert "400 cannot read image" in page.text_content(".card.failed .error")
+            assert page.text_content("#summary").endswith("of 3 flagged")  # a failed image is not counted
             shot = tmp_path / "serve-review.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 5_000
             if os.environ.get("ADCORE_SCREENSHOT_DIR"):
                 shutil.copy(shot, Path(os.environ["ADCORE_SCREENSHOT_DIR"]) / shot.name)
+            page.select_option("#model", "cell2")  # another model: the results start afresh
+            assert page.query_selector_all(".card") == []
+            page.set_input_files("#files", [str(tmp_path / "defect.png")])
+            page.wait_for_function("document.querySelectorAll('.card[data-score]').length === 1", timeout=30_000)
+            assert float(page.get_attribute(".card[data-score]", "data-score")) == pytest.approx(shown["defect.png"], rel=1e-5)
             assert not errors, errors
         finally:
             browser.close()

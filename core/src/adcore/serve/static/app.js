@@ -134,6 +134,7 @@ async function score(file) {
   } catch (error) {
     card.querySelector(".score").textContent = "–";
     card.querySelector(".verdict").remove();
+    card.querySelector(".picture").innerHTML = '<span class="muted">not scored</span>';
     const message = document.createElement("div");
     message.className = "error";
     message.textContent = String(error.message || error);
