@@ -115,7 +115,9 @@ class ModelSet:
         slot.model = model
         slot.batcher = MicroBatcher(model, max_batch=self.max_batch, wait_s=self.wait_s, name=slot.name)
         slot.state = "ready"
-        log.info("model %s ready: %s", slot.name, slot.info)
+        size = "full resolution, tiled" if slot.info["input_size"] is None else "×".join(map(str, slot.info["input_size"]))
+        log.info("model %s ready (%s, %s, %s)", slot.name, slot.info["detector"], size,
+                 "calibrated" if slot.info["calibrated"] else "NOT calibrated: no verdicts")
 
     def get(self, name: str) -> ModelSlot:
         """The ready slot ``name``: 404 listing the models when there is none, 503 while it loads."""

@@ -47,6 +47,10 @@ def run_server(config: ServeConfig) -> int:
             outcome["code"] = 1
             if server is not None:
                 server.should_exit = True
+        elif config.port:
+            logging.getLogger("adcore.serve").info("every model is ready: review page at http://%s:%d/, API under /v1",
+                                                   config.host if ":" not in config.host else f"[{config.host}]",
+                                                   config.port)
 
     app = create_app(config, on_loaded=on_loaded)
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, access_log=False,
