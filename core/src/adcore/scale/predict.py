@@ -160,13 +160,14 @@ def predict_on_ray(detector: Any, model_file: Path, inputs: list[InputImage], op
     from adcore.errors import InvalidInputError
 
     scale = scale or RayPredictOptions()
-    calibration, outputs, todo, summary = open_run(detector, model_file, inputs, options, given=given, warn=warn)
-    try:
-        if todo:
-            with connect(scale.cluster) as ray:
-                _stream(ray, model_file, todo, options, scale, outputs, summary, echo, warn)
-    finally:
-        outputs.close()
+    with connect(scale.cluster) as ray:
+        actors = _pool_size(ray, scale)  # refused before the output folder holds anything
+        calibration, outputs, todo, summary = open_run(detector, model_file, inputs, options, given=given, warn=warn)
+        try:
+            if todo:
+                _stream(ray, model_file, todo, options, scale, actors, outputs, summary, echo, warn)
+        finally:
+            outputs.close()
     if options.strict and summary.skipped:
         path, reason = summary.skipped[0]
         raise InvalidInputError(f"--strict: {reason}; the {outputs_count(summary)} images scored before it are in "
@@ -177,7 +178,7 @@ def predict_on_ray(detector: Any, model_file: Path, inputs: list[InputImage], op
 
 
 def _stream(ray: Any, model_file: Path, todo: list[InputImage], options: PredictOptions, scale: RayPredictOptions,
-            outputs: RunOutputs, summary: RunSummary, echo: Callable[[dict], None] | None,
+            actors: int, outputs: RunOutputs, summary: RunSummary, echo: Callable[[dict], None] | None,
             warn: Callable[[str], None]) -> None:
     """Run the dataset and write each result as it arrives (each input path at most once)."""
     by_name = {item.name: item for item in todo}
@@ -190,7 +191,7 @@ def _stream(ray: Any, model_file: Path, todo: list[InputImage], options: Predict
     model = ray.put(ModelPayload.of(model_file))  # held until the run ends: restarted actors read it again
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         _Scorer, batch_size=1, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=_pool_size(ray, scale)),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=scale.cpus_per_actor, num_gpus=scale.gpus_per_actor or None, runtime_env=scale.runtime_env,
         fn_constructor_kwargs={"model": [model], "heatmaps": options.heatmaps,
                                "masks": options.masks, "min_area": options.min_area,
