@@ -15,8 +15,8 @@ driver writes the PNGs and appends the rows with the local predict's own writer
 (:func:`adcore.line.sink.write_rendered`, :class:`adcore.line.outputs.RunOutputs`), so the files
 are byte for byte those of the local predict, in completion order rather than input order.
 
-A killed actor loses nothing: Ray restarts it and re-runs the batches it held (``max_restarts`` and
-``max_task_retries`` unbounded), and the driver writes each input path at most once (a result seen
+A killed actor loses nothing: Ray restarts it and re-runs the batches it held (Ray Data's actor
+pools default to unbounded ``max_restarts`` and ``max_task_retries``; a test kills one), and the driver writes each input path at most once (a result seen
 again from a retried batch is dropped), so the outputs hold every input exactly once. A stopped
 run (Ctrl-C, SIGTERM) keeps every row written; ``--resume`` continues it.
 """
@@ -38,7 +38,10 @@ from adcore.line.sink import Rendered, print_result, write_rendered
 from adcore.line.sources import InputImage
 from adcore.scale.cluster import ClusterOptions, connect
 
-__all__ = ["RayPredictOptions", "ModelPayload", "predict_on_ray"]
+__all__ = ["RayPredictOptions", "ModelPayload", "predict_on_ray", "MAX_BLOCKS"]
+
+#: the most blocks the input listing is cut into (one batch per block below that)
+MAX_BLOCKS = 10_000
 
 
 def _open_model(path: Path) -> Any:
@@ -189,15 +192,16 @@ def _stream(ray: Any, model_file: Path, todo: list[InputImage], options: Predict
              "names": [item.name for item in todo[start:start + options.batch_size]]}
             for start in range(0, len(todo), options.batch_size)]
     model = ray.put(ModelPayload.of(model_file))  # held until the run ends: restarted actors read it again
-    dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+    # a block per batch streams results back as each finishes (and a dead actor's re-run is one batch);
+    # capped so that a million inputs do not make Ray Data plan a hundred thousand blocks
+    dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS)).map_batches(
         _Scorer, batch_size=1, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=scale.cpus_per_actor, num_gpus=scale.gpus_per_actor or None, runtime_env=scale.runtime_env,
         fn_constructor_kwargs={"model": [model], "heatmaps": options.heatmaps,
                                "masks": options.masks, "min_area": options.min_area,
                                "side_by_side": options.side_by_side, "max_pixels": options.max_pixels,
-                               "threads": max(1, int(scale.cpus_per_actor))},
-        max_restarts=-1, max_task_retries=-1)
+                               "threads": max(1, int(scale.cpus_per_actor))})
     with StopRequest() as stop:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             for name, text, heatmap, mask in zip(batch["name"], batch["result"], batch["heatmap"], batch["mask"],
