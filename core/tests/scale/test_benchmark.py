@@ -92,3 +92,13 @@ def test_every_pair_runs_as_a_ray_task_and_a_failing_pair_does_not_stop_the_othe
 
     again = run_benchmark_on_ray(plan, env=env, echo=False)  # rerunning resumes: nothing left to run
     assert not again.launched and len(again.skipped) == 4
+
+
+def test_the_benchmark_command_line_dispatches_to_ray(local_ray, workspace, tmp_path):
+    code = bench.main(["--model", "example_gaussian", "--dataset", "widget", "--data-root", str(workspace / "data"),
+                       "--out", str(tmp_path / "out"), "--input-size", "32", "--no-plots", "--executor", "ray",
+                       "--cpus-per-run", "1", "--fail-on-error"])
+    assert code == 0
+    (record,) = bench.ResultStore(tmp_path / "out" / "results.jsonl").records()
+    assert record["status"] == "ok" and record["executor"] == "ray"
+    assert (tmp_path / "out" / "results.md").is_file()

@@ -84,3 +84,12 @@ def test_too_many_actors_for_the_cluster_is_refused_with_what_to_do(small_line, 
     assert done.returncode != 0
     assert "do not fit the Ray cluster" in done.stderr and "--actors" in done.stderr
     assert not (tmp_path / "out" / "run.json").exists()  # refused before the folder holds a run
+
+
+def test_without_ray_the_executor_says_how_to_install_it(monkeypatch):
+    from adcore.errors import ConfigurationError
+    from adcore.scale import require_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
+    with pytest.raises(ConfigurationError, match=r"pip install 'adcore\[ray\]'"):
+        require_ray()
