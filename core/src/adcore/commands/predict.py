@@ -41,6 +41,13 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _resources(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value:g}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_file", type=Path)
     parser.add_argument("images", nargs="+", help="image files or folders (folders are walked recursively)")
@@ -65,8 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "auto); default: start a local Ray with this machine's CPUs")
     scale.add_argument("--actors", type=_positive, help="with --executor ray: actors in the pool (default: the "
                                                         "cluster's CPUs / --cpus-per-actor)")
-    scale.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs (and torch threads) per actor (default 1)")
-    scale.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default 0)")
+    scale.add_argument("--cpus-per-actor", type=_resources, default=1.0, help="CPUs (and torch threads) per actor (default 1)")
+    scale.add_argument("--gpus-per-actor", type=_resources, default=0.0, help="GPUs per actor (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:
