@@ -11,8 +11,9 @@ pip_install() { .venv/bin/python -m pip install --disable-pip-version-check -q "
 # torch first and pinned: on this machine pip takes these wheels from local disk
 .venv/bin/python -c "import torch, torchvision" 2>/dev/null || pip_install "torch==2.14.1" "torchvision==0.29.1"
 # core with its export extra (onnx, onnxruntime, openvino): CI checks every export's parity; its serve
-# extra (fastapi, uvicorn, python-multipart) for adcore serve; adcore-runtime (numpy, pillow, onnxruntime: no torch) beside it
-pip_install -e "./core[export,serve]" -e ./plugins/ad-memory -e ./plugins/ad-stat -e ./plugins/ad-flow \
+# extra (fastapi, uvicorn, python-multipart) for adcore serve; its ray extra (ray[data]: the scale-out
+# tests run on a local Ray); adcore-runtime (numpy, pillow, onnxruntime: no torch) beside it
+pip_install -e "./core[export,serve,ray]" -e ./plugins/ad-memory -e ./plugins/ad-stat -e ./plugins/ad-flow \
     -e ./plugins/ad-distill -e ./plugins/ad-recon -e ./runtime
 # the third-party template, installed as a regular (non-editable) distribution like any outside plugin
 pip_install ./examples/ad-example

@@ -40,6 +40,7 @@ TIERS = {
     "adcore.commands": APPLICATION, "adcore.benchmark": APPLICATION, "adcore.line": APPLICATION, "adcore.viz": APPLICATION,
     "adcore.plots": APPLICATION, "adcore.testing": APPLICATION, "adcore.export": APPLICATION,
     "adcore.serve": APPLICATION,
+    "adcore.scale": APPLICATION,
 }
 #: the modules that may import the plugin host
 HOST_TALKERS = {"adcore.plugins", "adcore.factory"}

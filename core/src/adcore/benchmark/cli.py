@@ -73,6 +73,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the plan (and what is already recorded) and exit")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
     parser.add_argument("--fail-on-error", action="store_true", help="exit 1 when any run failed, timed out or crashed")
+    scale = parser.add_argument_group("scale-out (docs/scale-out.md; needs the ray extra: pip install 'adcore[ray]')")
+    scale.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="local: worker processes on this machine (--jobs at once); ray: one Ray task per pair, "
+                            "as many at once as the cluster's resources allow, records stored here")
+    scale.add_argument("--address", help="with --executor ray: the Ray cluster to join (default: a local Ray)")
+    scale.add_argument("--cpus-per-run", type=float, default=1.0, help="with --executor ray: CPUs per pair (default 1)")
+    scale.add_argument("--gpus-per-run", type=float, default=0.0, help="with --executor ray: GPUs per pair (default 0)")
 
 
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:
@@ -104,7 +111,14 @@ def run_cli(args: argparse.Namespace) -> int:
         return 0
     outcome = RunOutcome()
     if not args.report_only:
-        outcome = run_benchmark(plan, fresh=args.fresh, retry_failed=args.retry_failed)
+        if getattr(args, "executor", "local") == "ray":
+            from adcore.scale import ClusterOptions, run_benchmark_on_ray
+
+            outcome = run_benchmark_on_ray(plan, fresh=args.fresh, retry_failed=args.retry_failed,
+                                           cluster=ClusterOptions(address=args.address),
+                                           cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+        else:
+            outcome = run_benchmark(plan, fresh=args.fresh, retry_failed=args.retry_failed)
     rows = collect_rows(plan)
     paths = write_tables(plan, rows)
     figures: list[Path] = []

@@ -28,7 +28,7 @@ from adcore.benchmark.store import ResultStore, base_record, json_default, now
 from adcore.files import atomic_write_text
 from adcore.tables import format_cell
 
-__all__ = ["RunOutcome", "run_benchmark"]
+__all__ = ["RunOutcome", "run_benchmark", "run_one", "select_pending", "summary_line"]
 
 
 @dataclass
@@ -143,16 +143,9 @@ def _finish(running: _Running, timed_out: bool) -> dict[str, Any]:
     return record
 
 
-def run_benchmark(plan: BenchmarkPlan, *, fresh: bool = False, retry_failed: bool = False,
-                  env: dict[str, str] | None = None, echo: bool = True, poll_seconds: float = 0.2) -> RunOutcome:
-    """Run every pending pair of ``plan`` (``jobs`` at a time), appending each record as it finishes.
-
-    Pending = no record yet (all of them with ``fresh``; also failed/timed-out/crashed ones with
-    ``retry_failed``). Ctrl-C kills the running workers; records already written stay.
-    """
-    from adcore.progress import progress_enabled
-
-    store = ResultStore(plan.results_path)
+def select_pending(plan: BenchmarkPlan, store: ResultStore, *, fresh: bool = False,
+                   retry_failed: bool = False) -> tuple[list[RunSpec], RunOutcome]:
+    """The pairs still to run (see :func:`run_benchmark`) and an outcome holding the skipped ones."""
     done = {} if fresh else store.latest()
     outcome = RunOutcome()
     pending: list[RunSpec] = []
@@ -163,6 +156,39 @@ def run_benchmark(plan: BenchmarkPlan, *, fresh: bool = False, retry_failed: boo
             outcome.statuses[run.key] = previous.get("status", "ok")
         else:
             pending.append(run)
+    return pending, outcome
+
+
+def run_one(run: RunSpec, plan: BenchmarkPlan, *, env: dict[str, str] | None = None,
+            poll_seconds: float = 0.2) -> dict[str, Any]:
+    """Run one pair in its own worker process on this machine, within its time limit, and return its
+    record (written nowhere: the caller stores it). Its artefacts land in ``plan.out/runs``."""
+    item = _launch(run, plan, env, echo=False)
+    timed_out = False
+    try:
+        while item.process.poll() is None:
+            if time.monotonic() - item.started > run.time_limit:
+                item.kill()
+                timed_out = True
+                break
+            time.sleep(poll_seconds)
+    except BaseException:
+        item.kill()  # cancelled (Ctrl-C, a Ray task cancelled): never leave the worker running on its own
+        raise
+    return _finish(item, timed_out)
+
+
+def run_benchmark(plan: BenchmarkPlan, *, fresh: bool = False, retry_failed: bool = False,
+                  env: dict[str, str] | None = None, echo: bool = True, poll_seconds: float = 0.2) -> RunOutcome:
+    """Run every pending pair of ``plan`` (``jobs`` at a time), appending each record as it finishes.
+
+    Pending = no record yet (all of them with ``fresh``; also failed/timed-out/crashed ones with
+    ``retry_failed``). Ctrl-C kills the running workers; records already written stay.
+    """
+    from adcore.progress import progress_enabled
+
+    store = ResultStore(plan.results_path)
+    pending, outcome = select_pending(plan, store, fresh=fresh, retry_failed=retry_failed)
     total = len(plan.runs)
     bar = None
     if echo and progress_enabled():
@@ -214,7 +240,7 @@ def run_benchmark(plan: BenchmarkPlan, *, fresh: bool = False, retry_failed: boo
                 record = _finish(item, timed_out)
                 store.append(record)
                 outcome.statuses[record["key"]] = record["status"]
-                say(_summary_line(record))
+                say(summary_line(record))
                 if bar is not None:
                     bar.update(1)
     except KeyboardInterrupt:
@@ -245,7 +271,7 @@ def _acquire(path: Path, say: Any) -> Any:
     return handle
 
 
-def _summary_line(record: dict[str, Any]) -> str:
+def summary_line(record: dict[str, Any]) -> str:
     head = f"  {record['detector']} × {record['dataset']}: {record['status']}"
     if record["status"] == "ok":
         parts = [f"{label} {format_cell(record.get(key), fmt)}" for key, label, fmt in

@@ -41,6 +41,13 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _resources(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value:g}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_file", type=Path)
     parser.add_argument("images", nargs="+", help="image files or folders (folders are walked recursively)")
@@ -58,6 +65,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue a stopped run in --out: images already scored there are skipped")
     parser.add_argument("--strict", dest="strict_inputs", action="store_true",
                         help="stop with an error at the first file that cannot be scored (default: skip it)")
+    scale = parser.add_argument_group("scale-out (docs/scale-out.md; needs the ray extra: pip install 'adcore[ray]')")
+    scale.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="local: this process (default); ray: an actor pool on Ray, outputs written here")
+    scale.add_argument("--address", help="with --executor ray: the Ray cluster to join (e.g. ray://head:10001 or "
+                                         "auto); default: start a local Ray with this machine's CPUs")
+    scale.add_argument("--actors", type=_positive, help="with --executor ray: actors in the pool (default: the "
+                                                        "cluster's CPUs / --cpus-per-actor)")
+    scale.add_argument("--cpus-per-actor", type=_resources, default=1.0, help="CPUs (and torch threads) per actor (default 1)")
+    scale.add_argument("--gpus-per-actor", type=_resources, default=0.0, help="GPUs per actor (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +90,14 @@ def run(args: argparse.Namespace) -> int:
                              heatmaps=not args.no_heatmaps, masks=args.masks, side_by_side=args.side_by_side,
                              min_area=args.min_area, resume=args.resume, strict=args.strict_inputs,
                              contact_sheet=args.contact_sheet)
-    summary = run_predictions(detector, Path(args.model_file), inputs, options, given=list(args.images))
+    if args.executor == "ray":
+        from adcore.scale import ClusterOptions, RayPredictOptions, predict_on_ray
+
+        scale = RayPredictOptions(actors=args.actors, cpus_per_actor=args.cpus_per_actor,
+                                  gpus_per_actor=args.gpus_per_actor, cluster=ClusterOptions(address=args.address))
+        summary = predict_on_ray(detector, Path(args.model_file), inputs, options, scale, given=list(args.images))
+    else:
+        summary = run_predictions(detector, Path(args.model_file), inputs, options, given=list(args.images))
     done = summary.scored + summary.already_done
     message = f"adcore predict: {done} of {len(inputs)} images scored into {out}"
     if summary.skipped:

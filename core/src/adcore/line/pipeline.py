@@ -31,7 +31,8 @@ from adcore.line.outputs import RunOutputs, read_results
 from adcore.line.sink import Calibration, Scored, Sink, map_at_size, normalized_map, print_result
 from adcore.line.sources import InputImage
 
-__all__ = ["PredictOptions", "RunSummary", "run_predictions", "file_sha256", "most_anomalous", "NO_THRESHOLD"]
+__all__ = ["PredictOptions", "RunSummary", "run_predictions", "open_run", "score_batch", "outputs_count",
+           "write_contact_sheet", "StopRequest", "file_sha256", "most_anomalous", "NO_THRESHOLD"]
 
 NO_THRESHOLD = ("the model has no threshold (it was not calibrated), so nothing can be flagged: 'anomalous' is "
                 "empty; calibrate it (adcore train calibrates on held-out good images) to get verdicts")
@@ -104,6 +105,10 @@ class _StopRequest:
             signal.signal(number, handler)
 
 
+#: the stop-signal handler, for other executors of the same run (adcore.scale)
+StopRequest = _StopRequest
+
+
 def _predict_batch(detector: Any, group: list[Decoded]) -> Iterator[Scored | Decoded]:
     """Score images of one size together; if the detector refuses the batch, each on its own so a
     refused image becomes a skipped file, not a stopped run."""
@@ -129,8 +134,8 @@ def _predict_batch(detector: Any, group: list[Decoded]) -> Iterator[Scored | Dec
         decoded.image = None  # the writer needs only the full image and the map
 
 
-def _score(detector: Any, batch: list[Decoded]) -> Iterator[Scored | Decoded]:
-    """Scored images and skipped files of ``batch``, in its order."""
+def score_batch(detector: Any, batch: list[Decoded]) -> Iterator[Scored | Decoded]:
+    """Scored images and skipped files of ``batch``, in its order (a refused image becomes a skipped file)."""
     groups: list[list[Decoded]] = []
     for decoded in batch:  # consecutive images of one size share a predict call; a bad file stands alone
         if decoded.error is None and groups and groups[-1][0].error is None \
@@ -143,6 +148,33 @@ def _score(detector: Any, batch: list[Decoded]) -> Iterator[Scored | Decoded]:
             yield group[0]
         else:
             yield from _predict_batch(detector, group)
+
+
+def open_run(detector: Any, model_file: Path, inputs: list[InputImage], options: PredictOptions, *,
+             given: list[str] | None, warn: Callable[[str], None]) -> tuple[Calibration, RunOutputs, list[InputImage],
+                                                                          RunSummary]:
+    """The start every executor shares: warnings about a missing threshold, the run's identity (so a
+    run resumes under any executor), its output folder, and the inputs not yet scored there."""
+    calibration = Calibration.of(detector)
+    notes: dict[str, Any] = {"detector": type(detector).__name__, "threshold": calibration.threshold,
+                             "score_scale": calibration.score_scale, "pixel_threshold": calibration.pixel_threshold,
+                             "pixel_scale": calibration.pixel_scale, "warnings": []}
+    if calibration.threshold is None:
+        warn(NO_THRESHOLD)
+        notes["warnings"].append(NO_THRESHOLD)
+    elif not calibration.pixels:
+        warn(NO_PIXEL_THRESHOLD)
+        notes["warnings"].append(NO_PIXEL_THRESHOLD)
+    identity = {"model_sha256": file_sha256(model_file),
+                "inputs": list(given) if given is not None else [item.path for item in inputs],
+                **options.identity()}
+    summary = RunSummary()
+    outputs = RunOutputs(options.out, identity, resume=options.resume, notes=notes)
+    todo = [item for item in inputs if item.path not in outputs.done]
+    summary.already_done = len(inputs) - len(todo)
+    if summary.already_done:
+        warn(f"resuming: {summary.already_done} of {len(inputs)} images are already scored in {options.out}")
+    return calibration, outputs, todo, summary
 
 
 def run_predictions(detector: Any, model_file: Path, inputs: list[InputImage], options: PredictOptions, *,
@@ -159,26 +191,8 @@ def run_predictions(detector: Any, model_file: Path, inputs: list[InputImage], o
     """
     from adcore.errors import InvalidInputError
 
-    calibration = Calibration.of(detector)
-    notes: dict[str, Any] = {"detector": type(detector).__name__, "threshold": calibration.threshold,
-                             "score_scale": calibration.score_scale, "pixel_threshold": calibration.pixel_threshold,
-                             "pixel_scale": calibration.pixel_scale, "warnings": []}
-    if calibration.threshold is None:
-        warn(NO_THRESHOLD)
-        notes["warnings"].append(NO_THRESHOLD)
-    elif not calibration.pixels:
-        warn(NO_PIXEL_THRESHOLD)
-        notes["warnings"].append(NO_PIXEL_THRESHOLD)
-    identity = {"model_sha256": file_sha256(model_file),
-                "inputs": list(given) if given is not None else [item.path for item in inputs],
-                **options.identity()}
-    summary = RunSummary()
-    outputs = RunOutputs(options.out, identity, resume=options.resume, notes=notes)
+    calibration, outputs, todo, summary = open_run(detector, model_file, inputs, options, given=given, warn=warn)
     try:
-        todo = [item for item in inputs if item.path not in outputs.done]
-        summary.already_done = len(inputs) - len(todo)
-        if summary.already_done:
-            warn(f"resuming: {summary.already_done} of {len(inputs)} images are already scored in {options.out}")
         sink = Sink(outputs, calibration, heatmaps=options.heatmaps, masks=options.masks, min_area=options.min_area,
                     style=HeatmapStyle(side_by_side=options.side_by_side), capacity=2 * options.batch_size, echo=echo)
         window = 2 * options.batch_size + max(options.workers, 1)
@@ -221,7 +235,7 @@ def outputs_count(summary: RunSummary) -> int:
 
 
 def _feed(detector: Any, batch: list[Decoded], sink: Sink, summary: RunSummary, warn: Callable[[str], None]) -> None:
-    for work in _score(detector, batch):
+    for work in score_batch(detector, batch):
         if isinstance(work, Decoded):
             summary.skipped.append((work.item.path, work.error))
             warn(f"skipped {work.item.path!r}: {work.error}")

@@ -24,7 +24,7 @@ from adcore.line.heatmaps import HeatmapStyle, png_bytes, render_heatmap
 from adcore.line.outputs import RunOutputs
 from adcore.line.regions import find_regions
 
-__all__ = ["Scored", "Calibration", "Sink", "output_name", "map_at_size", "normalized_map", "print_result"]
+__all__ = ["Scored", "Calibration", "Sink", "Rendered", "render", "write_rendered", "output_name", "map_at_size", "normalized_map", "print_result"]
 
 _DONE = object()
 
@@ -95,8 +95,9 @@ class Sink:
         self._thread = threading.Thread(target=self._work, name="adcore-writer", daemon=True)
         self._thread.start()
 
-    def put(self, work: Scored | Decoded) -> None:
-        """Queue a scored image, or a :class:`Decoded` with an error (a skipped file)."""
+    def put(self, work: Scored | Decoded | Rendered) -> None:
+        """Queue a scored image, a :class:`Decoded` with an error (a skipped file), or an image
+        rendered elsewhere (:func:`render`, e.g. in a Ray actor) that only needs writing."""
         if self.error is not None:
             raise self.error
         while True:
@@ -122,7 +123,7 @@ class Sink:
             if self.error is not None:
                 continue  # drain without writing after a failure
             try:
-                result = self._result(work)
+                result = self._result(work) if not isinstance(work, Rendered) else write_rendered(self.outputs, work)
                 self.outputs.append(result)
                 self.written += 1
                 if self.echo is not None:
@@ -131,40 +132,68 @@ class Sink:
                 self.error = exc
 
     def _result(self, work: Scored | Decoded) -> dict[str, Any]:
-        threshold = self.calibration.threshold
-        if isinstance(work, Decoded):
-            return {"path": work.item.path, "score": None, "normalized_score": None, "threshold": threshold,
-                    "anomalous": None, "regions": None, "error": work.error}
-        decoded = work.decoded
-        amap = map_at_size(work.amap, decoded.size)
-        regions, mask = None, None
-        if self.calibration.pixel_threshold is not None:
-            found, mask = find_regions(amap, self.calibration.pixel_threshold, min_area=self.min_area)
-            regions = [region.to_json() for region in found]
-        if self.heatmaps:
-            self._write_heatmap(work, amap, mask)
-        if self.masks and mask is not None:
-            from adcore.files import atomic_write_bytes
+        return write_rendered(self.outputs, render(work, self.calibration, heatmaps=self.heatmaps, masks=self.masks,
+                                                   min_area=self.min_area, style=self.style))
 
-            atomic_write_bytes(output_name(self.outputs.out / "masks", decoded.item.name),
-                               png_bytes(mask.astype(np.uint8) * 255))
-        return {"path": decoded.item.path, "score": work.score, "normalized_score": work.normalized,
-                "threshold": threshold, "anomalous": work.anomalous, "regions": regions, "error": None}
 
-    def _write_heatmap(self, work: Scored, amap: np.ndarray, mask: np.ndarray | None) -> None:
-        from adcore.files import atomic_write_bytes
+@dataclass
+class Rendered:
+    """One image made ready to write: its row and the PNG bytes of its heatmap and mask (``None``
+    when not asked for), named by the input's ``name``. Small enough to travel between processes."""
 
-        decoded = work.decoded
-        full = decoded.full if decoded.full is not None else decoded.image
-        image = full.permute(1, 2, 0).float().cpu().numpy()
-        if image.shape[:2] != amap.shape:  # no full image kept: show the map on the resized input
-            image = map_image(full, amap.shape)
-        verdict = "" if work.anomalous is None else ("  ANOMALOUS" if work.anomalous else "  ok")
-        readable = "" if work.normalized is None else f"  norm {work.normalized:.3f}"
-        title = f"{decoded.item.name}  score {work.score:.4g}{readable}{verdict}"
-        picture = render_heatmap(image, normalized_map(amap, self.calibration), mask, title=title,
-                                 calibrated=self.calibration.pixels, style=self.style)
-        atomic_write_bytes(output_name(self.outputs.out / "heatmaps", decoded.item.name), png_bytes(picture))
+    name: str
+    result: dict[str, Any]
+    heatmap: bytes | None = None
+    mask: bytes | None = None
+
+
+def render(work: Scored | Decoded, calibration: Calibration, *, heatmaps: bool, masks: bool, min_area: int,
+           style: HeatmapStyle) -> Rendered:
+    """Everything after the detector for one image: map at the image's size, regions, PNGs, row."""
+    threshold = calibration.threshold
+    if isinstance(work, Decoded):
+        return Rendered(work.item.name, {"path": work.item.path, "score": None, "normalized_score": None,
+                                         "threshold": threshold, "anomalous": None, "regions": None,
+                                         "error": work.error})
+    decoded = work.decoded
+    amap = map_at_size(work.amap, decoded.size)
+    regions, mask = None, None
+    if calibration.pixel_threshold is not None:
+        found, mask = find_regions(amap, calibration.pixel_threshold, min_area=min_area)
+        regions = [region.to_json() for region in found]
+    heatmap = _heatmap_png(work, amap, mask, calibration, style) if heatmaps else None
+    mask_png = png_bytes(mask.astype(np.uint8) * 255) if masks and mask is not None else None
+    return Rendered(decoded.item.name, {"path": decoded.item.path, "score": work.score,
+                                        "normalized_score": work.normalized, "threshold": threshold,
+                                        "anomalous": work.anomalous, "regions": regions, "error": None},
+                    heatmap, mask_png)
+
+
+def write_rendered(outputs: RunOutputs, rendered: Rendered) -> dict[str, Any]:
+    """Write a rendered image's PNGs under ``outputs.out`` (heatmap, then mask); returns its row, which
+    the caller appends only then (a row in the outputs means all its files exist)."""
+    from adcore.files import atomic_write_bytes
+
+    if rendered.heatmap is not None:
+        atomic_write_bytes(output_name(outputs.out / "heatmaps", rendered.name), rendered.heatmap)
+    if rendered.mask is not None:
+        atomic_write_bytes(output_name(outputs.out / "masks", rendered.name), rendered.mask)
+    return rendered.result
+
+
+def _heatmap_png(work: Scored, amap: np.ndarray, mask: np.ndarray | None, calibration: Calibration,
+                 style: HeatmapStyle) -> bytes:
+    decoded = work.decoded
+    full = decoded.full if decoded.full is not None else decoded.image
+    image = full.permute(1, 2, 0).float().cpu().numpy()
+    if image.shape[:2] != amap.shape:  # no full image kept: show the map on the resized input
+        image = map_image(full, amap.shape)
+    verdict = "" if work.anomalous is None else ("  ANOMALOUS" if work.anomalous else "  ok")
+    readable = "" if work.normalized is None else f"  norm {work.normalized:.3f}"
+    title = f"{decoded.item.name}  score {work.score:.4g}{readable}{verdict}"
+    picture = render_heatmap(image, normalized_map(amap, calibration), mask, title=title,
+                             calibrated=calibration.pixels, style=style)
+    return png_bytes(picture)
 
 
 def map_image(image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

@@ -1,0 +1,233 @@
+"""``adcore predict --executor ray``: the input listing as a Ray Dataset, scored by an actor pool.
+
+The driver lists the inputs (:func:`adcore.line.sources.collect_inputs`), opens the run's output
+folder exactly as the local predict does (:func:`adcore.line.pipeline.open_run`: same identity, so
+a run started on Ray resumes locally and the other way round) and turns the images not yet scored
+into a Ray Dataset of ``(path, name)`` rows. ``map_batches`` runs them through a pool of actors,
+each of which opens the model once (:func:`_open_model`, from the model's bytes shipped through
+Ray's object store, so workers need no copy of the model file) and, per batch, decodes the images,
+scores them (:func:`adcore.line.pipeline.score_batch`) and does everything after the detector
+(:func:`adcore.line.sink.render`: map at the image's size, defect regions, heatmap and mask PNGs).
+
+What travels back is compact: one JSON row per image plus the PNG bytes it will be written as
+(nothing at all but the row with ``--no-heatmaps``); an anomaly map never crosses the network. The
+driver writes the PNGs and appends the rows with the local predict's own writer
+(:func:`adcore.line.sink.write_rendered`, :class:`adcore.line.outputs.RunOutputs`), so the files
+are byte for byte those of the local predict, in completion order rather than input order.
+
+A killed actor loses nothing: Ray restarts it and re-runs the batches it held (Ray Data's actor
+pools default to unbounded ``max_restarts`` and ``max_task_retries``; a test kills one), and the driver writes each input path at most once (a result seen
+again from a retried batch is dropped), so the outputs hold every input exactly once. A stopped
+run (Ctrl-C, SIGTERM) keeps every row written; ``--resume`` continues it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adcore.line.outputs import RunOutputs
+from adcore.line.pipeline import (PredictOptions, RunSummary, StopRequest, open_run, outputs_count, score_batch,
+                                  write_contact_sheet)
+from adcore.line.sink import Rendered, print_result, write_rendered
+from adcore.line.sources import InputImage
+from adcore.scale.cluster import ClusterOptions, connect
+
+__all__ = ["RayPredictOptions", "ModelPayload", "predict_on_ray", "MAX_BLOCKS"]
+
+#: the most blocks the input listing is cut into (one batch per block below that)
+MAX_BLOCKS = 10_000
+
+
+def _open_model(path: Path) -> Any:
+    """Open a model in an actor (and in the driver): the one place, swapped for Contract D's
+    ``adcore.deployed.open_model`` (which also opens exported artefacts) at merge."""
+    from adcore.factory import load
+
+    return load(path)
+
+
+@dataclass(frozen=True)
+class RayPredictOptions:
+    """How the pool is made: ``actors`` (``None``: the cluster's CPUs divided by ``cpus_per_actor``),
+    the resources of each actor, the cluster to run on and an optional ``runtime_env`` for the actors."""
+
+    actors: int | None = None
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    runtime_env: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ModelPayload:
+    """A model as bytes: a ``.safetensors`` file, or an exported artefact's folder (every file in it),
+    so an actor on a machine without the driver's disk can open it."""
+
+    entry: str
+    files: dict[str, bytes]
+
+    @classmethod
+    def of(cls, path: Path) -> ModelPayload:
+        path = Path(path)
+        if path.is_dir() or path.name == "adcore-export.json":
+            folder = path if path.is_dir() else path.parent
+            files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+            return cls("" if path.is_dir() else path.name, files)
+        return cls(path.name, {path.name: path.read_bytes()})
+
+    def materialize(self, folder: Path) -> Path:
+        """Write the files under ``folder``; returns the path to open."""
+        for name, data in self.files.items():
+            target = folder.joinpath(*name.split("/"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)  # a private scratch copy of a file that was written atomically once
+        return folder / self.entry if self.entry else folder
+
+
+class _Scorer:
+    """One actor: the model opened once; each call decodes, scores and renders one batch."""
+
+    def __init__(self, model: Any, *, heatmaps: bool, masks: bool, min_area: int, side_by_side: bool,
+                 max_pixels: int | None, threads: int) -> None:
+        import torch
+
+        from adcore.line.heatmaps import HeatmapStyle
+        from adcore.line.sink import Calibration
+
+        torch.set_num_threads(max(1, threads))
+        # a reference wrapped in a list: fetched here, so a restarted actor fetches it again (the driver
+        # holds it for the whole run) and Ray does not treat it as a constructor argument it must keep
+        payload = model if isinstance(model, ModelPayload) else _get(model[0])
+        self._scratch = tempfile.TemporaryDirectory(prefix="adcore-ray-model-")
+        self.detector = _open_model(payload.materialize(Path(self._scratch.name)))
+        self.calibration = Calibration.of(self.detector)
+        self.settings = {"heatmaps": heatmaps, "masks": masks, "min_area": min_area,
+                         "style": HeatmapStyle(side_by_side=side_by_side)}
+        self.max_pixels = max_pixels
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch``: rows of ``paths``/``names`` lists, each one batch of the local predict."""
+        import numpy as np
+
+        from adcore.line.decoding import decode
+        from adcore.line.sink import render
+
+        out: dict[str, list[Any]] = {"name": [], "result": [], "heatmap": [], "mask": []}
+        for paths, names in zip(batch["paths"], batch["names"], strict=True):
+            items = [InputImage(str(path), str(name)) for path, name in zip(paths, names, strict=True)]
+            decoded = [decode(item, self.detector.load_size, keep_full=self.settings["heatmaps"],
+                              max_pixels=self.max_pixels) for item in items]
+            for work in score_batch(self.detector, decoded):
+                rendered = render(work, self.calibration, **self.settings)
+                out["name"].append(rendered.name)
+                out["result"].append(json.dumps(rendered.result, ensure_ascii=True))
+                out["heatmap"].append(rendered.heatmap or b"")
+                out["mask"].append(rendered.mask or b"")
+        return {key: np.array(values, dtype=object) for key, values in out.items()}
+
+
+def _get(reference: Any) -> ModelPayload:
+    import ray
+
+    return ray.get(reference)
+
+
+def _pool_size(ray: Any, options: RayPredictOptions) -> int:
+    """The pool's size, refused when the cluster cannot hold it (Ray would wait for ever)."""
+    from adcore.errors import ConfigurationError
+
+    resources = ray.cluster_resources()
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    actors = options.actors or max(1, int(cpus // max(options.cpus_per_actor, 1e-9)))
+    if actors * options.cpus_per_actor > cpus or actors * options.gpus_per_actor > gpus:
+        raise ConfigurationError(f"{actors} actor(s) × {options.cpus_per_actor:g} CPU / {options.gpus_per_actor:g} GPU "
+                                 f"do not fit the Ray cluster ({cpus:g} CPUs, {gpus:g} GPUs); give fewer --actors, "
+                                 "smaller --cpus-per-actor/--gpus-per-actor, or join a bigger cluster (--address)")
+    return actors
+
+
+def predict_on_ray(detector: Any, model_file: Path, inputs: list[InputImage], options: PredictOptions,
+                   scale: RayPredictOptions | None = None, *, given: list[str] | None = None,
+                   echo: Callable[[dict], None] | None = print_result,
+                   warn: Callable[[str], None] = lambda text: print(f"adcore predict: {text}", file=sys.stderr,
+                                                                    flush=True)) -> RunSummary:
+    """Score ``inputs`` into ``options.out`` on Ray (see the module docstring); the same contract
+    as :func:`adcore.line.pipeline.run_predictions` (``detector`` is the driver's copy: its
+    calibration names the run and draws the contact sheet; the actors open their own)."""
+    from adcore.errors import InvalidInputError
+
+    scale = scale or RayPredictOptions()
+    with connect(scale.cluster) as ray:
+        actors = _pool_size(ray, scale)  # refused before the output folder holds anything
+        calibration, outputs, todo, summary = open_run(detector, model_file, inputs, options, given=given, warn=warn)
+        try:
+            if todo:
+                _stream(ray, model_file, todo, options, scale, actors, outputs, summary, echo, warn)
+        finally:
+            outputs.close()
+    if options.strict and summary.skipped:
+        path, reason = summary.skipped[0]
+        raise InvalidInputError(f"--strict: {reason}; the {outputs_count(summary)} images scored before it are in "
+                                f"{options.out} (rerun with --resume after fixing or removing the file)")
+    if options.contact_sheet and summary.stopped_by is None:
+        summary.contact_sheet = write_contact_sheet(detector, options, calibration)
+    return summary
+
+
+def _stream(ray: Any, model_file: Path, todo: list[InputImage], options: PredictOptions, scale: RayPredictOptions,
+            actors: int, outputs: RunOutputs, summary: RunSummary, echo: Callable[[dict], None] | None,
+            warn: Callable[[str], None]) -> None:
+    """Run the dataset and write each result as it arrives (each input path at most once)."""
+    by_name = {item.name: item for item in todo}
+    written: set[str] = set()
+    duplicates = 0
+    # one row per batch of the local predict (the same images per detector call: the same floats)
+    rows = [{"paths": [item.path for item in todo[start:start + options.batch_size]],
+             "names": [item.name for item in todo[start:start + options.batch_size]]}
+            for start in range(0, len(todo), options.batch_size)]
+    model = ray.put(ModelPayload.of(model_file))  # held until the run ends: restarted actors read it again
+    # a block per batch streams results back as each finishes (and a dead actor's re-run is one batch);
+    # capped so that a million inputs do not make Ray Data plan a hundred thousand blocks
+    dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS)).map_batches(
+        _Scorer, batch_size=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=scale.cpus_per_actor, num_gpus=scale.gpus_per_actor or None, runtime_env=scale.runtime_env,
+        fn_constructor_kwargs={"model": [model], "heatmaps": options.heatmaps,
+                               "masks": options.masks, "min_area": options.min_area,
+                               "side_by_side": options.side_by_side, "max_pixels": options.max_pixels,
+                               "threads": max(1, int(scale.cpus_per_actor))})
+    with StopRequest() as stop:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            for name, text, heatmap, mask in zip(batch["name"], batch["result"], batch["heatmap"], batch["mask"],
+                                                 strict=True):
+                result = json.loads(str(text))
+                if result["path"] in written or str(name) not in by_name:
+                    duplicates += 1  # a batch re-run after its actor died: already written
+                    continue
+                row = write_rendered(outputs, Rendered(str(name), result, bytes(heatmap) or None, bytes(mask) or None))
+                outputs.append(row)
+                written.add(result["path"])
+                if result.get("error") is not None:
+                    summary.skipped.append((result["path"], result["error"]))
+                    warn(f"skipped {result['path']!r}: {result['error']}")
+                else:
+                    summary.scored += 1
+                if echo is not None:
+                    echo(row)
+            if stop.signal_name or (options.strict and summary.skipped):
+                break
+        if stop.signal_name:
+            warn(f"{stop.signal_name} received: the images scored so far are written and flushed; stopping")
+        summary.stopped_by = stop.signal_name
+    if duplicates:
+        warn(f"{duplicates} result(s) of re-run batches were already written and were dropped (each input is "
+             "written once)")
+    missing = len(todo) - len(written)
+    if missing and summary.stopped_by is None and not (options.strict and summary.skipped):
+        warn(f"{missing} image(s) came back from no actor; rerun with --resume to score them")

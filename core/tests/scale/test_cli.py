@@ -1,0 +1,95 @@
+"""Ray stays an optional extra: ``import adcore`` and a plain ``adcore predict`` never import it; the
+command line's ``--executor ray`` branch starts its own local Ray and writes the usual outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import require_ray
+
+
+@pytest.fixture(scope="module")
+def small_line(tmp_path_factory) -> tuple[Path, Path]:
+    from PIL import Image
+
+    import adcore
+    from adcore.testing import make_normal_images
+
+    root = tmp_path_factory.mktemp("ray-cli")
+    good = make_normal_images(14, (40, 40), seed=3)
+    detector = adcore.get_model("example_gaussian", input_size=32).fit(good[:6])
+    detector.calibrate(good[6:8])
+    model = detector.save(root / "model.safetensors")
+    for index, image in enumerate(good[8:]):
+        path = root / "images" / f"img{index:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+    return model, root / "images"
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS="1", ADCORE_PROGRESS="0")
+
+
+def test_import_adcore_and_a_local_predict_never_import_ray(small_line, tmp_path):
+    model, images = small_line
+    probe = textwrap.dedent(f"""
+        import sys
+        import adcore
+        assert "ray" not in sys.modules, "import adcore imported ray"
+        from adcore.cli import main
+        code = main(["predict", {str(model)!r}, {str(images)!r}, "--out", {str(tmp_path / "out")!r}])
+        assert code == 0, code
+        assert "ray" not in sys.modules and "adcore.scale" not in sys.modules, "adcore predict imported ray"
+        print("no ray")
+    """)
+    done = subprocess.run([sys.executable, "-c", probe], env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "no ray" in done.stdout
+    assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == 6
+
+
+def test_predict_executor_ray_on_the_command_line(small_line, tmp_path):
+    require_ray()
+    model, images = small_line
+    command = [sys.executable, "-m", "adcore.cli", "predict", str(model), str(images), "--batch-size", "4",
+               "--no-heatmaps"]
+    local = subprocess.run([*command, "--out", str(tmp_path / "local")], env=_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert local.returncode == 0, local.stderr
+    on_ray = subprocess.run([*command, "--out", str(tmp_path / "ray"), "--executor", "ray", "--actors", "1"],
+                            env=_env(), capture_output=True, text=True, timeout=300)
+    assert on_ray.returncode == 0, on_ray.stderr
+    assert "6 of 6 images scored" in on_ray.stderr
+    rows = lambda out: sorted((out / "results.jsonl").read_text().splitlines())  # noqa: E731
+    assert rows(tmp_path / "ray") == rows(tmp_path / "local")
+    assert json.loads((tmp_path / "ray" / "run.json").read_text())["model_sha256"]
+    assert not (tmp_path / "ray" / "heatmaps").exists()
+
+
+def test_too_many_actors_for_the_cluster_is_refused_with_what_to_do(small_line, tmp_path):
+    require_ray()
+    model, images = small_line
+    done = subprocess.run([sys.executable, "-m", "adcore.cli", "predict", str(model), str(images), "--out",
+                           str(tmp_path / "out"), "--executor", "ray", "--actors", "64"], env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "do not fit the Ray cluster" in done.stderr and "--actors" in done.stderr
+    assert not (tmp_path / "out" / "run.json").exists()  # refused before the folder holds a run
+
+
+def test_without_ray_the_executor_says_how_to_install_it(monkeypatch):
+    from adcore.errors import ConfigurationError
+    from adcore.scale import require_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
+    with pytest.raises(ConfigurationError, match=r"pip install 'adcore\[ray\]'"):
+        require_ray()
