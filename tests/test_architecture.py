@@ -38,7 +38,7 @@ TIERS = {
     "adcore": APPLICATION, "adcore.__main__": APPLICATION, "adcore.data": APPLICATION, "adcore.decoding": APPLICATION, "adcore.datasets": APPLICATION,
     "adcore.evaluation": APPLICATION, "adcore.cli": APPLICATION,
     "adcore.commands": APPLICATION, "adcore.benchmark": APPLICATION, "adcore.line": APPLICATION, "adcore.viz": APPLICATION,
-    "adcore.plots": APPLICATION, "adcore.testing": APPLICATION, "adcore.export": APPLICATION,
+    "adcore.plots": APPLICATION, "adcore.testing": APPLICATION, "adcore.device_checks": APPLICATION, "adcore.export": APPLICATION,
 }
 #: the modules that may import the plugin host
 HOST_TALKERS = {"adcore.plugins", "adcore.factory"}

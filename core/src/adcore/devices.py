@@ -10,6 +10,9 @@ fit). The spec is a run-time choice, not part of a model: detectors take it as t
 Precision names follow Lightning's: ``"32"`` (float32, the default), ``"16-mixed"`` (float16
 autocast; the training loop adds a gradient scaler on CUDA) and ``"bf16-mixed"`` (bfloat16 autocast,
 no scaler needed). :func:`autocast` is the one context that applies a precision to a block.
+
+Importing this module does not import torch (the CLI parses ``--device``/``--precision`` with it
+while ``adcore list`` stays light); the functions that need torch import it.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from __future__ import annotations
 import contextlib
 import platform
 import re
+import sys
 from collections.abc import Iterator
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from adcore.errors import DeviceUnavailableError, InvalidInputError
 from adcore.params import Constraint
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DEVICE_HELP", "PRECISIONS", "PRECISION_HELP", "DeviceSpec", "Precision", "available_devices",
            "resolve_device", "is_device_spec", "check_precision", "precision_dtype", "autocast", "grad_scaler",
@@ -37,12 +42,17 @@ PRECISION_HELP = ("32 (float32, default), 16-mixed or bf16-mixed: autocast for t
                   "backbone's features")
 
 _SPEC = re.compile(r"(auto|cpu|mps|cuda)(:\d{1,2})?\Z")
-_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+_DTYPES = {"16-mixed": "float16", "bf16-mixed": "bfloat16"}
+
+
+def _is_torch_device(value: Any) -> bool:
+    torch = sys.modules.get("torch")  # a torch.device exists only once torch is imported
+    return torch is not None and isinstance(value, torch.device)
 
 
 def is_device_spec(value: Any) -> bool:
     """Whether ``value`` is a well-formed device spec (whether that device exists is :func:`resolve_device`'s)."""
-    if isinstance(value, torch.device):
+    if _is_torch_device(value):
         return value.type in ("cpu", "cuda", "mps")
     if not isinstance(value, str):
         return False
@@ -51,12 +61,16 @@ def is_device_spec(value: Any) -> bool:
 
 
 def _mps_available() -> bool:
+    import torch
+
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
 
 
 def available_devices() -> list[str]:
     """The devices this machine offers, as specs: ``["cpu"]``, then ``"cuda:0"``... and ``"mps"`` when present."""
+    import torch
+
     found = ["cpu"]
     if torch.cuda.is_available():
         found += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
@@ -72,8 +86,10 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     on this machine, naming the devices that are, and :class:`~adcore.errors.InvalidInputError` for a
     spec that names no device at all (``"gpu0"``).
     """
+    import torch
+
     if not is_device_spec(spec):
-        raise InvalidInputError(f"{spec!r} is not a device; use {DEVICE_HELP}")
+        raise InvalidInputError(f"{spec!r} is not a device: give auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps")
     text = str(spec)
     if text == "auto":
         if torch.cuda.is_available():
@@ -112,7 +128,10 @@ def check_precision(precision: Any) -> str:
 
 def precision_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a precision name (``None`` for ``"32"``: no autocast)."""
-    return _DTYPES.get(check_precision(precision))
+    import torch
+
+    name = _DTYPES.get(check_precision(precision))
+    return None if name is None else getattr(torch, name)
 
 
 @contextlib.contextmanager
@@ -126,6 +145,8 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
     if dtype is None:
         yield
         return
+    import torch
+
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
 
@@ -137,6 +158,8 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | 
     and the CPU and mps run float16 autocast without one.
     """
     if check_precision(precision) == "16-mixed" and device.type == "cuda":
+        import torch
+
         return torch.amp.GradScaler("cuda")
     return None
 
@@ -144,6 +167,8 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | 
 def device_name(device: torch.device) -> str:
     """A human name for ``device``: the GPU's model (``"NVIDIA H200"``), ``"Apple mps"``, or the CPU's."""
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
         return "Apple mps"
