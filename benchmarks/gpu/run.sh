@@ -92,7 +92,7 @@ fi
 # -- 4. the papers' budgets on CUDA --------------------------------------------------------------
 if [ "$QUICK" = 1 ]; then
   PAPERS=(-m stfpm fastflow efficientad --quick --max-train 6 -p stfpm.epochs=1 -p fastflow.epochs=1
-          -p efficientad.train_steps=2 --time-limit 120)
+          -p efficientad.train_steps=2 --time-limit 120)  # a smoke: --workers 4 on 2 cores warns, and works
   PAPER_DEVICE=cpu
 else
   # STFPM: 100 epochs (its defaults); FastFlow: 500 epochs; EfficientAD-S: 70000 steps in the paper
