@@ -3,8 +3,13 @@ skipped without a GPU) passes the whole conformance kit on CUDA."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# cuBLAS is deterministic only with a fixed workspace, which must be chosen before CUDA starts
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 from adcore.testing import build_registered, check_detector, check_devices, registered_detector_params
 
@@ -20,10 +25,23 @@ def test_registered_detector_keeps_the_device_contract(name: str):
     assert "device='cpu' fits and predicts on the CPU" in report.passed
 
 
+@pytest.fixture
+def deterministic_cuda():
+    """The kit asks two fits under one seed for the same predictions: on CUDA that needs deterministic
+    kernels (cuDNN's, and torch's where it has them; warn_only: an op without one warns instead of failing)."""
+    previous = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+                torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[0], previous[1]
+    torch.use_deterministic_algorithms(previous[2], warn_only=previous[3])
+
+
 @pytest.mark.cuda
 @needs_cuda
 @pytest.mark.parametrize("name", registered_detector_params())
-def test_registered_detector_conforms_on_cuda(name: str):
+def test_registered_detector_conforms_on_cuda(name: str, deterministic_cuda):
     report = check_detector(lambda: build_registered(name, device="cuda"), name=f"{name} on cuda")
     assert report.ok
     assert "fitted state lives on its device" in report.passed
