@@ -33,7 +33,7 @@ TIERS = {
     "adcore.backbones": KIT, "adcore.base": KIT, "adcore.params": KIT, "adcore.persistence": KIT,
     "adcore.files": KIT, "adcore.memory": KIT, "adcore.values": KIT, "adcore.tables": KIT, "adcore.lookups": KIT, "adcore.weights": KIT,
     "adcore.feature_detector": KIT, "adcore.tiling": KIT, "adcore.metrics": KIT,
-    "adcore.scoring": KIT,
+    "adcore.scoring": KIT, "adcore.devices": KIT, "adcore.calibration": KIT,
     "adcore.plugins": HOST, "adcore.factory": HOST, "adcore.builtin": HOST,
     "adcore": APPLICATION, "adcore.__main__": APPLICATION, "adcore.data": APPLICATION, "adcore.decoding": APPLICATION, "adcore.datasets": APPLICATION,
     "adcore.evaluation": APPLICATION, "adcore.cli": APPLICATION,
@@ -41,6 +41,7 @@ TIERS = {
     "adcore.plots": APPLICATION, "adcore.testing": APPLICATION, "adcore.export": APPLICATION,
     "adcore.serve": APPLICATION,
     "adcore.scale": APPLICATION,
+    "adcore.device_checks": APPLICATION,
 }
 #: the modules that may import the plugin host
 HOST_TALKERS = {"adcore.plugins", "adcore.factory"}

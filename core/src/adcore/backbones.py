@@ -7,7 +7,8 @@ stages; a stride names the equivalent stage of any CNN). An extractor stops comp
 deepest stage it returns; a frozen one also has its batch norms folded into the convolutions and
 runs channels-last (the same function up to float rounding, about half the CPU time).
 :func:`shared_extractor` is the one cache of frozen extractors, so detectors, their reloads and
-their copies share one instance per (backbone, layers, weights).
+their copies share one instance per (backbone, layers, weights, device, precision): the CPU
+float32 one is built first, and one for another device or precision is its copy moved there.
 
 Weights: see :mod:`adcore.weights` (a local file, an offline provider, or timm's hub when asked).
 """
@@ -23,6 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from adcore.devices import autocast, check_precision
 from adcore.errors import BackboneWeightsError, InvalidInputError
 from adcore.seeding import seeded
 from adcore.weights import load_weights
@@ -115,15 +117,18 @@ class FeatureExtractor(nn.Module):
             ``None`` for random initialisation (tests, or training from scratch).
         checkpoint_path: a local ``.safetensors``/``.pth`` state dict; overrides ``weights``.
         trainable: leave parameters trainable (default: frozen, eval mode, batch norms folded).
+        precision: ``"32"``, or ``"16-mixed"``/``"bf16-mixed"`` to run the backbone under autocast
+            (:func:`adcore.devices.autocast`); the features come back as float32 either way.
 
     Frozen or not, the network stops after the deepest requested stage and runs channels-last.
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, layers: Sequence[str | int] = ("blocks.2", "blocks.4"),
                  *, weights: str | None = "pretrained", checkpoint_path: str | Path | None = None,
-                 trainable: bool = False) -> None:
+                 trainable: bool = False, precision: str = "32") -> None:
         super().__init__()
         self.backbone_name = backbone
+        self.precision = check_precision(precision)
         names = [stage.name for stage in stages(backbone)]
         indices = [_stage_index(layer, names, backbone) for layer in layers]
         if not indices:
@@ -171,8 +176,12 @@ class FeatureExtractor(nn.Module):
         return (images - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = dict(zip(self._output_names, self.model(self.normalize(images))))
-        return {name: features[name] for name in self.layer_names}
+        if self.precision == "32":
+            features = dict(zip(self._output_names, self.model(self.normalize(images))))
+            return {name: features[name] for name in self.layer_names}
+        with autocast(images.device, self.precision):
+            features = dict(zip(self._output_names, self.model(self.normalize(images))))
+        return {name: features[name].float() for name in self.layer_names}
 
 
 def _stage_index(layer: str | int, names: Sequence[str], backbone: str) -> int:
@@ -201,14 +210,32 @@ def _cached_extractor(backbone: str, layers: tuple[str | int, ...], weights: str
 
 
 def shared_extractor(backbone: str, layers: Sequence[str | int], *, weights: str | None = "pretrained",
-                     checkpoint_path: str | Path | None = None) -> FeatureExtractor:
+                     checkpoint_path: str | Path | None = None, device: str | torch.device = "cpu",
+                     precision: str = "32") -> FeatureExtractor:
     """The process-wide frozen extractor for these settings (built once, then shared).
 
     Frozen and in eval mode, it holds no per-detector state, so detectors, their reloads and their
     test-time copies reuse one instance instead of each building a timm model and loading weights
-    (seconds). Building it never changes the caller's random stream.
+    (seconds). Building it never changes the caller's random stream. ``device`` is where it runs
+    (a resolved device: see :func:`adcore.devices.resolve_device`), ``precision`` how (see
+    :class:`FeatureExtractor`); every device and precision gets its own copy of the CPU float32 one.
     """
-    return _cached_extractor(backbone, tuple(layers), weights, None if checkpoint_path is None else str(checkpoint_path))
+    checkpoint = None if checkpoint_path is None else str(checkpoint_path)
+    device = torch.device(device)
+    if device.type == "cpu" and check_precision(precision) == "32":
+        return _cached_extractor(backbone, tuple(layers), weights, checkpoint)
+    return _placed_extractor(backbone, tuple(layers), weights, checkpoint, device, precision)
+
+
+@functools.lru_cache(maxsize=8)
+def _placed_extractor(backbone: str, layers: tuple[str | int, ...], weights: str | None, checkpoint_path: str | None,
+                      device: torch.device, precision: str) -> FeatureExtractor:
+    import copy
+
+    base = _cached_extractor(backbone, layers, weights, checkpoint_path)
+    placed = copy.deepcopy(base).to(device)
+    placed.precision = precision
+    return placed
 
 
 def _truncate_after_last_output(model: nn.Module) -> None:

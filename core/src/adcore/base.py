@@ -4,8 +4,12 @@ Subclasses write three things: ``__init__`` that only stores its keyword paramet
 ``parameter_constraints`` (:mod:`adcore.params`) and validated right after ``__init__`` by
 ``_validate_params``, ``_fit(stream)`` and ``_predict(images)`` on images already resized to
 ``input_size``. Everything else (parameter checks, renamed-parameter aliases, input checks,
-resizing back to the caller's size, seeding, thresholds, persistence) lives here once. Detectors
-on a pretrained backbone derive from :class:`adcore.feature_detector.FeatureDetector` instead.
+resizing back to the caller's size, seeding, thresholds, persistence, the device) lives here once.
+Detectors on a pretrained backbone derive from :class:`adcore.feature_detector.FeatureDetector` instead.
+
+Devices (:mod:`adcore.devices`): ``device`` is resolved to ``device_`` when ``fit`` starts; ``_fit``
+and ``_predict`` receive images on ``device_`` and keep their fitted state there (after ``fit`` and
+``load`` the base moves every fitted tensor and module there too); ``predict`` returns CPU tensors.
 
 State conventions: fitted state is public attributes ending in ``_`` (tensors, ``nn.Module``s or
 JSON-able values); these are what :meth:`save` writes. Frozen pretrained backbones are private
@@ -28,23 +32,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adcore.devices import DeviceSpec, Precision, resolve_device
 from adcore.errors import InvalidArgumentError, InvalidInputError, NotFittedError
-from adcore.inputs import ImageStream, resize_images, to_size, validate_images
+from adcore.inputs import DeviceStream, ImageStream, to_size, validate_images
 from adcore.params import ConstraintSpec, Integer, Real, Size, validate_parameters
 from adcore.prediction import Prediction
 from adcore.seeding import seeded
-from adcore.tiling import TileStream, blend_tiles, tile_grid
+from adcore.tiling import TileStream, TilingMixin
 
-__all__ = ["BaseDetector", "COMMON_PARAMETERS"]
+__all__ = ["BaseDetector", "COMMON_PARAMETERS", "RUNTIME_PARAMETERS"]
 
 _JSON_TYPES = (bool, int, float, str, type(None))
 
 #: parameters every detector has without listing them in its ``__init__``, handled here once:
-#: tiling (see :mod:`adcore.tiling`). They are part of ``get_params`` and of the model file.
-COMMON_PARAMETERS: dict[str, Any] = {"tile_size": None, "tile_overlap": 0.25, "tile_input_size": None}
+#: tiling (see :mod:`adcore.tiling`), the device and the precision (see :mod:`adcore.devices`). They
+#: are part of ``get_params``, and of the model file except the :data:`RUNTIME_PARAMETERS`.
+COMMON_PARAMETERS: dict[str, Any] = {"tile_size": None, "tile_overlap": 0.25, "tile_input_size": None,
+                                     "device": "auto", "precision": "32"}
+#: common parameters that say where a model runs, not what it is: never written into a model file
+#: (``load(path, device=...)`` chooses them again)
+RUNTIME_PARAMETERS: frozenset[str] = frozenset({"device"})
 
 
-class BaseDetector(ABC):
+class BaseDetector(TilingMixin, ABC):
     """Optional base class for detectors (see the module docstring for the contract)."""
 
     #: run ``_predict`` under ``torch.inference_mode`` (off for detectors that need input gradients)
@@ -59,6 +69,8 @@ class BaseDetector(ABC):
         "tile_size": [Size(16, 8192), None],
         "tile_overlap": [Real(0.0, 0.9)],
         "tile_input_size": [Size(16, 65536), None],
+        "device": [DeviceSpec()],
+        "precision": [Precision()],
     }
     #: renamed parameters still accepted, with a DeprecationWarning: ``{"lr": "learning_rate"}``, or
     #: ``{"layer": ("layers", lambda v: (v,))}`` when the value changes form too
@@ -143,6 +155,8 @@ class BaseDetector(ABC):
             setattr(self, name, value)
         try:
             self._validate_params()
+            if "device" in params and self.is_fitted:
+                self._move_to_device()  # a fitted model follows its new device (refused if it is not here)
         except Exception:
             for name, value in previous.items():  # a rejected value must not stay set
                 setattr(self, name, value)
@@ -156,6 +170,32 @@ class BaseDetector(ABC):
     @property
     def is_fitted(self) -> bool:
         return bool(getattr(self, "fitted_", False))
+
+    @property
+    def device_(self) -> torch.device:
+        """The :class:`torch.device` that ``device`` resolves to on this machine (where fit and predict run)."""
+        spec = getattr(self, "device", "auto")
+        cached = self.__dict__.get("_device_cache")
+        if cached is None or cached[0] is not spec:
+            cached = (spec, resolve_device(spec))
+            self.__dict__["_device_cache"] = cached
+        return cached[1]
+
+    def _move_to_device(self) -> None:
+        """Put every fitted tensor and module on ``device_`` (free where they already are), then call
+        :meth:`_on_device` for state a detector keeps in other objects."""
+        device = self.device_
+        for name, value in list(vars(self).items()):
+            if not name.endswith("_") or name.startswith("_"):
+                continue
+            if isinstance(value, torch.Tensor) and value.device != device:
+                setattr(self, name, value.to(device))
+            elif isinstance(value, nn.Module):
+                value.to(device)
+        self._on_device(device)
+
+    def _on_device(self, device: torch.device) -> None:
+        """Hook: move fitted state held outside tensor/module attributes (an index, a list) to ``device``."""
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -173,8 +213,12 @@ class BaseDetector(ABC):
         self.threshold_: float | None = None
         self.score_scale_ = self.pixel_threshold_ = self.pixel_scale_ = None  # set by calibrate
         self.fitted_ = False
+        device = self.device_  # refuses an unavailable device before any work
+        if device.type != "cpu":
+            stream = DeviceStream(stream, device)
         with seeded(getattr(self, "seed", 0)):
             self._fit(stream)
+        self._move_to_device()
         self.fitted_ = True
         return self
 
@@ -203,8 +247,9 @@ class BaseDetector(ABC):
     def _predict_resized(self, images: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``_predict`` in chunks of ``predict_batch_size`` on images resized to ``input_size``; maps at ``size``."""
         scores, maps = [], []
+        device = self.device_
         for start in range(0, images.shape[0], self.predict_batch_size):
-            chunk = images[start:start + self.predict_batch_size]
+            chunk = images[start:start + self.predict_batch_size].to(device, non_blocking=True)
             resized = F.interpolate(chunk, size=self.image_size, mode="bilinear", align_corners=False,
                                     antialias=chunk.shape[-2] > self.image_size[0] or chunk.shape[-1] > self.image_size[1]) \
                 if tuple(chunk.shape[-2:]) != self.image_size else chunk
@@ -215,109 +260,20 @@ class BaseDetector(ABC):
             amap = F.interpolate(amap[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
             scores.append(score.detach().float().reshape(-1))
             maps.append(amap.detach())
-        return torch.cat(scores).clone(), torch.cat(maps).clone()
-
-    # -- tiling (adcore.tiling) -----------------------------------------------------------------
-    @property
-    def tiled(self) -> bool:
-        """Whether this detector scores images tile by tile (``tile_size`` is set)."""
-        return getattr(self, "tile_size", None) is not None
-
-    @property
-    def load_size(self) -> tuple[int, int] | None:
-        """The size datasets should load images at for this detector: ``input_size``, or ``None``
-        (each image's own size) when it tiles, since tiles are cut from the full-resolution image."""
-        return None if self.tiled else self.image_size
-
-    def _tile_input_size(self) -> tuple[int, int] | None:
-        value = getattr(self, "tile_input_size", None)
-        return None if value is None else to_size(value)
-
-    def aggregate_tile_scores(self, tile_scores: torch.Tensor) -> torch.Tensor:
-        """The image score from its tiles' scores: the maximum (a detector may aggregate its own way)."""
-        return tile_scores.max()
-
-    def _predict_tiled(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One ``(3,H,W)`` image scored tile by tile; at most ``predict_batch_size`` tiles at a time."""
-        height, width = image.shape[-2:]
-        resize_to = self._tile_input_size()
-        source = resize_images(image[None], resize_to)[0] if resize_to is not None else image
-        grid = tile_grid(source.shape[-2], source.shape[-1], self.tile_size, self.tile_overlap)
-        boxes = list(grid.boxes())
-        tile_scores: list[torch.Tensor] = []
-
-        def tile_maps():
-            for start in range(0, len(boxes), self.predict_batch_size):
-                chunk = boxes[start:start + self.predict_batch_size]
-                tiles = torch.stack([source[:, t:t + grid.tile_h, l:l + grid.tile_w] for t, l in chunk])
-                scores, maps = self._predict_resized(tiles, (grid.tile_h, grid.tile_w))
-                tile_scores.append(scores)
-                yield from ((t, l, amap) for (t, l), amap in zip(chunk, maps))
-
-        blended = blend_tiles(grid, tile_maps(), self.tile_overlap)
-        if tuple(blended.shape) != (height, width):
-            blended = F.interpolate(blended[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-        return self.aggregate_tile_scores(torch.cat(tile_scores)).float().reshape(()), blended
+        return _on_cpu(torch.cat(scores)), _on_cpu(torch.cat(maps))
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         """Image scores only (``predict(images).pred_score``)."""
         return self.predict(images).pred_score
 
-    # -- thresholds ---------------------------------------------------------------------------
+    # -- thresholds (adcore.calibration) -----------------------------------------------------
     def calibrate(self, data: Any, *, target_fpr: float = 0.01, pixel_target_fpr: float = 0.001) -> BaseDetector:
-        """Set ``threshold_`` (and the readable-score scales) from held-out data.
+        """Set ``threshold_`` (and the readable-score scales) from held-out data: the smallest threshold
+        that flags at most ``target_fpr`` of good-only data, or the best-F1 one on labelled data with
+        both classes; see :func:`adcore.calibration.calibrate` for every value it sets."""
+        from adcore.calibration import calibrate
 
-        Good-only data (no labels, or labels all 0): the smallest threshold that flags at most
-        ``target_fpr`` of these good images, so a validation set without defects gives an honest
-        threshold instead of one that flags everything. Labelled data with both classes: the
-        threshold with the best F1.
-
-        Also sets (see :mod:`adcore.scoring`): ``score_scale_``, the spread of the good images'
-        scores, so that ``Prediction.normalized_score`` is 0.5 at the threshold; ``pixel_threshold_``,
-        the smallest per-pixel threshold that flags at most ``pixel_target_fpr`` of the good images'
-        pixels (on a bounded uniform sample of them), and ``pixel_scale_``, their spread. With no good
-        image in ``data`` the pixel values stay ``None``.
-        """
-        self._check_fitted("calibrate")
-        if not 0.0 <= target_fpr < 1.0:
-            raise InvalidInputError(f"target_fpr must be in [0, 1), got {target_fpr}")
-        if not 0.0 <= pixel_target_fpr < 1.0:
-            raise InvalidInputError(f"pixel_target_fpr must be in [0, 1), got {pixel_target_fpr}")
-        from adcore.metrics import f1_max
-        from adcore.scoring import PixelSample, fpr_threshold, spread
-
-        scores, labels = [], []
-        good_pixels = PixelSample(seed=0)
-        # full images: predict() tiles them itself when tiling is on
-        stream = ImageStream(data, self.load_size, batch_size=getattr(self, "batch_size", 8), where="calibrate")
-        for batch, found in stream.with_labels():
-            prediction = self.predict(batch)
-            found = found if found is not None else torch.zeros(batch.shape[0], dtype=torch.long)
-            scores.append(prediction.pred_score)
-            labels.append(found)
-            if bool((found == 0).any()):
-                good_pixels.add(prediction.anomaly_map[found.to(prediction.anomaly_map.device) == 0])
-        score = torch.cat(scores)
-        label = torch.cat(labels)
-        if bool((label == 1).any()) and bool((label == 0).any()):
-            best_f1, threshold = f1_max(label, score)
-            self.calibration_ = {"method": "f1", "f1": best_f1, "images": int(score.numel())}
-        else:
-            threshold, achieved = fpr_threshold(score[label == 0], target_fpr)
-            self.calibration_ = {"method": "fpr", "target_fpr": target_fpr, "achieved_fpr": achieved,
-                                 "images": int((label == 0).sum())}
-        self.threshold_ = float(threshold)
-        good_scores = score[label == 0]
-        self.score_scale_: float | None = spread(good_scores if good_scores.numel() else score, self.threshold_)
-        self.pixel_threshold_: float | None = None
-        self.pixel_scale_: float | None = None
-        if len(good_pixels):
-            pixels = good_pixels.values
-            self.pixel_threshold_, pixel_achieved = fpr_threshold(pixels, pixel_target_fpr)
-            self.pixel_scale_ = spread(pixels, self.pixel_threshold_)
-            self.calibration_.update({"pixel_target_fpr": pixel_target_fpr, "pixel_achieved_fpr": pixel_achieved,
-                                      "pixels_sampled": len(good_pixels), "pixels_seen": good_pixels.offered})
-        return self
+        return calibrate(self, data, target_fpr=target_fpr, pixel_target_fpr=pixel_target_fpr)
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -336,12 +292,14 @@ class BaseDetector(ABC):
         tensors, state = self._get_state()
         header = {"detector": origin.name, "target": f"{cls.__module__}:{cls.__qualname__}",
                   "distribution": origin.distribution, "distribution_version": origin.distribution_version,
-                  "params": self.get_params(), "state": state}
+                  "params": {k: v for k, v in self.get_params().items() if k not in RUNTIME_PARAMETERS},
+                  "state": state}
         return persistence.write(Path(path), tensors, header)
 
     @classmethod
-    def load(cls, path: str | Path) -> BaseDetector:
-        """Rebuild a detector saved by :meth:`save`; predictions are bit-identical.
+    def load(cls, path: str | Path, *, device: str | torch.device = "auto") -> BaseDetector:
+        """Rebuild a detector saved by :meth:`save` on ``device`` (any machine's: the file keeps no
+        device); predictions are bit-identical on the same device.
 
         The file must hold this very class; ``adcore.load(path)`` finds the class a file needs.
         """
@@ -362,8 +320,10 @@ class BaseDetector(ABC):
             return value
 
         origin = f"{header['distribution']} {header['distribution_version']}"
+        params = {k: v for k, v in tuples(header["params"]).items() if k not in RUNTIME_PARAMETERS}
+        resolve_device(device)  # an unavailable device is the caller's error, not the file's
         try:
-            detector = cls(**tuples(header["params"]))
+            detector = cls(**params, device=device)
         except (TypeError, ValueError) as exc:
             raise ModelFileError(f"{path} was written by {origin} with parameters this installed version of "
                                  f"{cls.__name__} does not accept ({type(exc).__name__}: {exc}); install the version "
@@ -376,6 +336,7 @@ class BaseDetector(ABC):
             raise ModelFileError(f"{path} was written by {origin}; its fitted state does not fit the installed "
                                  f"{cls.__name__} ({type(exc).__name__}: {exc}); install the version that wrote it or "
                                  "retrain") from exc
+        detector._move_to_device()
         detector.fitted_ = True
         return detector
 
@@ -488,6 +449,11 @@ class BaseDetector(ABC):
         from adcore.lookups import exporter
 
         return exporter()(self, out, format=format, **options)
+
+
+def _on_cpu(tensor: torch.Tensor) -> torch.Tensor:
+    # a fresh tensor either way: clone on the CPU, the copy .cpu() makes elsewhere
+    return tensor.clone() if tensor.device.type == "cpu" else tensor.cpu()
 
 
 def _json_able(value: Any) -> bool:

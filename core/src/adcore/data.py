@@ -459,9 +459,23 @@ def collate_items(items: list[Any]) -> Any:
     return default_collate(items)
 
 
-def make_loader(dataset: Dataset, batch_size: int = 8, *, shuffle: bool = False, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over a dataset whose items are dicts (paths are collated as lists)."""
+def make_loader(dataset: Dataset, batch_size: int = 8, *, shuffle: bool = False, num_workers: int = 0,
+                device: Any = None) -> DataLoader:
+    """A DataLoader over a dataset whose items are dicts (paths are collated as lists).
+
+    ``num_workers`` processes decode images in parallel (0, the default: in the calling process).
+    ``device`` is where the batches will go (a resolved ``torch.device`` or a spec, see
+    :mod:`adcore.devices`): for a CUDA device the batches come in pinned memory, which the detector
+    copies to the GPU without blocking. On the CPU (or ``None``) nothing changes.
+    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise InvalidInputError(f"num_workers must be a whole number >= 0, got {num_workers!r}")
+    pin = False
+    if device is not None:
+        from adcore.devices import resolve_device
+
+        pin = resolve_device(device).type == "cuda"
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, pin_memory=pin,
                       collate_fn=collate_items)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __all__ = ["AdcoreError", "NotFittedError", "InvalidInputError", "ModelFileError", "ImageLoadError", "DatasetLayoutError",
            "DetectorOutputError", "BackboneWeightsError", "TrainingDivergedError", "PluginError", "ConfigurationError",
-           "OutputPathError", "InvalidArgumentError"]
+           "OutputPathError", "InvalidArgumentError", "DeviceUnavailableError"]
 
 
 class AdcoreError(Exception):
@@ -63,3 +63,8 @@ class OutputPathError(AdcoreError, OSError):
 class InvalidArgumentError(AdcoreError, TypeError):
     """An argument of the wrong kind: a keyword a detector does not take, a registration target that is
     not callable, or a plugin factory that built something other than a detector."""
+
+
+class DeviceUnavailableError(AdcoreError, RuntimeError):
+    """A device was asked for (``device="cuda"``, ``--device mps``) that this machine does not have; the
+    message names the devices it does have."""

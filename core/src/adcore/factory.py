@@ -144,8 +144,13 @@ def entry_for_file(path: str | Path, header: dict[str, Any]) -> DetectorEntry:
     return entry
 
 
-def load(path: str | Path):
-    """Load any detector file written by ``detector.save(path)``, whichever plugin made it."""
+def load(path: str | Path, *, device: Any = None):
+    """Load any detector file written by ``detector.save(path)``, whichever plugin made it.
+
+    ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``; see :mod:`adcore.devices`)
+    is where it will run; the file keeps none, so a model trained on a GPU loads on a CPU-only
+    machine and the reverse. ``None`` leaves it to the detector's ``load`` (``"auto"``).
+    """
     from adcore import persistence
 
     path = Path(path)
@@ -154,7 +159,15 @@ def load(path: str | Path):
     if not callable(getattr(cls, "load", None)):
         raise ModelFileError(f"{path} holds {entry.name!r}, registered by {entry.distribution} {entry.version} as "
                              f"{entry.target_path}, which has no load(path) classmethod to rebuild it from a file")
-    return cls.load(path)
+    if device is None:
+        return cls.load(path)
+    import inspect
+
+    accepted = inspect.signature(cls.load).parameters
+    if "device" not in accepted and not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        raise InvalidArgumentError(f"{path} holds {entry.name!r} ({entry.target_path}), whose load(path) takes no "
+                                   "device; load it without device= (it runs where its plugin puts it)")
+    return cls.load(path, device=device)
 
 
 # -- what the detector kit asks the host (see adcore.lookups) -----------------------------------------------

@@ -57,18 +57,24 @@ class FeatureDetector(BaseDetector):
 
     @property
     def extractor(self) -> FeatureExtractor:
-        """The shared frozen extractor for the current parameters (built on first use, never saved)."""
+        """The shared frozen extractor for the current parameters, on ``device_`` at ``precision``
+        (built on first use, never saved)."""
         key = (self.backbone, self.extractor_layers(), self.weights,
-               None if self.checkpoint_path is None else str(self.checkpoint_path))
+               None if self.checkpoint_path is None else str(self.checkpoint_path), self.device_,
+               getattr(self, "precision", "32"))
         if getattr(self, "_extractor_key", None) != key:
-            self._extractor = shared_extractor(key[0], key[1], weights=key[2], checkpoint_path=key[3])
+            self._extractor = shared_extractor(key[0], key[1], weights=key[2], checkpoint_path=key[3], device=key[4],
+                                               precision=key[5])
             self._extractor_key = key
         return self._extractor
 
     def build_extractor(self, layers: Sequence[str | int] | None = None, *, pretrained: bool = True,
                         trainable: bool = False) -> FeatureExtractor:
-        """A new extractor of this backbone (not shared): ``pretrained=False`` for random initialisation
-        drawn from the current (seeded) random stream, ``trainable=True`` to train it."""
+        """A new extractor of this backbone (not shared), on ``device_``: ``pretrained=False`` for random
+        initialisation drawn from the current (seeded) random stream (on the CPU, so every device starts
+        from the same weights), ``trainable=True`` to train it. It runs at float32: a trained network
+        gets its precision from the training loop's autocast."""
         return FeatureExtractor(self.backbone, list(layers if layers is not None else self.resolved_layers()),
                                 weights=self.weights if pretrained else None,
-                                checkpoint_path=self.checkpoint_path if pretrained else None, trainable=trainable)
+                                checkpoint_path=self.checkpoint_path if pretrained else None,
+                                trainable=trainable).to(self.device_)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from adcore.errors import InvalidInputError
 
-__all__ = ["validate_images", "resize_images", "extract_images", "ImageStream", "to_size"]
+__all__ = ["validate_images", "resize_images", "extract_images", "ImageStream", "DeviceStream", "to_size"]
 
 _RANGE_TOLERANCE = 1e-3
 
@@ -288,3 +288,35 @@ class _ResizingCollate:
         if isinstance(item, (tuple, list)):
             return (image, *item[1:])
         return image
+
+
+class DeviceStream:
+    """A fit stream whose batches (and ``materialize()``) arrive on ``device``; labels stay on the CPU.
+
+    ``BaseDetector.fit`` wraps its stream in one when the detector runs off the CPU, so ``_fit``
+    sees its images where it computes. A pinned CPU batch (``make_loader(pin_memory=True)``) is
+    copied without blocking.
+    """
+
+    def __init__(self, stream: Any, device: torch.device) -> None:
+        self.stream = stream
+        self.device = device
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for batch in self.stream:
+            yield batch.to(self.device, non_blocking=True)
+
+    def with_labels(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        for batch, labels in self.stream.with_labels():
+            yield batch.to(self.device, non_blocking=True), labels
+
+    def materialize(self) -> torch.Tensor:
+        return self.stream.materialize().to(self.device)
+
+    def num_images(self) -> int:
+        return self.stream.num_images()
+
+    def __getattr__(self, name: str) -> Any:  # the wrapped stream's other attributes (size, where, batch_size)
+        if name == "stream":
+            raise AttributeError(name)
+        return getattr(self.stream, name)

@@ -23,7 +23,7 @@ def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
         return maps
     squeeze = maps.ndim == 3
     x = maps[:, None] if squeeze else maps
-    kernel = _gaussian_kernel(sigma).to(x.dtype)
+    kernel = _gaussian_kernel(sigma).to(device=x.device, dtype=x.dtype)
     radius = kernel.numel() // 2
     pad_h, pad_w = min(radius, x.shape[-2] - 1), min(radius, x.shape[-1] - 1)
     k = kernel.numel()

@@ -14,7 +14,10 @@ of one); finite scores; a pasted defect scores higher than clean images and its 
 inside the defect; ``calibrate`` yields boolean labels; save/load gives bit-identical predictions;
 two fits under the same seed give bit-identical predictions; and, for detectors with adcore's
 common parameters, tiling (``tile_size``): fit on tiles of larger images, full-resolution maps,
-the defect found, the tiling carried through save/load.
+the defect found, the tiling carried through save/load; and the device: outputs on the CPU, the
+fitted state on the detector's ``device_``, save/load on that device. :func:`check_devices`
+(:mod:`adcore.device_checks`) adds the device contract's own checks (explicit and ``"auto"``
+devices, loading on another device, an unavailable device's error).
 
 :func:`write_fake_distribution` writes an installed-looking distribution into a folder, so a test
 can check how a plugin loads (``adcore.plugins.load_plugins``) without ``pip install``.
@@ -39,7 +42,8 @@ from adcore.errors import AdcoreError, InvalidInputError
 from adcore.hookspecs import ENTRY_POINT_GROUP
 from adcore.prediction import AnomalyDetector, Prediction
 
-__all__ = ["ConformanceError", "ConformanceReport", "check_detector", "check_export", "make_normal_images", "paste_defects",
+__all__ = ["ConformanceError", "ConformanceReport", "check_detector", "check_devices", "check_export", "make_normal_images",
+           "paste_defects",
            "registered_detector_params", "build_registered", "write_fake_distribution", "write_tiny_category"]
 
 
@@ -159,10 +163,24 @@ def check_detector(factory: Callable[[], AnomalyDetector], *, image_size: tuple[
                 "pred_score and anomaly_map must be float32")
         require(bool(torch.isfinite(prediction.pred_score).all()) and bool(torch.isfinite(prediction.anomaly_map).all()),
                 "scores and maps must be finite")
+        require(prediction.pred_score.device.type == "cpu" and prediction.anomaly_map.device.type == "cpu",
+                f"predict must return CPU tensors, got {prediction.pred_score.device}")
         single = detector.predict(clean[:1])
         require(tuple(single.anomaly_map.shape) == (1, height, width), "a batch of one must work")
 
     check("output shapes, dtypes, finite", shapes)
+
+    def placement() -> None:
+        device = getattr(detector, "device_", None)
+        if device is None:
+            return  # not built on BaseDetector: no device contract
+        from adcore.device_checks import misplaced_tensors
+
+        misplaced = misplaced_tensors(detector, device)
+        require(not misplaced, f"device={detector.get_params().get('device')!r} ({device}), yet the fitted detector "
+                               f"holds tensors elsewhere: {misplaced[:5]}")
+
+    check("fitted state lives on its device", placement)
 
     def defect_scores_higher() -> None:
         prediction = outputs["all"]
@@ -193,12 +211,14 @@ def check_detector(factory: Callable[[], AnomalyDetector], *, image_size: tuple[
 
         probe = torch.cat([clean[:2], defective[:2]])
         before = detector.predict(probe)
+        # the file keeps no device: load where the detector ran
+        where = {"device": detector.get_params()["device"]} if "device" in detector.get_params() else {}
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "model.safetensors"
             detector.save(path)
-            loaded = type(detector).load(path)
+            loaded = type(detector).load(path, **where)
             try:
-                via_registry = adcore.load(path)
+                via_registry = adcore.load(path, **where)
             except adcore.ModelFileError:
                 via_registry = loaded  # not registered: class-level load is what users have
         for other, label in ((loaded, "Class.load"), (via_registry, "adcore.load")):
@@ -247,6 +267,14 @@ def check_detector(factory: Callable[[], AnomalyDetector], *, image_size: tuple[
 
     check("tiling at native resolution", tiling)
     return _finish(report, raise_on_failure)
+
+
+def check_devices(factory: Callable[[], AnomalyDetector], **options: Any) -> ConformanceReport:
+    """The device contract's checks (:func:`adcore.device_checks.check_devices`; options: ``image_size``,
+    ``train_images``, ``name``, ``raise_on_failure``)."""
+    from adcore.device_checks import check_devices as run
+
+    return run(factory, **options)
 
 
 def check_export(factory: Callable[[], AnomalyDetector], *, image_size: tuple[int, int] = (64, 64),

@@ -24,11 +24,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from adcore.errors import InvalidInputError
-from adcore.inputs import ImageStream, resize_images
+from adcore.inputs import ImageStream, resize_images, to_size
 
-__all__ = ["TileGrid", "tile_grid", "tile_window", "TileStream", "blend_tiles"]
+__all__ = ["TileGrid", "tile_grid", "tile_window", "TileStream", "blend_tiles", "TilingMixin"]
 
 
 @dataclass(frozen=True)
@@ -166,3 +167,55 @@ class TileStream:
     def num_images(self) -> int:
         """Tiles, which are the images the detector learns from."""
         return sum(batch.shape[0] for batch in self)
+
+
+class TilingMixin:
+    """The tiling half of :class:`~adcore.base.BaseDetector`: whether it tiles, the load size, and
+    prediction tile by tile (each tile through ``_predict_resized``, the maps blended)."""
+
+    tile_size: int | tuple[int, int] | None
+    tile_overlap: float
+    predict_batch_size: int
+    device_: torch.device
+
+    @property
+    def tiled(self) -> bool:
+        """Whether this detector scores images tile by tile (``tile_size`` is set)."""
+        return getattr(self, "tile_size", None) is not None
+
+    @property
+    def load_size(self) -> tuple[int, int] | None:
+        """The size datasets should load images at for this detector: ``input_size``, or ``None``
+        (each image's own size) when it tiles, since tiles are cut from the full-resolution image."""
+        return None if self.tiled else self.image_size
+
+    def _tile_input_size(self) -> tuple[int, int] | None:
+        value = getattr(self, "tile_input_size", None)
+        return None if value is None else to_size(value)
+
+    def aggregate_tile_scores(self, tile_scores: torch.Tensor) -> torch.Tensor:
+        """The image score from its tiles' scores: the maximum (a detector may aggregate its own way)."""
+        return tile_scores.max()
+
+    def _predict_tiled(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ``(3,H,W)`` image scored tile by tile; at most ``predict_batch_size`` tiles at a time."""
+        height, width = image.shape[-2:]
+        image = image.to(self.device_)  # tiles are cut where they are scored
+        resize_to = self._tile_input_size()
+        source = resize_images(image[None], resize_to)[0] if resize_to is not None else image
+        grid = tile_grid(source.shape[-2], source.shape[-1], self.tile_size, self.tile_overlap)
+        boxes = list(grid.boxes())
+        tile_scores: list[torch.Tensor] = []
+
+        def tile_maps():
+            for start in range(0, len(boxes), self.predict_batch_size):
+                chunk = boxes[start:start + self.predict_batch_size]
+                tiles = torch.stack([source[:, t:t + grid.tile_h, l:l + grid.tile_w] for t, l in chunk])
+                scores, maps = self._predict_resized(tiles, (grid.tile_h, grid.tile_w))
+                tile_scores.append(scores)
+                yield from ((t, l, amap) for (t, l), amap in zip(chunk, maps))
+
+        blended = blend_tiles(grid, tile_maps(), self.tile_overlap)
+        if tuple(blended.shape) != (height, width):
+            blended = F.interpolate(blended[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+        return self.aggregate_tile_scores(torch.cat(tile_scores)).float().reshape(()), blended

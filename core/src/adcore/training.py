@@ -2,7 +2,9 @@
 
 Detectors give a ``loss_fn(batch) -> loss`` and the parameters to optimise; the loop handles
 shuffling under the detector's seed, epochs, the progress bar with the running loss, optional
-validation-based early stopping (restoring the best weights) and a loss history for plots.
+validation-based early stopping (restoring the best weights), a loss history for plots, and the
+precision: ``precision="16-mixed"``/``"bf16-mixed"`` runs ``loss_fn`` under ``torch.autocast`` on
+``device`` (a gradient scaler for float16 on CUDA; see :mod:`adcore.devices`), ``"32"`` as before.
 
 Observing training from outside: inside ``with on_epoch(callback):`` every :func:`train_epochs`
 call (in this thread or task, however deep inside a detector's ``fit``) calls ``callback`` once
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from adcore.devices import autocast, check_precision, grad_scaler
 from adcore.errors import TrainingDivergedError
 from adcore.progress import progress
 
@@ -149,12 +152,19 @@ def train_epochs(
     patience: int | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     desc: str = "train",
+    device: torch.device | None = None,
+    precision: str = "32",
 ) -> TrainingHistory:
     """Train for ``epochs`` over ``images`` and return the :class:`TrainingHistory`.
 
     With ``validation_images`` and ``patience``, training stops when the validation loss has not
-    improved for ``patience`` epochs and the best weights of ``modules`` are restored.
+    improved for ``patience`` epochs and the best weights of ``modules`` are restored. ``device``
+    (default: where ``images`` are; pass it when ``images`` are indices) is where autocast applies
+    ``precision``.
     """
+    precision = check_precision(precision)
+    device = images.device if device is None else device
+    scaler = grad_scaler(device, precision)
     history = TrainingHistory()
     modules = list(modules)
     generator = torch.Generator().manual_seed(seed)
@@ -172,13 +182,19 @@ def train_epochs(
             batch = images[order[start:start + batch_size]]
             if augment is not None:
                 batch = augment(batch, generator)
-            loss = loss_fn(batch)
+            with autocast(device, precision):
+                loss = loss_fn(batch)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(f"{desc}: the loss became {loss.item()} at epoch {epoch + 1}; lower the "
                                          "learning rate or check the input images")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:  # float16 on CUDA: scaled gradients, steps skipped while they overflow
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             total += float(loss.detach()) * batch.shape[0]
             count += batch.shape[0]
         if scheduler is not None:
@@ -188,7 +204,7 @@ def train_epochs(
         if validation_images is not None and validation_images.shape[0] and patience is not None:
             for module in modules:
                 module.eval()
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, precision):
                 val = sum(float(loss_fn(validation_images[i:i + batch_size])) * min(batch_size, validation_images.shape[0] - i)
                           for i in range(0, validation_images.shape[0], batch_size)) / validation_images.shape[0]
             history.validation.append(val)

@@ -65,7 +65,7 @@ def test_subclass_validation_runs_once_after_the_most_derived_init(mean_detector
 
 def test_set_params_validates(mean_detector_class):
     detector = mean_detector_class()
-    with pytest.raises(InvalidInputError, match=r"MeanDetector has no parameter 'scal'; valid: \['input_size', 'scale', 'seed', 'tile_input_size', 'tile_overlap', 'tile_size'\]"):
+    with pytest.raises(InvalidInputError, match=r"MeanDetector has no parameter 'scal'; valid: \['device', 'input_size', 'precision', 'scale', 'seed', 'tile_input_size', 'tile_overlap', 'tile_size'\]"):
         detector.set_params(scal=2)
     with pytest.raises(InvalidInputError, match="input_size must be between 16 and 4096"):
         detector.set_params(input_size=2)

@@ -14,6 +14,7 @@ from adcore.benchmark.report import STATUSES, aggregate_seeds, collect_rows, wri
 from adcore.benchmark.runner import RunOutcome, run_benchmark
 from adcore.benchmark.store import ResultStore
 from adcore.benchmark.worker import run_worker
+from adcore.commands.options import add_device_options
 from adcore.errors import AdcoreError
 
 __all__ = ["add_arguments", "add_cli", "run_cli", "main"]
@@ -41,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                              "--input-size overrides their size")
     parser.add_argument("--input-size", type=int, help="input size for every detector (default: config, else each default)")
     parser.add_argument("--seed", type=int, help="seed for every detector")
+    add_device_options(parser)  # --device/--precision for every detector; --workers: decoding processes per run
     parser.add_argument("--seeds", metavar="S,S,...", help="run every pair once per seed (e.g. 0,1,2); tables and "
                                                          "figures show mean ± std over the seeds")
     parser.add_argument("--allow-import", action="store_true",

@@ -1,6 +1,6 @@
 """The value grammar of a benchmark plan: ``--param``, ``--time-limit``, ``--seeds`` and the
 measurement options (``curve``, ``image_size``, ``calibration_fraction``, ``variants``,
-``record_attributes``, ``preimport``, ``cpu_latency``) a run can carry besides its parameters."""
+``record_attributes``, ``preimport``, ``cpu_latency``, ``workers``) a run can carry besides its parameters."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def parse_seeds(value: Any) -> list[int] | None:
 
 #: configuration keys (and ``--`` options) that choose what a run measures besides the metrics
 OPTION_KEYS = ("curve", "image_size", "calibration_fraction", "variants", "record_attributes", "preimport",
-               "cpu_latency")
+               "cpu_latency", "workers")
 
 
 def options_for(name: str, args: argparse.Namespace, config: dict[str, Any]) -> dict[str, Any]:
@@ -108,4 +108,9 @@ def options_for(name: str, args: argparse.Namespace, config: dict[str, Any]) -> 
             options[key] = [values] if isinstance(values, str) else list(values)
     if pick("cpu_latency"):
         options["cpu_latency"] = True
+    workers = pick("workers")
+    if workers:  # 0, the default, decodes in the worker process itself
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+            raise ConfigurationError(f"workers {workers!r}: give a whole number of decoding processes (e.g. 4)")
+        options["workers"] = workers
     return options

@@ -209,7 +209,7 @@ def build_plan(args: argparse.Namespace) -> BenchmarkPlan:
     if getattr(args, "config", None):
         config, base = load_config(args.config)
     known = {"title", "notes", "data_root", "out", "report", "figures", "published", "models", "exclude", "params",
-             "datasets", "input_size", "seed", "time_limit", "batch_size", "threads", "jobs", "quick", "max_train",
+             "datasets", "input_size", "seed", "device", "precision", "time_limit", "batch_size", "threads", "jobs", "quick", "max_train",
              "command", "lock", *OPTION_KEYS, "seeds"}
     unknown = sorted(set(config) - known)
     if unknown:
@@ -246,6 +246,9 @@ def build_plan(args: argparse.Namespace) -> BenchmarkPlan:
     quick = bool(args.quick or config.get("quick", False))
     input_size = args.input_size if args.input_size is not None else config.get("input_size")
     seed = args.seed if args.seed is not None else config.get("seed")
+    # where every detector runs and at which precision (params, so a cuda and a cpu run are two rows)
+    device = getattr(args, "device", None) or config.get("device")
+    precision = getattr(args, "precision", None) or config.get("precision")
     seeds = parse_seeds(getattr(args, "seeds", None) or config.get("seeds"))
     config_params = config.get("params", {}) or {}
     cli_params = [parse_param(text) for text in args.param or []]
@@ -271,6 +274,10 @@ def build_plan(args: argparse.Namespace) -> BenchmarkPlan:
             params["input_size"] = input_size  # with --quick: the card's smoke budget at the size asked for
         if seed is not None:
             params["seed"] = seed
+        if device is not None:
+            params["device"] = device
+        if precision is not None:
+            params["precision"] = str(precision)
         scopes = ["*", name] + ([f"*@{dataset}", f"{name}@{dataset}"] if dataset is not None else [])
         for scope in scopes:
             params.update(config_params.get(scope, {}) or {})
@@ -294,7 +301,8 @@ def build_plan(args: argparse.Namespace) -> BenchmarkPlan:
             warnings.warn(f"benchmark configuration: {key!r} names a data set that is not in this benchmark", stacklevel=2)
 
     notes = config.get("notes", [])
-    settings = {"quick": quick, "input_size": input_size, "seed": seed, "batch_size": batch_size,
+    settings = {"quick": quick, "input_size": input_size, "seed": seed, "device": device, "precision": precision,
+                "batch_size": batch_size,
                 "time_limits": limits, "params": per_detector,
                 "dataset_params": {k: v for k, v in config_params.items() if "@" in k}, "data_root": str(data_root) if data_root else None,
                 "max_train": max_train, "command": config.get("command") or _command_line()}

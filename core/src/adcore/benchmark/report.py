@@ -67,7 +67,8 @@ TABLE_COLUMNS: list[tuple[str, str, str]] = [
 CSV_COLUMNS = [
     "dataset", "detector", "status", "image_auroc", "pixel_auroc", "aupro", "image_f1_max", "threshold",
     "threshold_f1", "fit_seconds", "ms_per_image_batch1", "ms_per_image_batched", "batch_size", "peak_rss_mb",
-    "wall_seconds", "train_images", "calibration_images", "test_images", "backbone", "input_size", "seed", "plugin", "plugin_version",
+    "wall_seconds", "train_images", "calibration_images", "test_images", "backbone", "input_size", "seed", "device",
+    "device_name", "precision", "plugin", "plugin_version",
     "adcore_version", "params", "time_limit", "error_type", "error_message", "error_stage", "finished_at", "key",
 ]
 #: the numbers a pair over several seeds reports as mean ± std

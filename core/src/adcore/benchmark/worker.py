@@ -330,6 +330,10 @@ def run_worker(spec_path: str) -> int:
         record["effective_params"] = json.loads(json.dumps(effective, default=json_default))
         record["seed"] = effective.get("seed", record.get("seed"))
         record["backbone"] = effective.get("backbone", record.get("backbone"))
+        from adcore.devices import device_name
+
+        device = getattr(detector, "device_", None) or torch.device("cpu")  # without the base class: where torch runs
+        record.update(device=str(device), device_name=device_name(device), precision=str(effective.get("precision", "32")))
         from adcore.inputs import to_size
 
         size = to_size(effective.get("input_size", record.get("input_size") or 256))
@@ -356,7 +360,8 @@ def run_worker(spec_path: str) -> int:
             train, extra["calibration_set"] = split_calibration(train, float(options["calibration_fraction"]))
         log = TrainingLog(detector, test, batch_size, options.get("curve"))
         with on_epoch(log):
-            result, outputs = evaluate_detector(detector, train, test, batch_size=batch_size, **extra)
+            result, outputs = evaluate_detector(detector, train, test, batch_size=batch_size,
+                                                workers=int(options.get("workers", 0)), **extra)
         record.update({key: clean_float(value) for key, value in result.as_dict().items()})
         record["calibration_images"] = available - result.train_images  # held out of train for the threshold
         if "fit_cpu_seconds" in measured:

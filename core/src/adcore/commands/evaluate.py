@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from adcore.commands.options import (add_dataset_options, add_fit_options, add_model_options, build_detector,
+from adcore.commands.options import (add_dataset_options, add_device_options, add_fit_options, add_model_options,
+                                     build_detector,
                                      check_fit_options, dataset_from_args, load_size_of, loader_batch_size,
                                      split_for_fit, warn_no_threshold, written_files)
 
@@ -30,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     add_dataset_options(parser)
     add_fit_options(parser)
+    add_device_options(parser)
     parser.add_argument("--out", type=Path, default=None, help="folder for model.safetensors, metrics.json/md, heatmaps/")
     parser.add_argument("--max-heatmaps", type=int, default=24, help="heatmap PNGs to write (defects first)")
 
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     fit_set, calibration_set = split_for_fit(args, train, fallback_split=True)
     result, outputs = evaluate_detector(detector, fit_set, test_set, batch_size=loader_batch_size(detector, args.batch_size),
                                         calibration_set=calibration_set if len(calibration_set) else None,
-                                        target_fpr=args.target_fpr)
+                                        target_fpr=args.target_fpr, workers=args.workers or 0)
     if getattr(detector, "threshold_", None) is None:
         warn_no_threshold(args, len(train))
     row = {"model": args.model, "data": spec.root or spec.train, "category": spec.category or spec.name,

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from adcore.datasets import SPEC_HELP
+from adcore.devices import DEVICE_HELP, PRECISION_HELP, PRECISIONS, is_device_spec
 from adcore.errors import ConfigurationError
 
-__all__ = ["load_size_of", "loader_batch_size", "add_model_options", "add_dataset_options", "add_fit_options", "detector_params", "build_detector",
+__all__ = ["load_size_of", "loader_batch_size", "add_model_options", "add_dataset_options", "add_fit_options",
+           "add_device_options", "device_option", "detector_params", "build_detector",
            "dataset_from_args", "detector_entries", "plugin_failures", "plugin_report", "report_plugin_failures",
            "check_fit_options", "split_for_fit", "warn_no_threshold", "MIN_CALIBRATION_TRAIN", "written_files"]
 
@@ -80,6 +82,37 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
                         help="false-positive rate the threshold allows on held-out good images (default 0.01)")
     parser.add_argument("--require-threshold", action="store_true",
                         help="refuse (before fitting) to produce a model without a calibrated threshold")
+
+
+def device_option(text: str) -> str:
+    """``--device`` as given, when well-formed (whether the device is here is checked when it is used)."""
+    if not is_device_spec(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: give auto, cpu, cuda, cuda:N or mps")
+    return text
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--workers must be a whole number ≥ 0, got {text!r}")
+    return value
+
+
+def add_device_options(parser: argparse.ArgumentParser, *, workers: bool = True) -> None:
+    """``--device``, ``--precision`` and (``workers=True``; ``predict`` has its own) ``--workers``.
+
+    ``--device``/``--precision`` left out keep the detector's own (``-p device=...`` or its default
+    ``auto``; a model file's precision).
+    """
+    parser.add_argument("--device", type=device_option, default=None, metavar="DEVICE", help=DEVICE_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP)
+    if workers:
+        parser.add_argument("--workers", type=_workers, default=None, metavar="N",
+                            help="image-decoding worker processes of the data loader (default 0: decode in the main "
+                                 "process); a few keep a GPU fed")
 
 
 def check_fit_options(args: argparse.Namespace) -> None:
@@ -161,8 +194,9 @@ def detector_params(args: argparse.Namespace) -> dict[str, Any]:
     if dotted:
         raise ConfigurationError(f"--param {dotted[0]}: {args.command} builds one detector, so give plain names "
                                  f"(-p {dotted[0].rpartition('.')[2]}=...); DETECTOR.KEY is for `adcore benchmark`")
-    for option, key in (("--input-size", "input_size"), ("--seed", "seed")):
-        value = getattr(args, key)
+    for option, key in (("--input-size", "input_size"), ("--seed", "seed"), ("--device", "device"),
+                        ("--precision", "precision")):
+        value = getattr(args, key, None)
         if value is None:
             continue
         if key in params and params[key] != value:

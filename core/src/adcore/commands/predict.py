@@ -18,6 +18,8 @@ import os
 import sys
 from pathlib import Path
 
+from adcore.commands.options import add_device_options
+
 __all__ = ["NAME", "HELP", "add_arguments", "run", "EXIT_SKIPPED"]
 
 NAME = "predict"
@@ -55,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_positive, default=8, help="images per detector call (default 8)")
     parser.add_argument("--workers", type=_non_negative, default=min(4, os.cpu_count() or 1),
                         help="decoding threads working ahead of the detector (0: decode in the main thread)")
+    add_device_options(parser, workers=False)  # --workers above: the decoding pool
     parser.add_argument("--no-heatmaps", action="store_true", help="write scores and regions only")
     parser.add_argument("--side-by-side", action="store_true", help="heatmaps show the input beside the overlay")
     parser.add_argument("--masks", action="store_true", help="also write each image's defect mask under masks/")
@@ -85,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output_folder(out)  # before loading the model or listing 100,000 files
     inputs = collect_inputs(args.images, exclude=out)
-    detector = load(args.model_file)
+    detector = load(args.model_file, device=args.device)
+    if args.precision is not None:
+        detector.set_params(precision=args.precision)
     options = PredictOptions(out=out, batch_size=args.batch_size, workers=args.workers,
                              heatmaps=not args.no_heatmaps, masks=args.masks, side_by_side=args.side_by_side,
                              min_area=args.min_area, resume=args.resume, strict=args.strict_inputs,

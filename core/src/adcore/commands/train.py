@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from adcore.commands.options import (add_dataset_options, add_fit_options, add_model_options, build_detector,
+from adcore.commands.options import (add_dataset_options, add_device_options, add_fit_options, add_model_options,
+                                     build_detector,
                                      check_fit_options, dataset_from_args, load_size_of, loader_batch_size,
                                      split_for_fit, warn_no_threshold, written_files)
 
@@ -20,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     add_dataset_options(parser)
     add_fit_options(parser)
+    add_device_options(parser)
     parser.add_argument("--out", required=True, type=Path, help="model file to write (.safetensors)")
 
 
@@ -35,10 +37,14 @@ def run(args: argparse.Namespace) -> int:
     train = open_dataset(spec, "train", load_size_of(detector))
     batch_size = loader_batch_size(detector, args.batch_size)
     fit_set, calibration_set = split_for_fit(args, train)
-    print(f"fitting {args.model} on {len(fit_set)} good images of {spec.describe()}", file=sys.stderr)
-    detector.fit(make_loader(fit_set, batch_size))
+    device = getattr(detector, "device_", None)  # an unavailable --device fails here, before any image is read
+    where = f" on {device}" if device is not None else ""
+    print(f"fitting {args.model} on {len(fit_set)} good images of {spec.describe()}{where}", file=sys.stderr)
+    workers = args.workers or 0
+    detector.fit(make_loader(fit_set, batch_size, num_workers=workers, device=device))
     if len(calibration_set):
-        detector.calibrate(make_loader(calibration_set, batch_size), target_fpr=args.target_fpr)
+        detector.calibrate(make_loader(calibration_set, batch_size, num_workers=workers, device=device),
+                           target_fpr=args.target_fpr)
         print(f"threshold {detector.threshold_:.6g} from {len(calibration_set)} held-out good images "
               f"(target false-positive rate {args.target_fpr})", file=sys.stderr)
     else:

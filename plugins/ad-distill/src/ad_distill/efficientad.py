@@ -185,7 +185,8 @@ class EfficientAD(DistillationDetector):
         # paper: learning rate × 0.1 after 95 % of the iterations
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[max(1, int(0.95 * epochs))], gamma=0.1)
         history = train_epochs(loss_fn, train, optimizer, epochs=epochs, batch_size=int(self.batch_size), seed=self.seed,
-                               modules=[student, autoencoder], scheduler=scheduler, desc="EfficientAD")
+                               modules=[student, autoencoder], scheduler=scheduler, desc="EfficientAD",
+                               device=self.device_, precision=self.precision)
         return {"epochs": epochs, "steps": epochs * math.ceil(train.shape[0] / int(self.batch_size)),
                 "final_loss": history.loss[-1], "first_loss": history.loss[0],
                 "penalty_source": penalty.description if penalty is not None else None}
@@ -234,8 +235,9 @@ class EfficientAD(DistillationDetector):
 
     def _build_trainable(self) -> None:
         grid = pdn_output_size(self.image_size)
-        self.student_ = PDN(self.model_size, 2 * int(self.teacher_channels), float(self.width))
-        self.autoencoder_ = EfficientADAutoencoder(int(self.teacher_channels), self.image_size, grid)
+        # drawn on the CPU (the same initial weights on every device), trained on device_
+        self.student_ = PDN(self.model_size, 2 * int(self.teacher_channels), float(self.width)).to(self.device_)
+        self.autoencoder_ = EfficientADAutoencoder(int(self.teacher_channels), self.image_size, grid).to(self.device_)
 
     def _build_modules(self) -> None:
         self.teacher_ = self._new_teacher()

@@ -77,13 +77,13 @@ def augment_geometric_photometric(images: torch.Tensor, generator: torch.Generat
     """
     count = images.shape[0]
 
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return low + (high - low) * torch.rand(count, generator=generator)
+    def uniform(low: float, high: float) -> torch.Tensor:  # drawn on the CPU: the same draws on every device
+        return (low + (high - low) * torch.rand(count, generator=generator)).to(images.device)
 
     scale = uniform(0.7, 1.0)
     angle = uniform(-math.pi / 12, math.pi / 12)
-    flip_x = torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0)
-    flip_y = torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0)
+    flip_x = torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0).to(images.device)
+    flip_y = torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0).to(images.device)
     shift_x, shift_y = (1 - scale) * uniform(-1, 1), (1 - scale) * uniform(-1, 1)
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
     theta = torch.stack([torch.stack([cos * flip_x, -sin, shift_x], 1),
@@ -144,7 +144,7 @@ def distort_for_penalty(images: torch.Tensor, generator: torch.Generator, *, til
     out[:, :, :rows * th, :cols * tw] = blocks.reshape(count, channels, rows * th, cols * tw)
     permutation = torch.randperm(3, generator=generator)
     out = out[:, permutation]
-    factor = (0.5 + torch.rand(count, 3, 1, 1, generator=generator))  # per-channel gain in [0.5, 1.5)
+    factor = (0.5 + torch.rand(count, 3, 1, 1, generator=generator)).to(images.device)  # per-channel gain in [0.5, 1.5)
     return (out * factor).clamp(0.0, 1.0)
 
 
@@ -162,7 +162,7 @@ class PenaltySource:
         generator = torch.Generator().manual_seed(seed + 7919)
         if penalty_dir is not None:
             images, description = load_image_folder(penalty_dir, size, seed=seed)
-            return cls(images, generator, from_folder=True, description=description)
+            return cls(images.to(training_images.device), generator, from_folder=True, description=description)
         return cls(training_images, generator, from_folder=False,
                    description={"kind": "distorted training images (tile shuffle, colour permutation/jitter)",
                                 "images": int(training_images.shape[0])})

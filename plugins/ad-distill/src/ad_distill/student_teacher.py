@@ -189,7 +189,8 @@ class StudentTeacher(DistillationDetector):
         optimizer = torch.optim.Adam(students.parameters(), lr=float(self.learning_rate), weight_decay=float(self.weight_decay))
         history = train_epochs(loss_fn, train, optimizer, epochs=epochs, batch_size=int(self.batch_size),
                                seed=self.seed + index, modules=[students],
-                               desc=f"students p={self.receptive_fields[index]}")
+                               desc=f"students p={self.receptive_fields[index]}", device=self.device_,
+                               precision=self.precision)
         return {"receptive_field": self.receptive_fields[index], "epochs": epochs,
                 "steps": epochs * math.ceil(train.shape[0] / int(self.batch_size)),
                 "first_loss": history.loss[0], "final_loss": history.loss[-1]}
@@ -246,8 +247,9 @@ class StudentTeacher(DistillationDetector):
         return DescriptorNet(receptive_field, int(self.descriptor_dim), float(self.width))
 
     def _build_students(self) -> None:
-        self.students_ = nn.ModuleList(
-            nn.ModuleList(self._new_network(p) for _ in range(int(self.num_students))) for p in self.receptive_fields)
+        self.students_ = nn.ModuleList(  # drawn on the CPU, trained on device_
+            nn.ModuleList(self._new_network(p) for _ in range(int(self.num_students))) for p in self.receptive_fields
+        ).to(self.device_)
 
     def _build_modules(self) -> None:
         self.teachers_ = nn.ModuleList(self._new_network(p) for p in self.receptive_fields)

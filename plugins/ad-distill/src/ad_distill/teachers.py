@@ -205,7 +205,7 @@ def distill_teacher(network: nn.Module, images: torch.Tensor, spec: TeacherSpec,
         probe = network.eval()(images[:1])
     grid = (probe.shape[-2], probe.shape[-1])
     mean, std = channel_statistics(lambda batch: target(batch, grid), images)
-    decoder = nn.Conv2d(probe.shape[1], target.channels, kernel_size=1)
+    decoder = nn.Conv2d(probe.shape[1], target.channels, kernel_size=1).to(images.device)
 
     def loss_fn(batch: torch.Tensor) -> torch.Tensor:
         goal = (target(batch, grid) - mean) / std
@@ -216,7 +216,8 @@ def distill_teacher(network: nn.Module, images: torch.Tensor, spec: TeacherSpec,
     started = time.perf_counter()
     history = train_epochs(loss_fn, images, optimizer, epochs=spec.epochs, batch_size=spec.batch_size,
                            seed=spec.seed, modules=[network, decoder],
-                           augment=augment_geometric_photometric if spec.augment else None, desc="distil teacher")
+                           augment=augment_geometric_photometric if spec.augment else None, desc="distil teacher",
+                           device=images.device)
     network.eval()
     for parameter in network.parameters():
         parameter.requires_grad_(False)
@@ -286,14 +287,18 @@ def obtain_teacher(spec: TeacherSpec, build: Callable[[], nn.Module], training_i
     the backbone. Distillation data are ``teacher_data_dir`` (any natural-image folder) or the training images,
     augmented. The returned provenance (JSON) says where the teacher came from; detectors store it
     beside the teacher weights in their own model file, so a saved detector never needs the cache.
+    The teacher is built on the CPU (the same initial weights everywhere) and lives, and is
+    distilled, on the device of ``training_images``.
     """
-    network = build()
+    device = training_images.device
+    network = build().to(device)
     if teacher_path is not None:
         provenance = load_teacher(teacher_path, network, spec)
         provenance["loaded_from"] = str(Path(teacher_path).expanduser().resolve())
         return network, provenance
     if teacher_data_dir is not None:
         images, source = load_image_folder(teacher_data_dir, spec.input_size, seed=spec.seed)
+        images = images.to(device)
     else:
         images = training_images
         source = {"kind": "training images" + (" (augmented)" if spec.augment else ""),
@@ -307,7 +312,7 @@ def obtain_teacher(spec: TeacherSpec, build: Callable[[], nn.Module], training_i
             provenance["cache_hit"] = True
             return network, provenance
         except (ModelFileError, InvalidInputError, json.JSONDecodeError):
-            network = build()  # a damaged cache entry is rebuilt, not trusted
+            network = build().to(device)  # a damaged cache entry is rebuilt, not trusted
     from adcore.seeding import seeded
 
     with seeded(spec.seed):  # restores the caller's RNG state: a cache hit and a fresh distillation leave it alike

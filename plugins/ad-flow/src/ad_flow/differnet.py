@@ -195,7 +195,7 @@ class DifferNet(FeatureDetector):
             pool = (raw_views - self.feature_mean_) / self.feature_std_
             history = train_epochs(nll, pool, optimizer, epochs=self.epochs,
                                    batch_size=self.batch_size * self.num_transforms, seed=self.seed, modules=[flow],
-                                   desc="differnet")
+                                   desc="differnet", device=self.device_, precision=self.precision)
         else:
             def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
                 views = batch.repeat_interleave(self.num_transforms, dim=0)
@@ -207,7 +207,8 @@ class DifferNet(FeatureDetector):
                 return nll(descriptors)
 
             history = train_epochs(loss_fn, images, optimizer, epochs=self.epochs, batch_size=self.batch_size,
-                                   seed=self.seed, modules=[flow], augment=augment, desc="differnet")
+                                   seed=self.seed, modules=[flow], augment=augment, desc="differnet",
+                                   device=self.device_, precision=self.precision)
         self.history_ = history.as_dict()
         self.timing_ = {"features_s": features_seconds, "train_s": time.perf_counter() - started}
 
@@ -229,7 +230,7 @@ class DifferNet(FeatureDetector):
             for first in range(0, images.shape[0], images_per_pass):
                 pixels = images[first:first + images_per_pass].detach().clone().requires_grad_(True)
                 count = pixels.shape[0]
-                score = torch.zeros(count)
+                score = torch.zeros(count, device=pixels.device)
                 gradient = torch.zeros_like(pixels)
                 for start in range(0, self.num_test_transforms, transforms_per_pass):
                     part = [p[start:start + transforms_per_pass] for p in params]
@@ -265,8 +266,8 @@ class DifferNet(FeatureDetector):
 
     def _draw_transforms(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         """Rotation angles (radians) and brightness/contrast/saturation factors for ``count`` views."""
-        def uniform(low: float, high: float) -> torch.Tensor:
-            return low + (high - low) * torch.rand(count, generator=generator)
+        def uniform(low: float, high: float) -> torch.Tensor:  # drawn on the CPU: the same views on every device
+            return (low + (high - low) * torch.rand(count, generator=generator)).to(self.device_)
 
         angle = uniform(-self.rotation_degrees, self.rotation_degrees) * (math.pi / 180.0)
         return (angle, uniform(1 - self.brightness, 1 + self.brightness), uniform(1 - self.contrast, 1 + self.contrast),
@@ -274,7 +275,7 @@ class DifferNet(FeatureDetector):
 
     def _build_modules(self) -> None:
         self.flow_ = build_fc_flow(int(self.feature_dim_), self.coupling_blocks, hidden=self.fc_hidden,
-                                   layers=self.fc_layers, clamp=self.clamp, seed=self.seed)
+                                   layers=self.fc_layers, clamp=self.clamp, seed=self.seed).to(self.device_)
         self.flow_.eval()
 
     # -- export (adcore.export) -----------------------------------------------------------------
@@ -296,7 +297,7 @@ def transform_images(images: torch.Tensor, angle: torch.Tensor, brightness: torc
     def view(t: torch.Tensor) -> torch.Tensor:
         return t.to(images.dtype).view(-1, 1, 1, 1)
 
-    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     x = (images * view(brightness)).clamp(0, 1)
     grey_mean = (x * weights).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)
     x = ((x - grey_mean) * view(contrast) + grey_mean).clamp(0, 1)

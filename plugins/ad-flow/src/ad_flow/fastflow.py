@@ -121,7 +121,8 @@ class FastFlow(FeatureDetector):
         optimizer = torch.optim.Adam(trainable_parameters(head), lr=self.learning_rate, weight_decay=self.weight_decay)
         started = time.perf_counter()
         history = train_epochs(loss_fn, torch.arange(levels[0].shape[0]), optimizer, epochs=self.epochs,
-                               batch_size=self.batch_size, seed=self.seed, modules=[head], desc="fastflow")
+                               batch_size=self.batch_size, seed=self.seed, modules=[head], desc="fastflow",
+                               device=self.device_, precision=self.precision)
         self.history_ = history.as_dict()
         self.timing_ = {"features_s": features_seconds, "train_s": time.perf_counter() - started}
 
@@ -140,7 +141,8 @@ class FastFlow(FeatureDetector):
     # -- helpers --------------------------------------------------------------------------------
     def _build_modules(self) -> None:
         self.head_ = _FastFlowHead([tuple(int(v) for v in shape) for shape in self.feature_shapes_], self.flow_steps,
-                                   hidden_ratio=self.hidden_ratio, clamp=self.clamp, conv3x3_only=self.conv3x3_only)
+                                   hidden_ratio=self.hidden_ratio, clamp=self.clamp,
+                                   conv3x3_only=self.conv3x3_only).to(self.device_)  # drawn on the CPU, then moved
 
 
 class _FastFlowHead(nn.Module):

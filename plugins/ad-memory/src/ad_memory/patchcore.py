@@ -189,10 +189,16 @@ class PatchCore(FeatureDetector):
         return weight * best
 
     def _index(self) -> NearestNeighbourIndex:
-        # rebuilt lazily from the bank (after fit or load), never saved
+        # rebuilt lazily from the bank (after fit, load or a device change), never saved
         if getattr(self, "_search", None) is None:
-            self._search = NearestNeighbourIndex(self.memory_bank_, self.index, self.index_probes, seed=int(self.seed))
+            if self.device_.type == "cpu":
+                self._search = NearestNeighbourIndex(self.memory_bank_, self.index, self.index_probes, seed=int(self.seed))
+            else:  # faiss-cpu has no GPU index: an exact chunked search where the bank lives
+                self._search = _DeviceSearch(self.memory_bank_)
         return self._search
+
+    def _on_device(self, device: torch.device) -> None:
+        self._search = None
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         """Locally aware patch features ``(B, D, h, w)`` on the finer stage's grid."""
@@ -240,3 +246,18 @@ class PatchCore(FeatureDetector):
         to_support = (bank[support] - test_patch[:, None]).norm(dim=2)  # (B, b)
         weight = 1.0 - torch.softmax(to_support, dim=1)[:, 0]
         return weight * best, maps
+
+
+class _DeviceSearch:
+    """``NearestNeighbourIndex``'s ``search``/``len`` as an exact chunked torch search (off the CPU)."""
+
+    def __init__(self, bank: torch.Tensor) -> None:
+        self.bank = bank
+
+    def __len__(self) -> int:
+        return int(self.bank.shape[0])
+
+    def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        from ad_memory.exact_knn import bank_chunk, exact_knn
+
+        return exact_knn(queries, self.bank, k, bank_chunk(queries.shape[0]))

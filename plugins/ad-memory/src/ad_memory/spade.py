@@ -117,7 +117,7 @@ class SPADE(FeatureDetector):
         train_count = self.image_features_.shape[0]
         k_image = min(self.num_image_neighbors, train_count)
         k_map = min(self.num_map_images, train_count)
-        distance, nearest = knn(vector, self.image_features_, max(k_image, k_map))
+        distance, nearest = self._knn(vector, self.image_features_, max(k_image, k_map))
         scores = distance[:, :k_image].mean(1)
         grid = tuple(maps[0].shape[-2:])
         query = self._stack(maps, grid)  # (B, C, h, w)
@@ -127,12 +127,19 @@ class SPADE(FeatureDetector):
             channels = gallery.shape[1]
             gallery_rows = gallery.permute(0, 2, 3, 1).reshape(-1, channels)
             query_rows = query[row].permute(1, 2, 0).reshape(-1, channels)
-            pixel, _ = knn(query_rows, gallery_rows, self.num_map_neighbors)
+            pixel, _ = self._knn(query_rows, gallery_rows, self.num_map_neighbors)
             pixel_maps.append(pixel.mean(1).view(grid))
         maps_out = upsample(torch.stack(pixel_maps), tuple(images.shape[-2:]))
         return scores, gaussian_blur(maps_out, self.sigma)
 
     # -- helpers --------------------------------------------------------------------------------
+    def _knn(self, queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.device_.type == "cpu":
+            return knn(queries, bank, k)  # faiss: the faster exact search on the CPU
+        from ad_memory.exact_knn import exact_knn  # faiss-cpu has no GPU index
+
+        return exact_knn(queries, bank, k)
+
     def _gallery(self, indices: torch.Tensor) -> list[torch.Tensor]:
         """The stored pyramids of training images ``indices``, one ``(K, C, h, w)`` tensor per stage."""
         rows = self.gallery_[indices]

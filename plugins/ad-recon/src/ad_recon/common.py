@@ -373,13 +373,14 @@ class ReconstructionDetector(BaseDetector):
         if train.shape[0] == 0:
             raise InvalidInputError(f"{type(self).__name__}: no training images left after holding out "
                                     f"validation_fraction={self.validation_fraction}")
-        self.network_ = self._make_network()
+        self.network_ = self._make_network().to(self.device_)  # initial weights drawn on the CPU, then moved
         optimizer = torch.optim.Adam(self._optimizer_groups(), lr=self.learning_rate, weight_decay=self.weight_decay)
         history = train_epochs(
             self._training_loss, train, optimizer, epochs=self.epochs, batch_size=self.batch_size, seed=self.seed,
             modules=[self.network_], augment=flip_augment if self.augment else None,
             validation_images=held_out if held_out.shape[0] else None,
             patience=self.patience if held_out.shape[0] else None, desc=f"{self.progress_name} fit",
+            device=self.device_, precision=self.precision,
         )
         recompute_batchnorm(self.network_, self._reconstruct, train, self.batch_size)
         self.network_.eval()
@@ -400,14 +401,14 @@ class ReconstructionDetector(BaseDetector):
         return reconstruction_error(images, reconstructions, self.error)
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
-        """Reconstructions of a ``(B,3,H,W)`` batch in [0, 1] at ``input_size`` (for figures)."""
+        """Reconstructions of a ``(B,3,H,W)`` batch in [0, 1] at ``input_size`` (for figures), on the CPU."""
         self._check_fitted("reconstruct")
         from adcore.inputs import resize_images, validate_images
 
-        images = resize_images(validate_images(images, where="reconstruct"), self.image_size)
+        images = resize_images(validate_images(images, where="reconstruct"), self.image_size).to(self.device_)
         self.network_.eval()
         with torch.no_grad():
-            return self._reconstruct(images)
+            return self._reconstruct(images).cpu()
 
     # -- for subclasses -------------------------------------------------------------------------
     def _optimizer_groups(self) -> list[dict[str, Any]]:

@@ -170,6 +170,9 @@ class Padim(FeatureDetector):
             parts.append(chosen if chosen.shape[-2:] == size else F.interpolate(chosen, size=size, mode="nearest"))
         return torch.cat(parts, dim=1)
 
+    def _on_device(self, device: torch.device) -> None:
+        self._split_index = None  # derived from channel_index_: rebuilt where the statistics now live
+
     def _level_indices(self, extractor: FeatureExtractor) -> list[torch.Tensor]:
         """``channel_index_`` split into per-level local indices (concatenation order is kept)."""
         if getattr(self, "_split_index", None) is None:

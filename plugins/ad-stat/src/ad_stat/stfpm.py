@@ -136,7 +136,8 @@ class Stfpm(FeatureDetector):
         optimizer = self._make_optimizer(student.parameters())
         history = train_epochs(loss_fn, train_index, optimizer, epochs=self.epochs, batch_size=self.batch_size,
                                seed=self.seed, modules=[student], validation_images=held_out,
-                               patience=self.patience if held_out is not None else None, desc="stfpm: student")
+                               patience=self.patience if held_out is not None else None, desc="stfpm: student",
+                               device=self.device_, precision=self.precision)
         student.eval()
         self.history_ = history.as_dict()
 
