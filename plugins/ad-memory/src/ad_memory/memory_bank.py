@@ -8,7 +8,10 @@ Everything the two detectors have in common beyond the backbone (stages and extr
 * :func:`greedy_coreset` is the greedy k-center selection of PatchCore, exact but pruned with the
   triangle inequality so it touches only the part of the data a new center can change.
 * :class:`NearestNeighbourIndex` and :func:`knn` wrap faiss (exact ``IndexFlatL2`` or approximate
-  IVF / HNSW) with Euclidean distances out and faiss' thread count tied to torch's.
+  IVF / HNSW) with Euclidean distances out and faiss' thread count tied to torch's. faiss is the
+  CPU path (its blocked BLAS search measured about 2× torch's ``matmul`` + ``min`` on this
+  project's machines, docs/ad-memory.md); a bank on any other device is searched exactly there by
+  :func:`ad_memory.exact_knn.nearest_rows`, with no copy to the CPU.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ad_memory.exact_knn import nearest_rows, squared_norms
 from adcore.errors import InvalidInputError
 
 __all__ = [
     "INDEX_KINDS",
     "faiss_threads",
     "knn",
+    "batched_knn",
     "NearestNeighbourIndex",
     "FeatureCollector",
     "random_projection",
@@ -74,6 +79,10 @@ def _as_faiss(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().to(dtype=torch.float32, device="cpu").numpy())
 
 
+def _on_cpu(*tensors: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" for t in tensors)
+
+
 def _euclidean(squared: np.ndarray) -> torch.Tensor:
     # faiss returns squared L2 from |x|²+|y|²-2xy, which can dip below zero by rounding
     return torch.from_numpy(squared).clamp_min_(0).sqrt_()
@@ -85,11 +94,34 @@ def knn(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor
     One-off search without keeping an index (faiss' blocked brute force); ``k`` is clamped to
     the bank size.
     """
-    faiss = _faiss()
     k = min(int(k), bank.shape[0])
+    if not _on_cpu(queries, bank):
+        return nearest_rows(queries, bank, k)
+    faiss = _faiss()
     with faiss_threads():
         distances, indices = faiss.knn(_as_faiss(queries), _as_faiss(bank), k)
     return _euclidean(distances), torch.from_numpy(indices)
+
+
+def batched_knn(queries: torch.Tensor, banks: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact ``k`` nearest rows of each query set in its own bank: ``(B,Q,D)`` against ``(B,M,D)``.
+
+    On the CPU one faiss search per bank (contiguous slices, no copies); elsewhere one batched
+    GEMM search on the tensors' device. Returns distances and indices ``(B,Q,k)``.
+    """
+    k = min(int(k), banks.shape[-2])
+    if not _on_cpu(queries, banks):
+        return nearest_rows(queries, banks, k)
+    queries, banks = queries.to(torch.float32).contiguous(), banks.to(torch.float32).contiguous()
+    distances = torch.empty(*queries.shape[:-1], k)
+    indices = torch.empty(*queries.shape[:-1], k, dtype=torch.long)
+    faiss = _faiss()
+    with faiss_threads():
+        for row in range(queries.shape[0]):
+            squared, index = faiss.knn(queries[row].numpy(), banks[row].numpy(), k)
+            distances[row] = _euclidean(squared)
+            indices[row] = torch.from_numpy(index)
+    return distances, indices
 
 
 class NearestNeighbourIndex:
@@ -99,6 +131,9 @@ class NearestNeighbourIndex:
     ``"hnsw"`` (graph, ``probes`` = efSearch, default 64) are approximate and meant for banks too
     large to search exhaustively. Building is deterministic for a given bank, so an index rebuilt
     after loading a saved model answers exactly as the original did.
+
+    A bank on a non-CPU device is searched exactly on that device (the approximate kinds are faiss
+    CPU structures; there the exact GEMM search is the fast one), its squared norms kept.
     """
 
     def __init__(self, bank: torch.Tensor, kind: str = "flat", probes: int | None = None, seed: int = 0) -> None:
@@ -109,9 +144,16 @@ class NearestNeighbourIndex:
         self.probes = probes
         self.seed = seed
         self._index = None
+        self._bank_sq: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.bank.shape[0])
+
+    def bank_norms(self) -> torch.Tensor:
+        """``|row|²`` of every bank row, computed once (for searches and reweighting in torch)."""
+        if self._bank_sq is None:
+            self._bank_sq = squared_norms(self.bank)
+        return self._bank_sq
 
     def _build(self):
         faiss = _faiss()
@@ -143,6 +185,8 @@ class NearestNeighbourIndex:
     def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Euclidean distances ``(Q,k)`` and bank indices ``(Q,k)`` of the ``k`` nearest rows."""
         k = min(int(k), len(self))
+        if not _on_cpu(self.bank):
+            return nearest_rows(queries.to(self.bank.device, torch.float32), self.bank, k, bank_sq=self.bank_norms())
         with faiss_threads():
             if self._index is None:
                 self._index = self._build()

@@ -171,22 +171,30 @@ class PatchCore(FeatureDetector):
     # -- helpers --------------------------------------------------------------------------------
     def _image_scores(self, patches: torch.Tensor, distance: torch.Tensor, nearest: torch.Tensor,
                       index: NearestNeighbourIndex) -> torch.Tensor:
-        """Paper eq. 6-7: ``s* = max distance``, weighted by how typical its bank match is."""
+        """Paper eq. 6-7: ``s* = max distance``, weighted by how typical its bank match is.
+
+        Only the argmax patch of each image needs the weight, so the neighbourhood ``N_b(m*)`` is
+        one small product ``(B, D) × (D, M)`` against the bank (norms kept by the index), not a
+        second index search.
+        """
         top = distance.argmax(1)
-        rows = torch.arange(distance.shape[0])
+        rows = torch.arange(distance.shape[0], device=distance.device)
         best = distance[rows, top]
+        bank = index.bank
         neighbours = min(int(self.num_neighbors), len(index))
         if neighbours <= 1:
             return best
-        test_patch = patches[rows, top]  # (B, D) the most anomalous patch of each image
-        match = nearest[rows, top]  # (B,) its nearest bank feature m*
-        _, support = index.search(self.memory_bank_[match], k=neighbours + 1)
-        # N_b(m*): m* first, then its nearest bank neighbours other than itself
-        others = torch.stack([row[row != m][: neighbours - 1] for row, m in zip(support, match, strict=True)])
+        test_patch = patches[rows.to(patches.device), top.to(patches.device)].to(bank.device)  # (B, D)
+        match = nearest[rows, top].to(bank.device)  # (B,) its nearest bank feature m*
+        anchor = bank.index_select(0, match)
+        # |m*|² is the same for every bank row of one image, so it is left out of the ranking
+        ranking = torch.matmul(anchor, bank.T).mul_(-2.0).add_(index.bank_norms())
+        ranking.scatter_(1, match[:, None], float("inf"))  # N_b(m*): m* first, then its nearest others
+        others = torch.topk(ranking, neighbours - 1, dim=1, largest=False).indices
         support = torch.cat([match[:, None], others], 1)
-        to_support = (self.memory_bank_[support] - test_patch[:, None]).norm(dim=2)  # (B, b)
+        to_support = (bank[support] - test_patch[:, None]).norm(dim=2)  # (B, b)
         weight = 1.0 - torch.softmax(to_support, dim=1)[:, 0]
-        return weight * best
+        return (weight.to(best.device) * best)
 
     def _index(self) -> NearestNeighbourIndex:
         # rebuilt lazily from the bank (after fit or load), never saved

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ad_memory.memory_bank import knn
+from ad_memory.memory_bank import batched_knn, knn
 from adcore.backbones import DEFAULT_BACKBONE, deepest_stage, stages
 from adcore.feature_detector import FeatureDetector
 from adcore.inputs import ImageStream
@@ -119,17 +119,14 @@ class SPADE(FeatureDetector):
         k_map = min(self.num_map_images, train_count)
         distance, nearest = knn(vector, self.image_features_, max(k_image, k_map))
         scores = distance[:, :k_image].mean(1)
-        grid = tuple(maps[0].shape[-2:])
-        query = self._stack(maps, grid)  # (B, C, h, w)
-        pixel_maps = []
-        for row in range(images.shape[0]):
-            gallery = self._stack(self._gallery(nearest[row, :k_map]), grid)  # (K, C, h, w)
-            channels = gallery.shape[1]
-            gallery_rows = gallery.permute(0, 2, 3, 1).reshape(-1, channels)
-            query_rows = query[row].permute(1, 2, 0).reshape(-1, channels)
-            pixel, _ = knn(query_rows, gallery_rows, self.num_map_neighbors)
-            pixel_maps.append(pixel.mean(1).view(grid))
-        maps_out = upsample(torch.stack(pixel_maps), tuple(images.shape[-2:]))
+        count, grid = images.shape[0], tuple(maps[0].shape[-2:])
+        # every test image's gallery at once: one gather and one upsampling per stage for the batch
+        query_rows = self._stack_rows(maps, grid)  # (B, h*w, C)
+        gallery = self._gallery(nearest[:, :k_map].reshape(-1).to(self.gallery_.device))  # (B*K, C_s, h_s, w_s) per stage
+        gallery_rows = self._stack_rows(gallery, grid).view(count, -1, query_rows.shape[-1])  # (B, K*h*w, C)
+        pixel, _ = batched_knn(query_rows, gallery_rows, self.num_map_neighbors)
+        pixel_maps = pixel.mean(-1).view(count, *grid)
+        maps_out = upsample(pixel_maps.to(images.device), tuple(images.shape[-2:]))
         return scores, gaussian_blur(maps_out, self.sigma)
 
     # -- helpers --------------------------------------------------------------------------------
@@ -142,6 +139,17 @@ class SPADE(FeatureDetector):
             out.append(rows[:, offset:offset + size].view(-1, *(int(s) for s in shape)))
             offset += size
         return out
+
+    @staticmethod
+    def _stack_rows(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+        """The stages upsampled to ``grid`` and concatenated per position: ``(B, h*w, C)``, contiguous."""
+        channels = sum(int(m.shape[1]) for m in maps)
+        out = torch.empty(maps[0].shape[0], grid[0], grid[1], channels, dtype=maps[0].dtype, device=maps[0].device)
+        offset = 0
+        for m in maps:  # written straight into the channels-last block: no concatenated NCHW copy
+            out[..., offset:offset + m.shape[1]] = upsample(m, grid).permute(0, 2, 3, 1)
+            offset += int(m.shape[1])
+        return out.view(out.shape[0], -1, channels)
 
     @staticmethod
     def _stack(maps: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
