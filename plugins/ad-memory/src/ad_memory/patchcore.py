@@ -132,6 +132,8 @@ class PatchCore(FeatureDetector):
         for batch in progress(stream, desc="patchcore features"):
             features = self._embed(batch)  # (B, D, h, w)
             grid = list(features.shape[-2:])
+            rows = features.shape[0] * features.shape[2] * features.shape[3]
+            self._check_fit_memory(collector.seen, rows, features.shape[1])
             collector.add(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]))
         total = len(collector)
         dim = collector.chunks()[0].shape[1]
@@ -195,6 +197,34 @@ class PatchCore(FeatureDetector):
         to_support = (bank[support] - test_patch[:, None]).norm(dim=2)  # (B, b)
         weight = 1.0 - torch.softmax(to_support, dim=1)[:, 0]
         return (weight.to(best.device) * best)
+
+    def fit_memory_bytes(self, patches: int, dim: int) -> int:
+        """Bytes ``fit`` holds for ``patches`` collected patch features of ``dim`` values (after
+        ``max_patches``): the features (float32) plus the coreset's working set, its projected copy
+        (``projection_dim`` values a row) and about ten 4-byte per-row vectors (distances, owners,
+        norms, cell lists)."""
+        kept = patches if self.max_patches is None else min(patches, int(self.max_patches))
+        projected = min(int(self.projection_dim), dim)
+        return kept * dim * 4 + kept * (projected + 10) * 4
+
+    def _check_fit_memory(self, seen: int, rows: int, dim: int) -> None:
+        """Refuse, before a batch is added, a collection whose memory would not fit: what is not
+        allocated yet (this batch's features, or the whole ``max_patches`` reservoir at the first
+        batch) plus the coreset's working set for every row kept so far."""
+        from adcore.memory import check_memory
+
+        if self.max_patches is not None:
+            if seen:
+                return  # the reservoir was allocated (and checked) at the first batch
+            kept = int(self.max_patches)
+            needed = self.fit_memory_bytes(kept, dim)
+        else:
+            kept = seen + rows  # the earlier batches' features are resident already
+            needed = rows * dim * 4 + self.fit_memory_bytes(kept, dim) - kept * dim * 4
+        check_memory(needed, f"patchcore: the patch features ({kept} patches × {dim} features × 4 bytes) and the "
+                             f"coreset's working copy ({min(int(self.projection_dim), dim)} values a patch)",
+                     f"cap the patches with max_patches (now {self.max_patches}; e.g. -p max_patches=200000), "
+                     f"lower input_size (now {self.input_size}) or train on fewer images")
 
     def _index(self) -> NearestNeighbourIndex:
         # rebuilt lazily from the bank (after fit or load), never saved

@@ -100,8 +100,12 @@ class SPADE(FeatureDetector):
     def _fit(self, stream: ImageStream) -> None:
         pooled, pyramids = [], []
         shapes: list[list[int]] = []
+        stored = 0
         for batch in progress(stream, desc="spade features"):
             vector, maps = self._features(batch)
+            per_image = int(vector.shape[1]) + sum(int(m[0].numel()) for m in maps)
+            self._check_fit_memory(stored, batch.shape[0], per_image)
+            stored += batch.shape[0]
             pooled.append(vector)
             shapes = [list(m.shape[1:]) for m in maps]
             # one row per image: every stage at its own resolution, flattened side by side
@@ -130,6 +134,24 @@ class SPADE(FeatureDetector):
         return scores, gaussian_blur(maps_out, self.sigma)
 
     # -- helpers --------------------------------------------------------------------------------
+    @staticmethod
+    def fit_memory_bytes(images: int, values_per_image: int) -> int:
+        """Bytes ``fit`` holds for ``images`` training images of ``values_per_image`` stored floats
+        (pooled feature + every pyramid stage at its own resolution): the per-batch pieces and their
+        concatenation exist side by side at the end of the fit, so twice the stored features."""
+        return 2 * images * values_per_image * 4
+
+    def _check_fit_memory(self, stored: int, batch: int, values_per_image: int) -> None:
+        """Refuse, before a batch is kept, stored features whose memory would not fit: this batch,
+        plus the final concatenation of every image so far (earlier batches are resident already)."""
+        from adcore.memory import check_memory
+
+        total = stored + batch
+        needed = self.fit_memory_bytes(total, values_per_image) - stored * values_per_image * 4
+        check_memory(needed, f"spade: the stored feature pyramids ({total} images × {values_per_image} values × 4 bytes, "
+                             "held twice while they are joined)",
+                     f"lower input_size (now {self.input_size}), train on fewer images or pick shallower layers")
+
     def _gallery(self, indices: torch.Tensor) -> list[torch.Tensor]:
         """The stored pyramids of training images ``indices``, one ``(K, C, h, w)`` tensor per stage."""
         rows = self.gallery_[indices]
