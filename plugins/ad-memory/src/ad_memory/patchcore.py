@@ -236,6 +236,10 @@ class PatchCore(FeatureDetector):
         """Locally aware patch features ``(B, D, h, w)`` on the finer stage's grid."""
         with torch.no_grad():
             maps = list(self.extractor(images).values())
+        return self._aggregate(maps)
+
+    def _aggregate(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The stage maps to locally aware patch features: 3×3 average, upsample, concatenate, pool."""
         grid = maps[0].shape[-2:]
         pooled = [upsample(average_pool_neighbourhood(m, 3, zero_padding=True), tuple(grid)) for m in maps]
         features = torch.cat(pooled, 1)
