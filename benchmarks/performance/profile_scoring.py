@@ -79,8 +79,6 @@ def _patchcore_stages(detector, images):
 
 
 def _spade_stages(detector, images):
-    import torch
-
     from ad_memory import memory_bank
     from ad_memory.exact_knn import nearest_rows
     from adcore.ops import gaussian_blur, upsample
@@ -113,7 +111,6 @@ def _spade_stages(detector, images):
         "smooth": lambda: gaussian_blur(upsampled, detector.sigma),
         "predict": lambda: detector.predict(images),
     }
-    del torch
     return stages, check, ["extract", "image_knn", "gallery", "pixel_knn_faiss", "upsample", "smooth"]
 
 

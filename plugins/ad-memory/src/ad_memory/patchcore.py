@@ -58,6 +58,7 @@ from ad_memory.memory_bank import (
 from adcore.backbones import DEFAULT_BACKBONE
 from adcore.feature_detector import FeatureDetector
 from adcore.inputs import ImageStream
+from adcore.memory import release_free_memory
 from adcore.ops import average_pool_neighbourhood, gaussian_blur, upsample
 from adcore.params import Integer, Options, Real, Stages
 from adcore.progress import progress
@@ -156,6 +157,9 @@ class PatchCore(FeatureDetector):
                                        touched_fraction=round(stats.touched_fraction, 4))
         self.feature_grid_ = grid
         self._search = None
+        # the collected batches (a few MB each, so kept in glibc's heap when freed) go back to the system
+        del collector
+        release_free_memory()
 
     # -- predict --------------------------------------------------------------------------------
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

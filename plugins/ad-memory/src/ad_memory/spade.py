@@ -35,6 +35,7 @@ from ad_memory.memory_bank import batched_knn, knn
 from adcore.backbones import DEFAULT_BACKBONE, deepest_stage, stages
 from adcore.feature_detector import FeatureDetector
 from adcore.inputs import ImageStream
+from adcore.memory import release_free_memory
 from adcore.ops import gaussian_blur, upsample
 from adcore.params import Integer, Real, Stages, Text
 from adcore.progress import progress
@@ -114,6 +115,7 @@ class SPADE(FeatureDetector):
         self.gallery_ = torch.cat(pyramids)
         del pyramids
         self.gallery_shapes_ = shapes
+        release_free_memory()  # the per-batch pieces, freed after joining, stay in glibc's heap otherwise
 
     # -- predict --------------------------------------------------------------------------------
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
