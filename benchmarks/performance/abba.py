@@ -124,24 +124,23 @@ def _summary(rows: list[dict[str, Any]], floors: list[dict[str, dict[str, float]
     from adcore.tables import markdown_table
 
     floor = {name: statistics.median(f[name]["floor_ms_batch1"] for f in floors) for name in floors[0]} if floors else {}
-    table, keys = [], sorted({(r["dataset"], r["model"], r["system"]) for r in rows})
-    for dataset, model, system in keys:
+    table = []
+    for dataset, model, system in sorted({(r["dataset"], r["model"], r["system"]) for r in rows}):
         runs = [r for r in rows if (r["dataset"], r["model"], r["system"]) == (dataset, model, system) and r["status"] == "ok"]
-        cell = {}
+        line: dict[str, Any] = {"dataset": dataset, "model": model, "system": system, "runs": len(runs)}
         for figure in FIGURES:
             values = [r[figure] for r in runs if r.get(figure) is not None]
-            cell[figure] = statistics.median(values) if values else None
-        base = floor.get("patchcore" if system == "anomalib" and model == "patchcore" else model)
-        multiple = f"{cell['ms_bs1'] / base:.1f}×" if cell["ms_bs1"] and base else "—"
-        fmt = {"fit_s": "{:.1f}", "ms_bs1": "{:.0f}", "ms_batched": "{:.0f}", "peak_rss_mb": "{:.0f}",
-               "image_auroc": "{:.3f}", "pixel_auroc": "{:.3f}", "aupro": "{:.3f}"}
-        table.append([dataset, model, system, str(len(runs))] +
-                     [fmt[f].format(cell[f]) if cell[f] is not None else "—" for f in FIGURES] + [multiple])
-    header = ["dataset", "detector", "system", "runs", "fit s", "ms/img bs1", "ms/img bs8", "peak RSS MB",
-              "img AUROC", "px AUROC", "AUPRO", "bs1 ÷ floor"]
+            line[figure] = statistics.median(values) if values else None
+        base = floor.get(model)  # anomalib runs the same backbone stages as adcore's detector of that name
+        line["floor_multiple"] = line["ms_bs1"] / base if line["ms_bs1"] and base else None
+        table.append(line)
+    columns = [("dataset", "dataset", "s"), ("model", "detector", "s"), ("system", "system", "s"), ("runs", "runs", ".0f"),
+               ("fit_s", "fit s", ".1f"), ("ms_bs1", "ms/img bs1", ".0f"), ("ms_batched", "ms/img bs8", ".0f"),
+               ("peak_rss_mb", "peak RSS MB", ".0f"), ("image_auroc", "img AUROC", ".3f"), ("pixel_auroc", "px AUROC", ".3f"),
+               ("aupro", "AUPRO", ".3f"), ("floor_multiple", "bs1 ÷ floor", ".1f")]
     floors_line = ", ".join(f"{name} {value:.1f} ms" for name, value in floor.items())
     return (f"Medians of each system's runs (ABBA order). Latency floor (backbone forward, batch 1): {floors_line}.\n\n"
-            + markdown_table(header, table) + "\n")
+            + markdown_table(table, columns) + "\n")
 
 
 def main() -> None:
@@ -158,8 +157,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="palindromes per pair (1 = two runs per system)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--summary-only", action="store_true", help="rebuild OUT/summary.md from OUT/results.jsonl")
     args = parser.parse_args()
     args.out = args.out.resolve()
+    if args.summary_only:
+        rows = [json.loads(line) for line in (args.out / "results.jsonl").read_text().splitlines() if line.strip()]
+        floors_file = args.out / "floors.json"
+        floors = json.loads(floors_file.read_text()) if floors_file.exists() else []
+        (args.out / "summary.md").write_text(_summary(rows, floors))
+        print((args.out / "summary.md").read_text())
+        return
     if args.quick:
         from importlib import import_module
 

@@ -10,8 +10,9 @@ greedy coreset; a test patch's anomaly is its distance to the nearest memory fea
 * Memory bank: greedy k-center coreset (``coreset_ratio`` of all patches, default 0.1) chosen in a
   random projection to ``projection_dim`` (128) dimensions; see
   :func:`ad_memory.memory_bank.greedy_coreset` (exact greedy, pruned, constant memory).
-* Scoring: faiss nearest neighbour (exact ``IndexFlatL2`` by default, ``index="ivf"``/``"hnsw"``
-  for very large banks). Image score: the largest patch distance ``s*``, reweighted as in the
+* Scoring: faiss nearest neighbour on the CPU (exact ``IndexFlatL2`` by default, ``index="ivf"``/
+  ``"hnsw"`` for very large banks); a bank on another device is searched exactly there by one GEMM
+  per query chunk (:func:`ad_memory.exact_knn.nearest_rows`). Image score: the largest patch distance ``s*``, reweighted as in the
   paper's eq. 7 by ``1 - softmax(distances from the test patch to the num_neighbors nearest bank
   neighbours of its match)[match]``. Map: patch distances upsampled to the input size and
   Gaussian-smoothed with σ=4.
