@@ -128,7 +128,7 @@ class Padim(FeatureDetector):
                         # centring on a first estimate of the mean keeps Σxxᵀ − N μμᵀ free of cancellation
                         shift = x.mean(1)
                         sum_x = torch.zeros_like(shift, dtype=torch.float64)
-                        sum_outer = torch.zeros(x.shape[0], x.shape[2], x.shape[2], dtype=torch.float32)
+                        sum_outer = torch.zeros(x.shape[0], x.shape[2], x.shape[2], dtype=torch.float32, device=x.device)
                     x.sub_(shift[:, None])  # in place: one batch of embeddings alive at a time, not three
                     sum_x += x.sum(1, dtype=torch.float64)
                     sum_outer.baddbmm_(x.transpose(1, 2), x)  # += Σ over the batch of x xᵀ, per position
@@ -147,7 +147,7 @@ class Padim(FeatureDetector):
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, (height, width) = self._embed_positions(images)  # (P, B, d); contiguous for the BLAS bmm path
         batch = x.shape[1]
-        squared = torch.empty(x.shape[0], batch, dtype=x.dtype)
+        squared = torch.empty(x.shape[0], batch, dtype=x.dtype, device=x.device)
         for start in range(0, x.shape[0], self.position_chunk):
             stop = start + self.position_chunk
             delta = x[start:stop] - self.mean_[start:stop, None]
@@ -176,7 +176,7 @@ class Padim(FeatureDetector):
         out = torch.empty(size[0] * size[1], images.shape[0], dims, dtype=levels[0].dtype, device=levels[0].device)
         offset = 0
         for level, index in parts:
-            chosen = level.index_select(1, index)
+            chosen = level.index_select(1, index.to(level.device))
             if chosen.shape[-2:] != size:
                 chosen = F.interpolate(chosen, size=size, mode="nearest")
             out[:, :, offset:offset + index.numel()] = chosen.flatten(2).permute(2, 0, 1)
@@ -207,7 +207,7 @@ class Padim(FeatureDetector):
         sums, so the statistics and the result never take memory side by side. Returns ``sum_outer``.
         """
         dims = mean.shape[1]
-        identity = torch.eye(dims, dtype=torch.float64)
+        identity = torch.eye(dims, dtype=torch.float64, device=sum_outer.device)
         denominator = max(count - 1, 1)
         for start in range(0, sum_outer.shape[0], self.position_chunk):
             stop = start + self.position_chunk
