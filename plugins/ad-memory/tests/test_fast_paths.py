@@ -4,7 +4,8 @@
   `IndexFlatL2` and against float64 brute force, for single and batched banks;
 * PatchCore's reweighting on the argmax patches (one small product) against the previous second
   index search, and its whole `_predict` with the torch search forced on the CPU against faiss;
-* SPADE's batched pixel search against the previous per-image, per-stage loop.
+* SPADE's batched pixel search (whole batch, and one image per search) against the previous
+  per-image, per-stage loop.
 """
 
 from __future__ import annotations
@@ -125,8 +126,13 @@ def test_spade_equals_the_previous_per_image_loop(params: dict, monkeypatch: pyt
     with torch.inference_mode():
         want_scores, want_maps = _previous_spade(detector, images)
         scores, maps = detector._predict(images)
+        with monkeypatch.context() as patch:  # one test image per search (the CPU's choice for large galleries)
+            patch.setattr(SPADE, "_images_per_search", staticmethod(lambda count, size, device: 1))
+            single_scores, single_maps = detector._predict(images)
         monkeypatch.setattr(memory_bank, "_on_cpu", lambda *tensors: False)
         gemm_scores, gemm_maps = detector._predict(images)
+    torch.testing.assert_close(single_scores, want_scores, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(single_maps, want_maps, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(scores, want_scores, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(maps, want_maps, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gemm_scores, want_scores, rtol=1e-5, atol=1e-6)
