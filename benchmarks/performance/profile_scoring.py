@@ -90,7 +90,7 @@ def _spade_stages(detector, images):
     _, nearest = memory_bank.knn(vector, detector.image_features_, k_all)
     chosen = nearest[:, :k_map].reshape(-1)
 
-    def gallery():
+    def gallery():  # the whole batch's rows at once (predict groups them on the CPU: see SPADE._images_per_search)
         query = detector._stack_rows(maps, grid)
         rows = detector._stack_rows(detector._gallery(chosen), grid).view(count, -1, query.shape[-1])
         return query, rows
