@@ -7,11 +7,14 @@ with the estimate instead of ending in an allocator error or the kernel's OOM ki
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import sys
 
 from adcore.errors import InvalidInputError
 
-__all__ = ["available_memory_bytes", "total_memory_bytes", "check_memory", "format_bytes"]
+__all__ = ["available_memory_bytes", "total_memory_bytes", "check_memory", "format_bytes", "release_free_memory"]
 
 
 def _meminfo(field: str) -> int | None:
@@ -62,3 +65,23 @@ def check_memory(needed: int, what: str, advice: str) -> None:
     if available is not None and needed > available:
         raise InvalidInputError(f"{what} need about {format_bytes(needed)}, more than the {format_bytes(available)} "
                                 f"of memory available; {advice}")
+
+
+def release_free_memory() -> bool:
+    """Return the C heap's free pages to the operating system (glibc ``malloc_trim``); ``True`` if done.
+
+    torch frees CPU tensors with ``free``; glibc keeps freed blocks below its (dynamically raised,
+    up to 32 MB) mmap threshold in its heap, so after a fit that allocated and freed many
+    activation-sized tensors the process stays hundreds of MB larger than what it holds, and every
+    later peak (predict, evaluation) sits on top of that. A no-op where the C library has no
+    ``malloc_trim`` (macOS, Windows, musl).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))

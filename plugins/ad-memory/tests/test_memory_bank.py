@@ -152,3 +152,18 @@ def test_faiss_threads_follow_torch() -> None:
     with faiss_threads(1):
         assert faiss.omp_get_max_threads() == 1
 
+
+
+def test_dense_coreset_picks_what_the_pruned_and_textbook_loops_pick():
+    # the device (GPU) path of PatchCore's coreset: run here on CPU tensors, it must choose the same
+    # rows in the same order as the pruned CPU search and the textbook loop
+    from ad_memory.memory_bank import CoresetStats, greedy_coreset, greedy_coreset_dense, greedy_coreset_reference
+
+    points = torch.randn(3000, 24, generator=torch.Generator().manual_seed(3)) * torch.linspace(0.2, 3.0, 24)
+    stats = CoresetStats()
+    dense = greedy_coreset_dense(points, 150, start=17, stats=stats)
+    assert dense.device.type == "cpu" and dense[0] == 17 and len(set(dense.tolist())) == 150
+    assert torch.equal(dense, greedy_coreset_reference(points, 150, start=17))
+    assert torch.equal(dense, greedy_coreset(points, 150, start=17))
+    assert stats.iterations == 149 and stats.touched_fraction == 1.0
+    assert torch.equal(greedy_coreset_dense(points[:10], 10), torch.arange(10))

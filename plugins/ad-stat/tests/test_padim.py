@@ -65,8 +65,10 @@ def test_float32_statistics_survive_a_large_offset(monkeypatch: pytest.MonkeyPat
     features = 1000.0 + 0.05 * torch.randn(12, 24, 4, 4, generator=generator)
     detector = Padim(input_size=SIZE, num_features=24, seed=5)
     batches = [make_normal_images(4, (SIZE, SIZE), seed=i) for i in range(3)]
-    served = iter(features.split(4))  # one _embed call per batch of 4, in order
-    monkeypatch.setattr(detector, "_embed", lambda batch: next(served))
+    served = iter(features.split(4))  # one embedding call per batch of 4, in order
+    # fit takes the embedding per position, (P, B, d), with its grid
+    monkeypatch.setattr(detector, "_embed_positions",
+                        lambda batch: (lambda f: (f.flatten(2).permute(2, 0, 1).contiguous(), tuple(f.shape[-2:])))(next(served)))
     detector.fit(batches)
     assert next(served, None) is None  # every feature batch went into the statistics
     x = features.double().flatten(2).permute(2, 0, 1).numpy()

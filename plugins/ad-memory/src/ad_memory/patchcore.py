@@ -10,8 +10,9 @@ greedy coreset; a test patch's anomaly is its distance to the nearest memory fea
 * Memory bank: greedy k-center coreset (``coreset_ratio`` of all patches, default 0.1) chosen in a
   random projection to ``projection_dim`` (128) dimensions; see
   :func:`ad_memory.memory_bank.greedy_coreset` (exact greedy, pruned, constant memory).
-* Scoring: faiss nearest neighbour (exact ``IndexFlatL2`` by default, ``index="ivf"``/``"hnsw"``
-  for very large banks). Image score: the largest patch distance ``s*``, reweighted as in the
+* Scoring: faiss nearest neighbour on the CPU (exact ``IndexFlatL2`` by default, ``index="ivf"``/
+  ``"hnsw"`` for very large banks); a bank on another device is searched exactly there by one GEMM
+  per query chunk (:func:`ad_memory.exact_knn.nearest_rows`). Image score: the largest patch distance ``s*``, reweighted as in the
   paper's eq. 7 by ``1 - softmax(distances from the test patch to the num_neighbors nearest bank
   neighbours of its match)[match]``. Map: patch distances upsampled to the input size and
   Gaussian-smoothed with σ=4.
@@ -53,11 +54,13 @@ from ad_memory.memory_bank import (
     FeatureCollector,
     NearestNeighbourIndex,
     greedy_coreset,
+    greedy_coreset_dense,
     random_projection,
 )
 from adcore.backbones import DEFAULT_BACKBONE
 from adcore.feature_detector import FeatureDetector
 from adcore.inputs import ImageStream
+from adcore.memory import release_free_memory
 from adcore.ops import average_pool_neighbourhood, gaussian_blur, upsample
 from adcore.params import Integer, Options, Real, Stages
 from adcore.progress import progress
@@ -132,6 +135,8 @@ class PatchCore(FeatureDetector):
         for batch in progress(stream, desc="patchcore features"):
             features = self._embed(batch)  # (B, D, h, w)
             grid = list(features.shape[-2:])
+            rows = features.shape[0] * features.shape[2] * features.shape[3]
+            self._check_fit_memory(collector.seen, rows, features.shape[1])
             collector.add(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]))
         total = len(collector)
         dim = collector.chunks()[0].shape[1]
@@ -145,7 +150,11 @@ class PatchCore(FeatureDetector):
             points = collector.project(projection)
             start = int(torch.randint(total, (1,), generator=generator))
             stats = CoresetStats()
-            chosen = greedy_coreset(points, size, start=start, overwrite=True, stats=stats, desc="patchcore coreset")
+            if self.device_.type == "cpu":
+                chosen = greedy_coreset(points, size, start=start, overwrite=True, stats=stats, desc="patchcore coreset")
+            else:  # the coreset runs where the detector does: the plain loop, one GEMV per pick
+                chosen = greedy_coreset_dense(points.to(self.device_), size, start=start, stats=stats,
+                                              desc="patchcore coreset")
             del points
             self.memory_bank_ = collector.gather(chosen)
             self.projection_ = projection if projection is not None else torch.empty(dim, 0)
@@ -154,6 +163,9 @@ class PatchCore(FeatureDetector):
                                        touched_fraction=round(stats.touched_fraction, 4))
         self.feature_grid_ = grid
         self._search = None
+        # the collected batches (a few MB each, so kept in glibc's heap when freed) go back to the system
+        del collector
+        release_free_memory()
 
     # -- predict --------------------------------------------------------------------------------
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,30 +183,64 @@ class PatchCore(FeatureDetector):
     # -- helpers --------------------------------------------------------------------------------
     def _image_scores(self, patches: torch.Tensor, distance: torch.Tensor, nearest: torch.Tensor,
                       index: NearestNeighbourIndex) -> torch.Tensor:
-        """Paper eq. 6-7: ``s* = max distance``, weighted by how typical its bank match is."""
+        """Paper eq. 6-7: ``s* = max distance``, weighted by how typical its bank match is.
+
+        Only the argmax patch of each image needs the weight, so the neighbourhood ``N_b(m*)`` is
+        one small product ``(B, D) × (D, M)`` against the bank (norms kept by the index), not a
+        second index search.
+        """
         top = distance.argmax(1)
-        rows = torch.arange(distance.shape[0])
+        rows = torch.arange(distance.shape[0], device=distance.device)
         best = distance[rows, top]
+        bank = index.bank
         neighbours = min(int(self.num_neighbors), len(index))
         if neighbours <= 1:
             return best
-        test_patch = patches[rows, top]  # (B, D) the most anomalous patch of each image
-        match = nearest[rows, top]  # (B,) its nearest bank feature m*
-        _, support = index.search(self.memory_bank_[match], k=neighbours + 1)
-        # N_b(m*): m* first, then its nearest bank neighbours other than itself
-        others = torch.stack([row[row != m][: neighbours - 1] for row, m in zip(support, match, strict=True)])
+        test_patch = patches[rows.to(patches.device), top.to(patches.device)].to(bank.device)  # (B, D)
+        match = nearest[rows, top].to(bank.device)  # (B,) its nearest bank feature m*
+        anchor = bank.index_select(0, match)
+        # |m*|² is the same for every bank row of one image, so it is left out of the ranking
+        ranking = torch.matmul(anchor, bank.T).mul_(-2.0).add_(index.bank_norms())
+        ranking.scatter_(1, match[:, None], float("inf"))  # N_b(m*): m* first, then its nearest others
+        others = torch.topk(ranking, neighbours - 1, dim=1, largest=False).indices
         support = torch.cat([match[:, None], others], 1)
-        to_support = (self.memory_bank_[support] - test_patch[:, None]).norm(dim=2)  # (B, b)
+        to_support = (bank[support] - test_patch[:, None]).norm(dim=2)  # (B, b)
         weight = 1.0 - torch.softmax(to_support, dim=1)[:, 0]
-        return weight * best
+        return (weight.to(best.device) * best)
+
+    def fit_memory_bytes(self, patches: int, dim: int) -> int:
+        """Bytes ``fit`` holds for ``patches`` collected patch features of ``dim`` values (after
+        ``max_patches``): the features (float32) plus the coreset's working set, its projected copy
+        (``projection_dim`` values a row) and about ten 4-byte per-row vectors (distances, owners,
+        norms, cell lists)."""
+        kept = patches if self.max_patches is None else min(patches, int(self.max_patches))
+        projected = min(int(self.projection_dim), dim)
+        return kept * dim * 4 + kept * (projected + 10) * 4
+
+    def _check_fit_memory(self, seen: int, rows: int, dim: int) -> None:
+        """Refuse, before a batch is added, a collection whose memory would not fit: what is not
+        allocated yet (this batch's features, or the whole ``max_patches`` reservoir at the first
+        batch) plus the coreset's working set for every row kept so far."""
+        from adcore.memory import check_memory
+
+        if self.max_patches is not None:
+            if seen:
+                return  # the reservoir was allocated (and checked) at the first batch
+            kept = int(self.max_patches)
+            needed = self.fit_memory_bytes(kept, dim)
+        else:
+            kept = seen + rows  # the earlier batches' features are resident already
+            needed = rows * dim * 4 + self.fit_memory_bytes(kept, dim) - kept * dim * 4
+        check_memory(needed, f"patchcore: the patch features ({kept} patches × {dim} features × 4 bytes) and the "
+                             f"coreset's working copy ({min(int(self.projection_dim), dim)} values a patch)",
+                     f"cap the patches with max_patches (now {self.max_patches}; e.g. -p max_patches=200000), "
+                     f"lower input_size (now {self.input_size}) or train on fewer images")
 
     def _index(self) -> NearestNeighbourIndex:
         # rebuilt lazily from the bank (after fit, load or a device change), never saved
         if getattr(self, "_search", None) is None:
-            if self.device_.type == "cpu":
-                self._search = NearestNeighbourIndex(self.memory_bank_, self.index, self.index_probes, seed=int(self.seed))
-            else:  # faiss-cpu has no GPU index: an exact chunked search where the bank lives
-                self._search = _DeviceSearch(self.memory_bank_)
+            # faiss on the CPU; elsewhere the index searches exactly where the bank lives (faiss-cpu has no GPU index)
+            self._search = NearestNeighbourIndex(self.memory_bank_, self.index, self.index_probes, seed=int(self.seed))
         return self._search
 
     def _on_device(self, device: torch.device) -> None:
@@ -204,6 +250,10 @@ class PatchCore(FeatureDetector):
         """Locally aware patch features ``(B, D, h, w)`` on the finer stage's grid."""
         with torch.no_grad():
             maps = list(self.extractor(images).values())
+        return self._aggregate(maps)
+
+    def _aggregate(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The stage maps to locally aware patch features: 3×3 average, upsample, concatenate, pool."""
         grid = maps[0].shape[-2:]
         pooled = [upsample(average_pool_neighbourhood(m, 3, zero_padding=True), tuple(grid)) for m in maps]
         features = torch.cat(pooled, 1)
@@ -213,7 +263,6 @@ class PatchCore(FeatureDetector):
             flat = F.adaptive_avg_pool1d(flat, self.feature_dim)
             features = flat.view(count, height, width, self.feature_dim).permute(0, 3, 1, 2)
         return features.contiguous()
-
 
     # -- export (adcore.export) -----------------------------------------------------------------
     def _export_predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,18 +295,3 @@ class PatchCore(FeatureDetector):
         to_support = (bank[support] - test_patch[:, None]).norm(dim=2)  # (B, b)
         weight = 1.0 - torch.softmax(to_support, dim=1)[:, 0]
         return weight * best, maps
-
-
-class _DeviceSearch:
-    """``NearestNeighbourIndex``'s ``search``/``len`` as an exact chunked torch search (off the CPU)."""
-
-    def __init__(self, bank: torch.Tensor) -> None:
-        self.bank = bank
-
-    def __len__(self) -> int:
-        return int(self.bank.shape[0])
-
-    def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        from ad_memory.exact_knn import bank_chunk, exact_knn
-
-        return exact_knn(queries, self.bank, k, bank_chunk(queries.shape[0]))

@@ -43,6 +43,7 @@ from adcore.backbones import FeatureExtractor
 from adcore.errors import InvalidInputError
 from adcore.feature_detector import FeatureDetector
 from adcore.inputs import ImageStream
+from adcore.memory import release_free_memory
 from adcore.ops import gaussian_blur, upsample
 from adcore.params import Integer, Real
 from adcore.progress import progress
@@ -118,32 +119,35 @@ class Padim(FeatureDetector):
         with torch.no_grad():
             for images in progress(stream, desc="padim: statistics", total=None):
                 for batch in images.split(self.batch_size):  # bounds the backbone's activation memory
-                    embedding = self._embed(batch)  # (B, d, h, w)
-                    self.feature_size_ = list(embedding.shape[-2:])
-                    # (P, B, d) laid out contiguously: bmm on the permuted view takes a strided
+                    # (P, B, d) laid out contiguously: bmm on a permuted view takes a strided
                     # fallback about 20x slower than the BLAS path
-                    x = embedding.flatten(2).permute(2, 0, 1).contiguous()
+                    x, grid = self._embed_positions(batch)
+                    self.feature_size_ = list(grid)
                     if shift is None:
                         self._check_statistics_memory(x.shape[0], x.shape[2])
                         # centring on a first estimate of the mean keeps Σxxᵀ − N μμᵀ free of cancellation
                         shift = x.mean(1)
                         sum_x = torch.zeros_like(shift, dtype=torch.float64)
-                        sum_outer = torch.zeros(x.shape[0], x.shape[2], x.shape[2], dtype=torch.float32)
-                    x = x - shift[:, None]
+                        sum_outer = torch.zeros(x.shape[0], x.shape[2], x.shape[2], dtype=torch.float32, device=x.device)
+                    x.sub_(shift[:, None])  # in place: one batch of embeddings alive at a time, not three
                     sum_x += x.sum(1, dtype=torch.float64)
                     sum_outer.baddbmm_(x.transpose(1, 2), x)  # += Σ over the batch of x xᵀ, per position
                     count += x.shape[1]
+                    del x
         self.n_train_images_ = count
         mean_shifted = sum_x / count
         self.mean_ = (mean_shifted + shift.double()).float()  # (P, d)
+        del sum_x, shift
         self.whitening_ = self._whitening(sum_outer, mean_shifted, count)
+        # the backbone's activations and the float64 chunks were freed in pieces small enough for
+        # glibc to keep in its heap; hand them back so the process is not ~250 MB larger from here on
+        release_free_memory()
 
     # -- predict --------------------------------------------------------------------------------
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = self._embed(images)
-        batch, dims, height, width = embedding.shape
-        x = embedding.flatten(2).permute(2, 0, 1).contiguous()  # (P, B, d); contiguous for the BLAS bmm path
-        squared = torch.empty(x.shape[0], batch, dtype=x.dtype)
+        x, (height, width) = self._embed_positions(images)  # (P, B, d); contiguous for the BLAS bmm path
+        batch = x.shape[1]
+        squared = torch.empty(x.shape[0], batch, dtype=x.dtype, device=x.device)
         for start in range(0, x.shape[0], self.position_chunk):
             stop = start + self.position_chunk
             delta = x[start:stop] - self.mean_[start:stop, None]
@@ -158,17 +162,26 @@ class Padim(FeatureDetector):
     # -- helpers --------------------------------------------------------------------------------
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         """The kept channels of the concatenated, upsampled multi-level features: ``(B, d, h, w)``."""
+        x, grid = self._embed_positions(images)
+        return x.permute(1, 2, 0).reshape(x.shape[1], x.shape[2], *grid)
+
+    def _embed_positions(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The same embedding laid out per position, ``(P, B, d)`` contiguous, written level by level
+        into one block (no concatenated copy, no separate transposed copy), and its grid ``(h, w)``."""
         extractor = self.extractor
-        features = extractor(images)
-        levels = list(features.values())
+        levels = list(extractor(images).values())
         size = levels[0].shape[-2:]
-        parts = []
-        for level, index in zip(levels, self._level_indices(extractor), strict=True):
-            if index.numel() == 0:
-                continue
-            chosen = level.index_select(1, index)
-            parts.append(chosen if chosen.shape[-2:] == size else F.interpolate(chosen, size=size, mode="nearest"))
-        return torch.cat(parts, dim=1)
+        parts = [(level, index) for level, index in zip(levels, self._level_indices(extractor), strict=True) if index.numel()]
+        dims = sum(int(index.numel()) for _, index in parts)
+        out = torch.empty(size[0] * size[1], images.shape[0], dims, dtype=levels[0].dtype, device=levels[0].device)
+        offset = 0
+        for level, index in parts:
+            chosen = level.index_select(1, index.to(level.device))
+            if chosen.shape[-2:] != size:
+                chosen = F.interpolate(chosen, size=size, mode="nearest")
+            out[:, :, offset:offset + index.numel()] = chosen.flatten(2).permute(2, 0, 1)
+            offset += int(index.numel())
+        return out, (int(size[0]), int(size[1]))
 
     def _on_device(self, device: torch.device) -> None:
         self._split_index = None  # derived from channel_index_: rebuilt where the statistics now live
@@ -197,7 +210,7 @@ class Padim(FeatureDetector):
         sums, so the statistics and the result never take memory side by side. Returns ``sum_outer``.
         """
         dims = mean.shape[1]
-        identity = torch.eye(dims, dtype=torch.float64)
+        identity = torch.eye(dims, dtype=torch.float64, device=sum_outer.device)
         denominator = max(count - 1, 1)
         for start in range(0, sum_outer.shape[0], self.position_chunk):
             stop = start + self.position_chunk
