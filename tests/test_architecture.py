@@ -39,6 +39,7 @@ TIERS = {
     "adcore.evaluation": APPLICATION, "adcore.cli": APPLICATION,
     "adcore.commands": APPLICATION, "adcore.benchmark": APPLICATION, "adcore.line": APPLICATION, "adcore.viz": APPLICATION,
     "adcore.plots": APPLICATION, "adcore.testing": APPLICATION, "adcore.export": APPLICATION,
+    "adcore.deployed": APPLICATION,
 }
 #: the modules that may import the plugin host
 HOST_TALKERS = {"adcore.plugins", "adcore.factory"}

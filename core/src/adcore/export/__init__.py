@@ -58,6 +58,12 @@ def metadata_for(detector: Any, format: str, artefact: str) -> dict[str, Any]:
             "outputs": output_names(detector), **calibration_of(detector), "tiling": tiling}
 
 
+def _normalized_note(parity: dict[str, Any], tolerance: Tolerance) -> str:
+    if "max_normalized_abs_diff" not in parity:
+        return ""
+    return f", normalized score difference {parity['max_normalized_abs_diff']:.3g} (absolute, allowed {tolerance.score_rel:g})"
+
+
 def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
@@ -106,7 +112,7 @@ def export_detector(detector: Any, out: str | Path, format: str = "onnx", *, che
                                   "graph depends on the batch size it was traced at: report it with the model file")
             raise ParityError(f"the exported {format} artefact of {metadata['detector']} disagrees with the torch "
                               f"detector on {parity['images']} images: score difference {parity['max_score_rel_diff']:.3g} "
-                              f"(relative, allowed {tolerance.score_rel:g}), map difference "
+                              f"(relative, allowed {tolerance.score_rel:g}){_normalized_note(parity, tolerance)}, map difference "
                               f"{parity['max_map_diff_over_range']:.3g} of the map's range (allowed "
                               f"{tolerance.map_over_range:g}); nothing was written to {out}. This is a bug in the "
                               "detector's export graph: report it with the model file")
