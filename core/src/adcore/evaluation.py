@@ -17,7 +17,8 @@ from adcore.data import make_loader
 from adcore.metrics import evaluate
 from adcore.progress import progress
 
-__all__ = ["EvaluationResult", "split_calibration", "collect_predictions", "evaluate_detector", "measure_latency", "peak_rss_mb",
+__all__ = ["EvaluationResult", "split_calibration", "collect_predictions", "evaluate_detector", "evaluate_fitted",
+           "score_test_set", "measure_latency", "peak_rss_mb",
            "masks_given", "NO_MASKS_NOTE"]
 
 #: the reason given for pixel AUROC and AUPRO when the test set has no ground-truth masks
@@ -135,6 +136,23 @@ def evaluate_detector(detector: Any, train_set: Any, test_set: Any, *, batch_siz
     if hasattr(detector, "calibrate") and len(calibration_set):
         detector.calibrate(make_loader(calibration_set, batch_size), target_fpr=target_fpr)
         result.threshold = getattr(detector, "threshold_", None)
+    outputs = score_test_set(detector, test_set, result, batch_size=batch_size, latency=latency)
+    return result, outputs
+
+
+def evaluate_fitted(model: Any, test_set: Any, *, batch_size: int = 8,
+                    latency: bool = True) -> tuple[EvaluationResult, dict[str, Any]]:
+    """Every metric of an already fitted (and calibrated) model on ``test_set``, nothing fitted:
+    what ``adcore eval`` does for a model file or an exported artefact
+    (:func:`adcore.deployed.open_model`); ``threshold`` is the model's own."""
+    result = EvaluationResult(test_images=len(test_set), threshold=getattr(model, "threshold_", None))
+    outputs = score_test_set(model, test_set, result, batch_size=batch_size, latency=latency)
+    return result, outputs
+
+
+def score_test_set(detector: Any, test_set: Any, result: EvaluationResult, *, batch_size: int = 8,
+                   latency: bool = True) -> dict[str, Any]:
+    """Predict ``test_set`` and fill ``result``'s metrics (and latency, peak RSS); returns the outputs."""
     outputs = collect_predictions(detector, make_loader(test_set, batch_size))
     if masks_given(test_set):
         metrics = evaluate(outputs["labels"], outputs["scores"], outputs["masks"], outputs["maps"])
@@ -156,4 +174,4 @@ def evaluate_detector(detector: Any, train_set: Any, test_set: Any, *, batch_siz
         sample = torch.stack([test_set[i]["image"] for i in range(min(batch_size, len(test_set)))])
         result.ms_per_image_batch1, result.ms_per_image_batched = measure_latency(detector, sample, batch_size=batch_size)
     result.peak_rss_mb = peak_rss_mb()
-    return result, outputs
+    return outputs

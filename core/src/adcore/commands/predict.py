@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adcore.factory import load
+    from adcore.deployed import open_model
     from adcore.line.pipeline import PredictOptions, run_predictions
     from adcore.line.outputs import check_output_folder
     from adcore.line.sources import collect_inputs
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output_folder(out)  # before loading the model or listing 100,000 files
     inputs = collect_inputs(args.images, exclude=out)
-    detector = load(args.model_file)
+    detector = open_model(args.model_file)  # a .safetensors model file or an export folder
     options = PredictOptions(out=out, batch_size=args.batch_size, workers=args.workers,
                              heatmaps=not args.no_heatmaps, masks=args.masks, side_by_side=args.side_by_side,
                              min_area=args.min_area, resume=args.resume, strict=args.strict_inputs,
