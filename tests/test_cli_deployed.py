@@ -95,3 +95,44 @@ def test_predict_with_a_folder_that_is_no_export_says_so(tiny_mvtec: Path, tmp_p
     code, _, err = _cli(capsys, "predict", str(tiny_mvtec), str(tiny_mvtec / "widget" / "test"), "--out",
                         str(tmp_path / "out"))
     assert code != 0 and "is a folder but not an exported model" in err
+
+
+# -- export --check default: generated images plus training images -----------------------------------------
+def _sidecar(folder: Path) -> dict:
+    return json.loads((folder / "adcore-export.json").read_text())
+
+
+def test_export_checks_parity_on_the_training_images_the_model_file_records(trained, tmp_path: Path, capsys):
+    category, model, deploy = trained  # `adcore train` recorded CATEGORY/train/good
+    from adcore.factory import load
+
+    assert load(model).training_images_ == str((category / "train" / "good").resolve())
+    parity = _sidecar(deploy)["parity"]
+    assert parity["sources"] == {"generated": 6, "training": 10} and parity["images"] == 16
+    # the folder gone (the model file moved to another machine): generated images only, and a note
+    moved = tmp_path / "moved"
+    (category / "train").rename(moved)
+    code, _, err = _cli(capsys, "export", str(model), "--out", str(tmp_path / "again"))
+    assert code == 0, err
+    assert _sidecar(tmp_path / "again")["parity"]["sources"] == {"generated": 6}
+    assert "no training images in the parity check" in err and "--check-data" in err
+
+
+def test_export_check_data_adds_a_datasets_training_images(tiny_mvtec: Path, tmp_path: Path, capsys):
+    from adcore.factory import get_model
+    from adcore.testing import make_normal_images
+
+    model = tmp_path / "gaussian.safetensors"
+    get_model("example_gaussian", input_size=32).fit(make_normal_images(4, (32, 32))).save(model)  # records nothing
+    code, _, err = _cli(capsys, "export", str(model), "--out", str(tmp_path / "plain"))
+    assert code == 0 and _sidecar(tmp_path / "plain")["parity"]["sources"] == {"generated": 6}
+    code, _, err = _cli(capsys, "export", str(model), "--out", str(tmp_path / "data"), "--check-data",
+                        str(tiny_mvtec / "widget"))
+    assert code == 0, err
+    assert _sidecar(tmp_path / "data")["parity"]["sources"] == {"generated": 6, "training": 10}
+    code, _, err = _cli(capsys, "export", str(model), "--out", str(tmp_path / "both"), "--check-data",
+                        str(tiny_mvtec / "widget"), "--check", str(tiny_mvtec / "widget" / "test" / "good"))
+    assert code != 0 and "not both" in err
+    code, _, err = _cli(capsys, "export", str(model), "--out", str(tmp_path / "files"), "--check",
+                        str(tiny_mvtec / "widget" / "test" / "good"))
+    assert code == 0 and _sidecar(tmp_path / "files")["parity"]["sources"] == {"files": 3}

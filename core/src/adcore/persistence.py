@@ -359,9 +359,10 @@ def _decode_fields(meta: dict[str, str], path: Path) -> dict[str, Any]:
 
 
 # -- fitted state ---------------------------------------------------------------------------------------------
-#: fitted attributes BaseDetector itself sets (fit, calibrate), allowed in every file's state
+#: fitted attributes BaseDetector itself sets (fit, calibrate; ``training_images_``, the folder of good
+#: training images, is set by ``adcore train``/``eval`` for export's parity check), allowed in every file's state
 BASE_FITTED_STATE = frozenset({"fitted_", "threshold_", "calibration_", "score_scale_", "pixel_threshold_",
-                               "pixel_scale_"})
+                               "pixel_scale_", "training_images_"})
 
 
 def check_state_names(cls: type, names: list[str]) -> None:

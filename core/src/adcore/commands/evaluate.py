@@ -89,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     if args.out:
         out = Path(args.out)
+        from adcore.datasets import training_folder
+
+        detector.training_images_ = str(training_folder(spec))  # adcore export adds some to its parity check
         with written_files(args.command) as written:
             written.append(detector.save(out / "model.safetensors"))
             written.append(atomic_write_text(out / "metrics.json", json.dumps(row, indent=2, default=str)))

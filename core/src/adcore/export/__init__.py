@@ -58,6 +58,20 @@ def metadata_for(detector: Any, format: str, artefact: str) -> dict[str, Any]:
             "outputs": output_names(detector), **calibration_of(detector), "tiling": tiling}
 
 
+def _training_files(detector: Any, folder: str | Path | None) -> list[Path]:
+    from adcore.errors import InvalidInputError
+    from adcore.export.parity import training_check_files
+
+    if folder is not None:
+        files = training_check_files(folder)
+        if not files:
+            raise InvalidInputError(f"no training images found in {folder} for the parity check; give the folder of "
+                                    "good training images (or a dataset: adcore export --check-data)")
+        return files
+    recorded = getattr(detector, "training_images_", None)
+    return training_check_files(recorded) if isinstance(recorded, str) and recorded else []
+
+
 def _normalized_note(parity: dict[str, Any], tolerance: Tolerance) -> str:
     if "max_normalized_abs_diff" not in parity:
         return ""
@@ -74,12 +88,14 @@ def _as_strings(metadata: dict[str, Any]) -> dict[str, str]:
 
 
 def export_detector(detector: Any, out: str | Path, format: str = "onnx", *, check: Sequence[str | Path] = (),
-                    check_images: torch.Tensor | None = None, opset: int | None = None,
-                    tolerance: Tolerance = Tolerance()) -> dict[str, Any]:
+                    check_images: torch.Tensor | None = None, check_training: str | Path | None = None,
+                    opset: int | None = None, tolerance: Tolerance = Tolerance()) -> dict[str, Any]:
     """Export ``detector`` into the folder ``out`` and return the sidecar written beside the artefact.
 
     ``check`` (image files or folders) or ``check_images`` (a float tensor) are the parity images;
-    by default generated good and defective images. Raises :class:`NotExportableError` for a
+    by default generated good and defective images plus up to 16 training images from
+    ``check_training`` (a folder of good training images) or, without it, from the folder the model
+    file records (``training_images_``, set by ``adcore train``) when that folder exists. Raises :class:`NotExportableError` for a
     detector that has no static graph, :class:`ParityError` when the artefact disagrees (nothing is
     written then), :class:`ExportDependencyError` when the format's package is missing.
     """
@@ -93,7 +109,19 @@ def export_detector(detector: Any, out: str | Path, format: str = "onnx", *, che
     if refusal:
         raise NotExportableError(f"{type(detector).__name__} cannot be exported: {refusal}")
     size = tuple(detector.image_size)
-    images = check_images if check_images is not None else make_check_images(size, check)
+    sources: dict[str, Any] = {}
+    if check_images is not None:
+        images, sources["given"] = check_images, int(check_images.shape[0])
+    elif check:
+        images = make_check_images(size, check)
+        sources["files"] = int(images.shape[0])
+    else:
+        images = make_check_images(size)
+        sources["generated"] = int(images.shape[0])
+        training = _training_files(detector, check_training)
+        if training:
+            images = torch.cat([images, make_check_images(size, training)])
+            sources["training"] = len(training)
     images = images.float().contiguous()
     reference = reference_outputs(detector, images)  # first: builds lazily created networks too
     module = ExportModule(detector)
@@ -116,9 +144,9 @@ def export_detector(detector: Any, out: str | Path, format: str = "onnx", *, che
                               f"{parity['max_map_diff_over_range']:.3g} of the map's range (allowed "
                               f"{tolerance.map_over_range:g}); nothing was written to {out}. This is a bug in the "
                               "detector's export graph: report it with the model file")
-        metadata["parity"] = parity
+        metadata["parity"] = {**parity, "sources": sources}
         if hasattr(writer, "add_metadata"):  # the parity result travels inside the artefact too
-            writer.add_metadata(Path(scratch), _as_strings({"parity": parity}))
+            writer.add_metadata(Path(scratch), _as_strings({"parity": metadata["parity"]}))
         for file in files:
             atomic_write_bytes(out / file.name, file.read_bytes())
     atomic_write_text(out / SIDECAR, json.dumps(metadata, indent=2) + "\n")

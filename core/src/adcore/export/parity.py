@@ -18,7 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Tolerance", "check_images", "reference_outputs", "compare"]
+__all__ = ["Tolerance", "check_images", "training_check_files", "reference_outputs", "compare", "TRAINING_CHECK_IMAGES"]
+
+#: training images added to the default parity check (evenly spaced over the training folder)
+TRAINING_CHECK_IMAGES = 16
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,21 @@ def check_images(size: tuple[int, int], paths: Sequence[str | Path] = (), *, gen
     good = make_normal_images(generated, size, seed=7)
     defects, _ = paste_defects(good, seed=8)
     return torch.cat([good, defects])
+
+
+def training_check_files(folder: str | Path, limit: int = TRAINING_CHECK_IMAGES) -> list[Path]:
+    """Up to ``limit`` image files of the training folder ``folder``, evenly spaced (sorted order);
+    none when the folder is gone (a model file moved to another machine)."""
+    from adcore.data import list_images
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    files = list_images(folder)
+    if len(files) <= limit:
+        return files
+    step = len(files) / limit
+    return [files[int(i * step)] for i in range(limit)]
 
 
 def reference_outputs(detector: Any, images: torch.Tensor) -> list[np.ndarray]:
