@@ -113,7 +113,9 @@ class ExportedModel:
     full-resolution image), ``tiled``, ``is_fitted`` (always true), ``threshold_``, ``score_scale_``,
     ``pixel_threshold_``, ``pixel_scale_`` (``None`` when the exported model was not calibrated),
     ``tile_size``, ``tile_overlap``, ``tile_input_size``, ``runtime`` (``"onnx"``, ``"openvino"``,
-    ``"torchscript"``), ``path`` (the export folder), ``sidecar`` (its parsed ``adcore-export.json``).
+    ``"torchscript"``), ``path`` (the export folder), ``sidecar`` (its parsed ``adcore-export.json``),
+    ``has_maps`` (False for a score-only artefact: its ``anomaly_map`` is zeros and its pixel
+    threshold ``None``, so no regions are drawn and ``adcore eval`` reports no pixel metrics).
     """
 
     #: images (or tiles) per graph call
@@ -135,8 +137,10 @@ class ExportedModel:
         self.input_size = self.image_size
         self.threshold_ = _number(sidecar.get("threshold"))
         self.score_scale_ = _number(sidecar.get("score_scale"))
-        self.pixel_threshold_ = _number(sidecar.get("pixel_threshold"))
-        self.pixel_scale_ = _number(sidecar.get("pixel_scale"))
+        #: False for a score-only artefact (DifferNet): its maps are zeros, and it has no pixel threshold
+        self.has_maps = "anomaly_map" in self.outputs
+        self.pixel_threshold_ = _number(sidecar.get("pixel_threshold")) if self.has_maps else None
+        self.pixel_scale_ = _number(sidecar.get("pixel_scale")) if self.has_maps else None
         tiling = sidecar.get("tiling") or {}
         self.tile_size = _size_or_int(tiling.get("tile_size"))
         self.tile_overlap = float(tiling.get("tile_overlap", 0.25) or 0.0)
@@ -199,9 +203,13 @@ class ExportedModel:
         scores, maps = [], []
         for start in range(0, images.shape[0], self.predict_batch_size):
             chunk = resize_images(images[start:start + self.predict_batch_size], self.image_size)
-            outputs = self._run(np.ascontiguousarray(chunk.numpy(), dtype=np.float32))
-            score = torch.from_numpy(np.asarray(outputs[0], dtype=np.float32)).reshape(-1)
-            amap = torch.from_numpy(np.asarray(outputs[1], dtype=np.float32))
+            outputs = dict(zip(self.outputs, self._run(np.ascontiguousarray(chunk.numpy(), dtype=np.float32))))
+            score = torch.from_numpy(np.asarray(outputs["pred_score"], dtype=np.float32)).reshape(-1)
+            if not self.has_maps:
+                maps.append(torch.zeros(score.shape[0], *size))
+                scores.append(score)
+                continue
+            amap = torch.from_numpy(np.asarray(outputs["anomaly_map"], dtype=np.float32))
             if amap.ndim == 4 and amap.shape[1] == 1:
                 amap = amap[:, 0]
             amap = F.interpolate(amap[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]

@@ -19,11 +19,16 @@ from adcore.progress import progress
 
 __all__ = ["EvaluationResult", "split_calibration", "collect_predictions", "evaluate_detector", "evaluate_fitted",
            "score_test_set", "measure_latency", "peak_rss_mb",
-           "masks_given", "NO_MASKS_NOTE"]
+           "masks_given", "NO_MASKS_NOTE", "NO_MAPS_NOTE"]
 
 #: the reason given for pixel AUROC and AUPRO when the test set has no ground-truth masks
 NO_MASKS_NOTE = ("not available: no masks given for the test set's defect images, so it is evaluated image-level "
                  "only (give masks=DIR in a folder: dataset, or CATEGORY/ground_truth/)")
+
+
+#: the reason given for pixel AUROC and AUPRO of a score-only exported artefact
+NO_MAPS_NOTE = ("not available: a score-only export (its detector's map cannot be an inference graph) has no maps; "
+                "evaluate the .safetensors model for pixel metrics")
 
 
 def split_calibration(dataset: Any, fraction: float, seed: int = 0) -> tuple[Any, Any]:
@@ -154,7 +159,10 @@ def score_test_set(detector: Any, test_set: Any, result: EvaluationResult, *, ba
                    latency: bool = True) -> dict[str, Any]:
     """Predict ``test_set`` and fill ``result``'s metrics (and latency, peak RSS); returns the outputs."""
     outputs = collect_predictions(detector, make_loader(test_set, batch_size))
-    if masks_given(test_set):
+    if not getattr(detector, "has_maps", True):  # a score-only exported artefact (adcore.deployed)
+        metrics = {**evaluate(outputs["labels"], outputs["scores"]), "pixel_auroc": None, "aupro": None}
+        metrics["notes"].update(pixel_auroc=NO_MAPS_NOTE, aupro=NO_MAPS_NOTE)
+    elif masks_given(test_set):
         metrics = evaluate(outputs["labels"], outputs["scores"], outputs["masks"], outputs["maps"])
     else:
         metrics = {**evaluate(outputs["labels"], outputs["scores"]), "pixel_auroc": None, "aupro": None}

@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
               "or it is not on this machine); add them with --check-data DATASET", file=sys.stderr)
     print(f"wrote {args.out / sidecar['artefact']} and {args.out / SIDECAR}: {sidecar['detector']} at "
           f"{sidecar['input_size'][0]}x{sidecar['input_size'][1]}, outputs {', '.join(sidecar['outputs'])}; parity on "
-          f"{parity['images']} images: scores {parity['max_score_rel_diff']:.2g} relative, maps "
-          f"{parity['max_map_diff_over_range']:.2g} of their range")
+          f"{parity['images']} images: scores {parity['max_score_rel_diff']:.2g} relative, "
+          + ("no maps (a score-only artefact)" if parity["max_map_diff_over_range"] is None else
+             f"maps {parity['max_map_diff_over_range']:.2g} of their range"))
     return 0

@@ -43,7 +43,7 @@ def _format_module(name: str) -> Any:
 def metadata_for(detector: Any, format: str, artefact: str) -> dict[str, Any]:
     """Contract C's sidecar, without ``parity`` (added once the check ran)."""
     from adcore import __version__
-    from adcore.export.graph import calibration_of, output_names
+    from adcore.export.graph import calibration_of, output_names, score_only
     from adcore.lookups import origin_of
 
     origin = origin_of(type(detector))
@@ -55,7 +55,8 @@ def metadata_for(detector: Any, format: str, artefact: str) -> dict[str, Any]:
             "distribution_version": origin.distribution_version, "adcore_version": __version__,
             "input_size": list(detector.image_size),
             "input": {"name": "images", "dtype": "float32", "layout": "NCHW", "range": [0, 1]},
-            "outputs": output_names(detector), **calibration_of(detector), "tiling": tiling}
+            "outputs": output_names(detector), "score_only": score_only(detector), **calibration_of(detector),
+            "tiling": tiling}
 
 
 def _training_files(detector: Any, folder: str | Path | None) -> list[Path]:
@@ -70,6 +71,13 @@ def _training_files(detector: Any, folder: str | Path | None) -> list[Path]:
         return files
     recorded = getattr(detector, "training_images_", None)
     return training_check_files(recorded) if isinstance(recorded, str) and recorded else []
+
+
+def _map_note(parity: dict[str, Any], tolerance: Tolerance) -> str:
+    if parity["max_map_diff_over_range"] is None:
+        return " (a score-only artefact: no map)"
+    return (f", map difference {parity['max_map_diff_over_range']:.3g} of the map's range (allowed "
+            f"{tolerance.map_over_range:g})")
 
 
 def _normalized_note(parity: dict[str, Any], tolerance: Tolerance) -> str:
@@ -131,7 +139,7 @@ def export_detector(detector: Any, out: str | Path, format: str = "onnx", *, che
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="adcore-export-") as scratch:
         files = writer.write(module, example, Path(scratch), outputs, _as_strings(metadata), opset)
-        parity = compare(reference, writer.runner(Path(scratch)), images, tolerance)
+        parity = compare(reference, writer.runner(Path(scratch)), images, tolerance, outputs)
         if not parity.pop("ok"):
             shapes = parity.pop("shapes", None)
             if shapes:
@@ -140,9 +148,8 @@ def export_detector(detector: Any, out: str | Path, format: str = "onnx", *, che
                                   "graph depends on the batch size it was traced at: report it with the model file")
             raise ParityError(f"the exported {format} artefact of {metadata['detector']} disagrees with the torch "
                               f"detector on {parity['images']} images: score difference {parity['max_score_rel_diff']:.3g} "
-                              f"(relative, allowed {tolerance.score_rel:g}){_normalized_note(parity, tolerance)}, map difference "
-                              f"{parity['max_map_diff_over_range']:.3g} of the map's range (allowed "
-                              f"{tolerance.map_over_range:g}); nothing was written to {out}. This is a bug in the "
+                              f"(relative, allowed {tolerance.score_rel:g}){_normalized_note(parity, tolerance)}"
+                              f"{_map_note(parity, tolerance)}; nothing was written to {out}. This is a bug in the "
                               "detector's export graph: report it with the model file")
         metadata["parity"] = {**parity, "sources": sources}
         if hasattr(writer, "add_metadata"):  # the parity result travels inside the artefact too

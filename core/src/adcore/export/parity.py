@@ -79,14 +79,18 @@ def training_check_files(folder: str | Path, limit: int = TRAINING_CHECK_IMAGES)
 
 
 def reference_outputs(detector: Any, images: torch.Tensor) -> list[np.ndarray]:
-    """What adcore's torch path gives for ``images`` (already at ``input_size``)."""
+    """What adcore's torch path gives for ``images`` (already at ``input_size``), in the order of
+    :func:`adcore.export.graph.output_names` (no map for a score-only detector)."""
     from adcore.export.graph import calibration_of, output_names
 
     context = torch.inference_mode() if getattr(detector, "inference_mode", True) else torch.no_grad()
     with context:
         score, amap = detector._predict_resized(images, tuple(detector.image_size))
-    outputs = [score.numpy().astype(np.float64), amap.numpy().astype(np.float64)]
-    if "normalized_score" in output_names(detector):
+    names = output_names(detector)
+    outputs = [score.numpy().astype(np.float64)]
+    if "anomaly_map" in names:
+        outputs.append(amap.numpy().astype(np.float64))
+    if "normalized_score" in names:
         calibration = calibration_of(detector)
         z = -(outputs[0] - calibration["threshold"]) / calibration["score_scale"]
         outputs.append(1.0 / (1.0 + np.exp(z)))
@@ -94,8 +98,14 @@ def reference_outputs(detector: Any, images: torch.Tensor) -> list[np.ndarray]:
 
 
 def compare(reference: list[np.ndarray], run: Callable[[np.ndarray], list[np.ndarray]], images: torch.Tensor,
-            tolerance: Tolerance) -> dict[str, Any]:
-    """Run the artefact, compare with ``reference``; the sidecar's ``parity`` entry (``ok`` included)."""
+            tolerance: Tolerance, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the artefact, compare with ``reference``; the sidecar's ``parity`` entry (``ok`` included).
+
+    ``names`` are the outputs in order (default: ``pred_score``, ``anomaly_map`` and, with a third
+    output, ``normalized_score``); without ``anomaly_map`` (a score-only artefact) the map
+    difference is ``None``."""
+    names = list(names) if names is not None else ["pred_score", "anomaly_map", "normalized_score"][:len(reference)]
+    where = {name: index for index, name in enumerate(names)}
     batch = images.numpy().astype(np.float32)
     together = [np.asarray(x, dtype=np.float64) for x in run(batch)]
     single = [np.asarray(x, dtype=np.float64) for x in run(batch[:1])]
@@ -106,21 +116,27 @@ def compare(reference: list[np.ndarray], run: Callable[[np.ndarray], list[np.nda
             return {"images": int(batch.shape[0]), "max_score_rel_diff": math.inf, "max_map_diff_over_range": math.inf,
                     "tolerance": tolerance.as_dict(), "ok": False, "shapes": f"outputs {shapes}, expected {wanted}"}
     score_diff = normalized_diff = 0.0
-    for got, want in ((together[0], reference[0]), (single[0], reference[0][:1])):
+    index = where["pred_score"]
+    for got, want in ((together[index], reference[index]), (single[index], reference[index][:1])):
         diff = np.abs(got.reshape(-1) - want.reshape(-1)) / np.maximum(np.abs(want.reshape(-1)), 1e-6)
         score_diff = max(score_diff, _worst(diff))
-    if len(reference) > 2:
+    if "normalized_score" in where:
         # the normalised score lies in (0, 1): a relative difference near 0 (a good image far below
         # the threshold) would magnify a raw-score difference by score / scale, so it is compared absolutely
-        for got, want in ((together[2], reference[2]), (single[2], reference[2][:1])):
+        index = where["normalized_score"]
+        for got, want in ((together[index], reference[index]), (single[index], reference[index][:1])):
             normalized_diff = max(normalized_diff, _worst(np.abs(got.reshape(-1) - want.reshape(-1))))
-    span = float(reference[1].max() - reference[1].min())
-    map_diff = max(_worst(np.abs(together[1] - reference[1])), _worst(np.abs(single[1] - reference[1][:1])))
-    map_rel = map_diff / span if span > 0 else (0.0 if map_diff == 0 else math.inf)
+    map_rel: float | None = None
+    if "anomaly_map" in where:
+        index = where["anomaly_map"]
+        span = float(reference[index].max() - reference[index].min())
+        map_diff = max(_worst(np.abs(together[index] - reference[index])),
+                       _worst(np.abs(single[index] - reference[index][:1])))
+        map_rel = map_diff / span if span > 0 else (0.0 if map_diff == 0 else math.inf)
     ok = (score_diff <= tolerance.score_rel and normalized_diff <= tolerance.score_rel
-          and map_rel <= tolerance.map_over_range)
+          and (map_rel is None or map_rel <= tolerance.map_over_range))
     found = {"images": int(batch.shape[0]), "max_score_rel_diff": score_diff, "max_map_diff_over_range": map_rel}
-    if len(reference) > 2:
+    if "normalized_score" in where:
         found["max_normalized_abs_diff"] = normalized_diff
     return {**found, "tolerance": tolerance.as_dict(), "ok": bool(ok)}
 
