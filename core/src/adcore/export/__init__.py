@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from adcore.export.errors import ExportDependencyError, ExportError, NotExportableError, ParityError
@@ -80,10 +81,25 @@ def _map_note(parity: dict[str, Any], tolerance: Tolerance) -> str:
             f"{tolerance.map_over_range:g})")
 
 
+def _normalizer(detector: Any) -> Any:
+    from adcore.export.graph import calibration_of
+    from adcore.scoring import normalize_score
+
+    calibration = calibration_of(detector)
+    threshold, scale = calibration["threshold"], calibration["score_scale"]
+    if threshold is None or scale is None:
+        return None
+    return lambda raw: normalize_score(np.asarray(raw, dtype=np.float64), threshold, scale).astype(np.float64)
+
+
 def _normalized_note(parity: dict[str, Any], tolerance: Tolerance) -> str:
-    if "max_normalized_abs_diff" not in parity:
-        return ""
-    return f", normalized score difference {parity['max_normalized_abs_diff']:.3g} (absolute, allowed {tolerance.score_rel:g})"
+    if "max_normalized_graph_error" not in parity:
+        if "max_normalized_abs_diff" not in parity:
+            return ""
+        return (f", normalized score difference {parity['max_normalized_abs_diff']:.3g} (absolute, allowed "
+                f"{tolerance.score_rel:g})")
+    return (f", normalized score {parity['max_normalized_graph_error']:.3g} off Contract A of its raw score "
+            f"(absolute, allowed {tolerance.score_rel:g})")
 
 
 def _jsonable(value: Any) -> Any:
@@ -139,7 +155,8 @@ def export_detector(detector: Any, out: str | Path, format: str = "onnx", *, che
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="adcore-export-") as scratch:
         files = writer.write(module, example, Path(scratch), outputs, _as_strings(metadata), opset)
-        parity = compare(reference, writer.runner(Path(scratch)), images, tolerance, outputs)
+        parity = compare(reference, writer.runner(Path(scratch)), images, tolerance, outputs,
+                         normalize=_normalizer(detector))
         if not parity.pop("ok"):
             shapes = parity.pop("shapes", None)
             if shapes:
