@@ -52,6 +52,7 @@ def test_open_model_gives_the_torch_scores_both_ways(exported):
     want = detector.predict(images)
     from_file = open_model(model_file)
     assert type(from_file) is type(detector)  # the BaseDetector itself
+    assert from_file.name == detector_name(detector) == detector.name  # Contract D: both have a name
     torch.testing.assert_close(from_file.predict(images).pred_score, want.pred_score)
     for path in (folder, folder / SIDECAR, str(folder)):
         model = open_model(path)

@@ -153,6 +153,13 @@ class BaseDetector(ABC):
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({params})"
 
+    @functools.cached_property  # not a data descriptor: a detector may still take a ``name`` parameter
+    def name(self) -> str:
+        """The registry name (Contract D: what an exported artefact calls itself too)."""
+        from adcore.lookups import origin_of
+
+        return origin_of(type(self)).name
+
     @property
     def is_fitted(self) -> bool:
         return bool(getattr(self, "fitted_", False))
