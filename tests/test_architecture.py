@@ -42,6 +42,7 @@ TIERS = {
     "adcore.serve": APPLICATION,
     "adcore.scale": APPLICATION,
     "adcore.device_checks": APPLICATION,
+    "adcore.deployed": APPLICATION,
 }
 #: the modules that may import the plugin host
 HOST_TALKERS = {"adcore.plugins", "adcore.factory"}

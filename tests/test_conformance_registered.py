@@ -16,8 +16,8 @@ def test_registered_detector_conforms(name: str):
 
 @pytest.mark.parametrize("name", registered_detector_params())
 def test_registered_detector_exports_with_parity(name: str):
-    """Every exportable detector exports to ONNX at its quick parameters with torch's numbers; one
-    that cannot (DifferNet) refuses with its reason."""
+    """Every exportable detector exports to ONNX at its quick parameters with torch's numbers (DifferNet
+    its image score alone, a score-only artefact); one that cannot refuses with its reason."""
     pytest.importorskip("onnx", reason="adcore[export] is not installed (pip install 'adcore[export]')")
     pytest.importorskip("onnxruntime", reason="adcore[export] is not installed (pip install 'adcore[export]')")
     report = check_export(lambda: build_registered(name), name=name)

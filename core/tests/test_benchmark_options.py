@@ -192,3 +192,49 @@ def test_figures_draw_seed_spreads_and_learning_curves_from_rows(tmp_path):
     for name in ("auroc_matrix.png", "accuracy_latency.png", "auroc_widget.png", "curves_widget.png"):
         assert figures[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert "roc_widget.png" not in figures  # no per-image artifacts in these rows: nothing to draw from
+
+
+# --- #22: "distribution:name" specs stay qualified; #23: the calibration split follows the run's seed ---------
+def test_a_distribution_qualified_detector_stays_qualified_in_the_plan(data, tmp_path):
+    assert bench.resolve_models(["ad-example:example_gaussian"]) == ["ad-example:example_gaussian"]
+    assert bench.resolve_models(["example_gaussian"]) == ["example_gaussian"]  # an unambiguous plain name stays plain
+    plan = bench.build_plan(_args("--model", "ad-example:example_gaussian", "--dataset", str(data / "widget"),
+                                  "--input-size", "32", "-p", "ad-example:example_gaussian.sigma=2",
+                                  "--out", str(tmp_path / "out")))
+    assert [run.detector for run in plan.runs] == ["ad-example:example_gaussian"]
+    assert plan.runs[0].params == {"input_size": 32, "sigma": 2}
+
+
+def test_the_calibration_split_follows_the_runs_seed(data, tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    import adcore.evaluation as evaluation
+    from adcore.benchmark.store import base_record
+    from adcore.benchmark.worker import calibration_seed, run_worker
+
+    real = evaluation.split_calibration
+    held_out: list[tuple[int, list[int]]] = []
+
+    def spy(dataset, fraction, seed=0):
+        fit, held = real(dataset, fraction, seed=seed)
+        held_out.append((seed, sorted(held.indices)))
+        return fit, held
+
+    monkeypatch.setattr(evaluation, "split_calibration", spy)
+    plan = bench.build_plan(_args("--model", "ad-example:example_gaussian", "--dataset", str(data / "widget"),
+                                  "--input-size", "32", "--seeds", "0,1,2", "--calibration-fraction", "0.5",
+                                  "--out", str(tmp_path / "out")))
+    for index, run in enumerate(plan.runs):
+        spec = {"run": {"detector": run.detector, "dataset": asdict(run.dataset), "params": run.params,
+                        "batch_size": run.batch_size, "time_limit": run.time_limit, "options": run.options,
+                        "allow_import": False},
+                "record": base_record(run), "threads": None, "result_path": str(tmp_path / f"r{index}.json"),
+                "artifacts_path": str(tmp_path / f"a{index}.npz")}
+        (tmp_path / f"s{index}.json").write_text(json.dumps(spec, default=str))
+        assert run_worker(str(tmp_path / f"s{index}.json")) == 0
+        record = json.loads((tmp_path / f"r{index}.json").read_text())
+        assert record["status"] == "ok", record.get("error")
+        assert record["calibration_seed"] == run.params["seed"] and record["calibration_images"] == 3
+    assert [seed for seed, _ in held_out] == [0, 1, 2]
+    assert len({tuple(held) for _, held in held_out}) > 1  # not one split for every seed
+    assert calibration_seed(None) == 0 and calibration_seed(True) == 0 and calibration_seed(5) == 5

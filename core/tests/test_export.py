@@ -158,3 +158,31 @@ def test_tiling_detector_exports_its_tile_graph(tmp_path):
     sidecar = export_detector(detector, tmp_path)
     assert sidecar["tiling"] == {"tile_size": 32, "tile_overlap": 0.25, "tile_input_size": None}
     assert sidecar["input_size"] == [32, 32]
+
+
+def test_normalized_score_is_checked_against_the_graphs_own_raw_score():
+    """A steep calibration magnifies a tolerated raw-score difference in the normalised score: that
+    passes; a graph whose normalised score is not Contract A's of its own raw score fails."""
+    from adcore.export.parity import compare
+    from adcore.scoring import normalize_score
+
+    images = make_normal_images(2, (8, 8))
+    threshold, scale = 10.0, 1e-3  # the fallback scale of a one-image calibration
+    raw = np.array([10.0, 10.001])
+    amap = np.zeros((2, 8, 8)) + np.arange(8.0)
+    normalize = lambda r: normalize_score(np.asarray(r, np.float64), threshold, scale).astype(np.float64)  # noqa: E731
+    reference = [raw, amap, normalize(raw)]
+
+    def graph(shift: float, broken: bool = False):
+        def run(batch):
+            count = len(batch)
+            score = (raw[:count] * (1 + 2e-5)).astype(np.float32)  # within the 1e-4 score tolerance
+            normalized = normalize(score) + (0.01 if broken else 0.0)
+            return [score, amap[:count].astype(np.float32), normalized.astype(np.float32)]
+        return run
+
+    names = ["pred_score", "anomaly_map", "normalized_score"]
+    steep = compare(reference, graph(0.0), images, Tolerance(), names, normalize=normalize)
+    assert steep["ok"] and steep["max_normalized_abs_diff"] > 1e-4 and steep["max_normalized_graph_error"] <= 1e-6
+    wrong = compare(reference, graph(0.0, broken=True), images, Tolerance(), names, normalize=normalize)
+    assert not wrong["ok"] and wrong["max_normalized_graph_error"] == pytest.approx(0.01, rel=1e-3)

@@ -167,6 +167,13 @@ class BaseDetector(TilingMixin, ABC):
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({params})"
 
+    @functools.cached_property  # not a data descriptor: a detector may still take a ``name`` parameter
+    def name(self) -> str:
+        """The registry name (Contract D: what an exported artefact calls itself too)."""
+        from adcore.lookups import origin_of
+
+        return origin_of(type(self)).name
+
     @property
     def is_fitted(self) -> bool:
         return bool(getattr(self, "fitted_", False))
@@ -372,7 +379,8 @@ class BaseDetector(TilingMixin, ABC):
         itself (a method, property or class attribute cannot be shadowed) and, when the class
         declares ``fitted_state`` (a set of names), one of those or of the base class's own
         (:data:`adcore.persistence.BASE_FITTED_STATE`). Every tensor belongs to such an attribute or to one of the
-        modules :meth:`_build_modules` created, each of which must receive all its tensors.
+        modules :meth:`_build_modules` created, each of which must receive all its tensors, in the
+        shapes the parameters imply (:func:`adcore.persistence.load_state_tensors`).
         """
         from adcore.errors import ModelFileError
 
@@ -390,17 +398,9 @@ class BaseDetector(TilingMixin, ABC):
             setattr(self, name, value)
         if modules:
             self._build_modules()
-        for name in modules:
-            module = getattr(self, name, None)
-            if not isinstance(module, nn.Module):
-                raise ModelFileError(f"{type(self).__name__}._build_modules() must create the module {name!r} "
-                                     "before loading")
-            prefix = f"{name}."
-            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
-            module.eval()
-        for name, value in tensors.items():
-            if "." not in name:
-                setattr(self, name, value)
+        from adcore.persistence import load_state_tensors
+
+        load_state_tensors(self, modules, tensors)  # shapes checked against the parameters first
 
     def _build_modules(self) -> None:
         """Create the (untrained) ``nn.Module`` attributes so a saved state can be loaded into them."""

@@ -82,8 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     one_line = (AdcoreError, TypeError, ValueError, OSError)
     try:
         return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        print("adcore: interrupted; no partial model file was written (saves are atomic)", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        if not getattr(interrupt, "adcore_reported", False):  # else the command said what it had written
+            print("adcore: interrupted; no model file was left half-written (saves are atomic)",
+                  file=sys.stderr)
         return 130
     except Exception as exc:
         if isinstance(exc, PluginLoadError):

@@ -38,8 +38,8 @@ from typing import Any
 
 from adcore.errors import ConfigurationError, DatasetLayoutError
 
-__all__ = ["DatasetSpec", "parse_dataset", "parse_datasets", "open_dataset", "SPLITS", "DEFAULT_TEST_FRACTION",
-           "SPEC_HELP"]
+__all__ = ["DatasetSpec", "parse_dataset", "parse_datasets", "open_dataset", "training_folder", "SPLITS",
+           "DEFAULT_TEST_FRACTION", "SPEC_HELP"]
 
 SPLITS = ("train", "test")
 #: share of the good images held out as good test images when a folder spec gives no test_good=
@@ -255,6 +255,14 @@ def parse_dataset(item: Any, data_root: Path | str | None = None) -> DatasetSpec
         raise ConfigurationError(f"dataset {item!r} holds {len(specs)} categories ({names}); give one, e.g. "
                                  f"{Path(specs[0].root) / (specs[0].category or '')}")
     return specs[0]
+
+
+def training_folder(spec: DatasetSpec) -> Path:
+    """The folder holding ``spec``'s good training images, absolute: ``CATEGORY/train/good`` of an
+    MVTec category, the ``good=`` folder of a folder dataset. ``adcore train`` records it in the
+    model file so that ``adcore export`` can add training images to its parity check."""
+    folder = spec.folder / "train" / "good" if spec.kind == "mvtec" else Path(spec.train or "")
+    return folder.resolve()
 
 
 # -- opening -----------------------------------------------------------------------------------

@@ -17,12 +17,18 @@ from adcore.data import make_loader
 from adcore.metrics import evaluate
 from adcore.progress import progress
 
-__all__ = ["EvaluationResult", "split_calibration", "collect_predictions", "evaluate_detector", "measure_latency", "peak_rss_mb",
-           "masks_given", "NO_MASKS_NOTE"]
+__all__ = ["EvaluationResult", "split_calibration", "collect_predictions", "evaluate_detector", "evaluate_fitted",
+           "score_test_set", "measure_latency", "peak_rss_mb",
+           "masks_given", "NO_MASKS_NOTE", "NO_MAPS_NOTE"]
 
 #: the reason given for pixel AUROC and AUPRO when the test set has no ground-truth masks
 NO_MASKS_NOTE = ("not available: no masks given for the test set's defect images, so it is evaluated image-level "
                  "only (give masks=DIR in a folder: dataset, or CATEGORY/ground_truth/)")
+
+
+#: the reason given for pixel AUROC and AUPRO of a score-only exported artefact
+NO_MAPS_NOTE = ("not available: a score-only export (its detector's map cannot be an inference graph) has no maps; "
+                "evaluate the .safetensors model for pixel metrics")
 
 
 def split_calibration(dataset: Any, fraction: float, seed: int = 0) -> tuple[Any, Any]:
@@ -141,8 +147,29 @@ def evaluate_detector(detector: Any, train_set: Any, test_set: Any, *, batch_siz
     if hasattr(detector, "calibrate") and len(calibration_set):
         detector.calibrate(loader(calibration_set), target_fpr=target_fpr)
         result.threshold = getattr(detector, "threshold_", None)
-    outputs = collect_predictions(detector, loader(test_set))
-    if masks_given(test_set):
+    outputs = score_test_set(detector, test_set, result, batch_size=batch_size, latency=latency, workers=workers)
+    return result, outputs
+
+
+def evaluate_fitted(model: Any, test_set: Any, *, batch_size: int = 8,
+                    latency: bool = True, workers: int = 0) -> tuple[EvaluationResult, dict[str, Any]]:
+    """Every metric of an already fitted (and calibrated) model on ``test_set``, nothing fitted:
+    what ``adcore eval`` does for a model file or an exported artefact
+    (:func:`adcore.deployed.open_model`); ``threshold`` is the model's own."""
+    result = EvaluationResult(test_images=len(test_set), threshold=getattr(model, "threshold_", None))
+    outputs = score_test_set(model, test_set, result, batch_size=batch_size, latency=latency, workers=workers)
+    return result, outputs
+
+
+def score_test_set(detector: Any, test_set: Any, result: EvaluationResult, *, batch_size: int = 8,
+                   latency: bool = True, workers: int = 0) -> dict[str, Any]:
+    """Predict ``test_set`` and fill ``result``'s metrics (and latency, peak RSS); returns the outputs."""
+    loader = make_loader(test_set, batch_size, num_workers=workers, device=getattr(detector, "device_", None))
+    outputs = collect_predictions(detector, loader)
+    if not getattr(detector, "has_maps", True):  # a score-only exported artefact (adcore.deployed)
+        metrics = {**evaluate(outputs["labels"], outputs["scores"]), "pixel_auroc": None, "aupro": None}
+        metrics["notes"].update(pixel_auroc=NO_MAPS_NOTE, aupro=NO_MAPS_NOTE)
+    elif masks_given(test_set):
         metrics = evaluate(outputs["labels"], outputs["scores"], outputs["masks"], outputs["maps"])
     else:
         metrics = {**evaluate(outputs["labels"], outputs["scores"]), "pixel_auroc": None, "aupro": None}
@@ -162,4 +189,4 @@ def evaluate_detector(detector: Any, train_set: Any, test_set: Any, *, batch_siz
         sample = torch.stack([test_set[i]["image"] for i in range(min(batch_size, len(test_set)))])
         result.ms_per_image_batch1, result.ms_per_image_batched = measure_latency(detector, sample, batch_size=batch_size)
     result.peak_rss_mb = peak_rss_mb()
-    return result, outputs
+    return outputs

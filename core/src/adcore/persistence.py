@@ -47,7 +47,7 @@ from adcore.errors import ModelFileError
 from adcore.files import atomic_write_bytes  # ad-distill's teachers.py still imports it from here; new code: adcore.files
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_JSON_DEPTH", "ALLOWED_DTYPES", "write", "read",
-           "read_header", "signing_key", "BASE_FITTED_STATE", "check_state_names"]
+           "read_header", "signing_key", "BASE_FITTED_STATE", "check_state_names", "load_state_tensors"]
 
 FORMAT_NAME = "adcore-detector"
 FORMAT_VERSION = 1
@@ -359,9 +359,10 @@ def _decode_fields(meta: dict[str, str], path: Path) -> dict[str, Any]:
 
 
 # -- fitted state ---------------------------------------------------------------------------------------------
-#: fitted attributes BaseDetector itself sets (fit, calibrate), allowed in every file's state
+#: fitted attributes BaseDetector itself sets (fit, calibrate; ``training_images_``, the folder of good
+#: training images, is set by ``adcore train``/``eval`` for export's parity check), allowed in every file's state
 BASE_FITTED_STATE = frozenset({"fitted_", "threshold_", "calibration_", "score_scale_", "pixel_threshold_",
-                               "pixel_scale_"})
+                               "pixel_scale_", "training_images_"})
 
 
 def check_state_names(cls: type, names: list[str]) -> None:
@@ -380,3 +381,41 @@ def check_state_names(cls: type, names: list[str]) -> None:
         if declared is not None and name not in declared and name not in BASE_FITTED_STATE:
             raise ModelFileError(f"the saved state holds {name!r}, which {cls.__name__} does not declare in "
                                  f"fitted_state {sorted(declared)}; install the version that wrote it or retrain")
+
+
+def load_state_tensors(owner: Any, modules: list[str], tensors: Mapping[str, torch.Tensor]) -> None:
+    """Put a file's tensors into ``owner`` (``BaseDetector._set_state``, after ``_build_modules``):
+    each module's tensors into that module, the others as attributes.
+
+    Every shape is checked first against what the parameters imply, so a file whose tensors disagree
+    with its parameters is a :class:`ModelFileError` naming the tensor and both shapes, never a
+    traceback at predict: a module's tensors against the module the parameters built, and plain
+    tensors against ``owner.expected_state_shapes()`` when the class declares it (``{name: shape}``,
+    ``None`` for a free dimension, e.g. the number of training patches).
+    """
+    owner_name = type(owner).__name__
+    expected: dict[str, tuple[int | None, ...]] = {}
+    for name in modules:
+        module = getattr(owner, name, None)
+        if not isinstance(module, torch.nn.Module):
+            raise ModelFileError(f"{owner_name}._build_modules() must create the module {name!r} before loading")
+        expected.update({f"{name}.{key}": tuple(value.shape) for key, value in module.state_dict().items()})
+    declared = getattr(owner, "expected_state_shapes", None)
+    if callable(declared):
+        expected.update({name: tuple(shape) for name, shape in declared().items()})
+    for name, tensor in sorted(tensors.items()):
+        want = expected.get(name)
+        found = tuple(tensor.shape)
+        if want is not None and (len(want) != len(found) or any(w is not None and w != f for w, f in zip(want, found))):
+            shown = tuple("any" if w is None else w for w in want)
+            raise ModelFileError(f"tensor {name!r} has shape {found} in the file, but {owner_name}'s parameters imply "
+                                 f"{shown}: the file's tensors disagree with its parameters (modified after saving, "
+                                 f"or not written by {owner_name}.save()); retrain or restore the original file")
+    for name in modules:
+        prefix = f"{name}."
+        module = getattr(owner, name)
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+        module.eval()
+    for name, value in tensors.items():
+        if "." not in name:
+            setattr(owner, name, value)

@@ -72,6 +72,24 @@ def test_ctrl_c_after_the_model_was_written_says_so(capsys, mvtec_tree, tmp_path
     assert (f"adcore eval: interrupted after writing {out / 'model.safetensors'}, {out / 'metrics.json'}, "
             f"{out / 'metrics.md'}: each is complete (written atomically); nothing after it was written") in err
     assert (out / "model.safetensors").is_file()
+    # and nothing after it that contradicts it (#22: it used to end "no partial model file was written")
+    assert err.rstrip().endswith("nothing after it was written") and "no partial" not in err
+
+
+def test_ctrl_c_before_anything_was_written_says_that(capsys, mvtec_tree, tmp_path, monkeypatch):
+    from adcore.commands import train
+
+    data = mvtec_tree(train=5, good=2, defects={"scratch": 2}, size=(32, 32))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "split_for_fit", interrupted)
+    out = tmp_path / "m.safetensors"
+    assert main(["train", "example_gaussian", str(data), "--input-size", "32", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "adcore: interrupted; no model file was left half-written (saves are atomic)" in err
+    assert "interrupted after writing" not in err and not out.exists()
 
 
 def _dead_pid() -> int:

@@ -327,8 +327,32 @@ def test_file_from_an_incompatible_plugin_version(saved, tmp_path):
         RichDetector.load(extra)
     reshaped = _rewrite(saved, tmp_path / "shape.safetensors",
                         tensors_fn=lambda t: {**t, "head_.weight": torch.zeros(7, 3, 3, 3)})
-    with pytest.raises(ModelFileError, match=r"its fitted state does not fit the installed RichDetector \(RuntimeError: "):
+    # the module the parameters (width=4) build says what the file's tensor must be: named, both shapes (#22)
+    with pytest.raises(ModelFileError, match=r"shape.safetensors: tensor 'head_.weight' has shape \(7, 3, 3, 3\) in the "
+                                             r"file, but RichDetector's parameters imply \(4, 3, 3, 3\): the file's "
+                                             r"tensors disagree with its parameters"):
         RichDetector.load(reshaped)
+
+
+class DeclaredShapes(RichDetector):
+    """Declares what its parameters imply for its plain tensors (``None``: a free dimension)."""
+
+    def expected_state_shapes(self) -> dict:
+        return {"mean_": (3, self.input_size, self.input_size), "flags_": (None,)}
+
+
+def test_plain_tensors_are_checked_against_the_shapes_the_parameters_imply(normal_images, tmp_path):
+    saved = DeclaredShapes().fit(normal_images).save(tmp_path / "declared.safetensors")
+    assert DeclaredShapes.load(saved).mean_.shape == (3, 32, 32)
+    params = json.loads(_header(saved)[1]["__metadata__"]["params"])
+    # parameters re-signed to another input size, tensors left as they were
+    resized = _rewrite(saved, tmp_path / "resized.safetensors", params=json.dumps({**params, "input_size": 64}))
+    with pytest.raises(ModelFileError, match=r"tensor 'mean_' has shape \(3, 32, 32\) in the file, but DeclaredShapes's "
+                                             r"parameters imply \(3, 64, 64\)"):
+        DeclaredShapes.load(resized)
+    flat = _rewrite(saved, tmp_path / "flat.safetensors", tensors_fn=lambda t: {**t, "flags_": torch.ones(2, 2).bool()})
+    with pytest.raises(ModelFileError, match=r"tensor 'flags_' has shape \(2, 2\) in the file, but .* imply \('any',\)"):
+        DeclaredShapes.load(flat)
 
 
 # -- no code execution -------------------------------------------------------------------------------------------

@@ -179,6 +179,10 @@ def read_artefact(path: str | Path) -> Artefact:
         raise ArtefactError(f"{source}: this runtime feeds NCHW float32 images in [0, 1], the artefact wants "
                             f"{spec.get('layout')} {dtype}; upgrade adcore-runtime or re-export the model")
     outputs = tuple(metadata.get("outputs") or ("pred_score", "anomaly_map"))
+    if "pred_score" in outputs and "anomaly_map" not in outputs and metadata.get("score_only") in (True, "true"):
+        raise ArtefactError(f"{source} is a score-only export (its detector's map cannot be an inference graph), "
+                            "and adcore-runtime writes maps: run it with adcore (adcore predict, "
+                            "adcore.deployed.open_model) or with ONNX Runtime directly (its output pred_score)")
     if "pred_score" not in outputs or "anomaly_map" not in outputs:
         raise ArtefactError(f"{source}: outputs must include pred_score and anomaly_map, got {list(outputs)}")
     return Artefact(

@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,22 +120,29 @@ def resolve_models(tokens: list[str], exclude: list[str] | None = None, *, allow
 
     entries = factory.detector_entries()
     categories = {entry.category for entry in entries}
+    counts = Counter(entry.name for entry in entries)
+
+    def plan_name(entry: Any) -> str:
+        # a name several distributions register stays "distribution:name": the plain one is ambiguous
+        return entry.qualified_name if counts[entry.name] > 1 else entry.name
+
     names: list[str] = []
     for token in tokens:
         for part in (p.strip() for p in str(token).split(",")):
             if not part:
                 continue
             if part == "all":
-                found = [e.name for e in sorted(entries, key=_category_order)]
+                found = [plan_name(e) for e in sorted(entries, key=_category_order)]
             elif part in categories and factory.find_entry(part) is None:
-                found = [e.name for e in factory.detector_entries("*", part)]
+                found = [plan_name(e) for e in factory.detector_entries("*", part)]
             elif any(ch in part for ch in "*?["):
-                found = [e.name for e in factory.detector_entries(part)]
+                found = [plan_name(e) for e in factory.detector_entries(part)]
                 if not found:
                     raise ConfigurationError(f"--model {part!r} matches no registered detector "
                                              f"({', '.join(sorted(e.name for e in entries))})")
             elif factory.find_entry(part) is not None:
-                found = [factory.find_entry(part).name]
+                # "ad-stat:padim" is kept as given (#22): the run must build that distribution's detector
+                found = [part if ":" in part else plan_name(factory.find_entry(part))]
             elif _looks_like_target(part):
                 if not allow_import:
                     raise ConfigurationError(

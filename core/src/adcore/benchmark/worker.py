@@ -29,7 +29,7 @@ from adcore.benchmark.store import clean_float, json_default
 from adcore.errors import ConfigurationError
 from adcore.files import atomic_write_bytes, atomic_write_text
 
-__all__ = ["run_worker", "SAMPLE_IMAGES", "SAMPLE_SIDE", "CURVE_METRICS"]
+__all__ = ["run_worker", "calibration_seed", "SAMPLE_IMAGES", "SAMPLE_SIDE", "CURVE_METRICS"]
 
 #: test images kept per run for the heatmap grid, and the side of the stored thumbnails
 SAMPLE_IMAGES = 4
@@ -48,6 +48,11 @@ def _stage_from_traceback(tb: Any, tracked: str = "evaluate") -> str:
     if "metrics.py" in files:
         return "metrics"
     return tracked or "evaluate"
+
+
+def calibration_seed(seed: Any) -> int:
+    """The seed of a run's calibration split: the run's own (``--seeds``), 0 for a detector without one."""
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 0
 
 
 def _build_detector(name: str, params: dict[str, Any], *, allow_import: bool = False) -> Any:
@@ -356,14 +361,17 @@ def run_worker(spec_path: str) -> int:
         batch_size = int(run["batch_size"]) if size is not None else 1  # full-size images may differ in size
         extra: dict[str, Any] = {}
         available = len(train)
-        if "calibration_fraction" in options:
-            train, extra["calibration_set"] = split_calibration(train, float(options["calibration_fraction"]))
+        # the held-out calibration share follows the run's seed (#23): each --seeds run draws its own split
+        # (seed 0, and a detector without a seed, keep the split every earlier run used)
+        fraction = float(options.get("calibration_fraction", 0.2))  # 0.2: evaluate_detector's own default
+        train, extra["calibration_set"] = split_calibration(train, fraction, seed=calibration_seed(record.get("seed")))
         log = TrainingLog(detector, test, batch_size, options.get("curve"))
         with on_epoch(log):
             result, outputs = evaluate_detector(detector, train, test, batch_size=batch_size,
                                                 workers=int(options.get("workers", 0)), **extra)
         record.update({key: clean_float(value) for key, value in result.as_dict().items()})
         record["calibration_images"] = available - result.train_images  # held out of train for the threshold
+        record["calibration_seed"] = calibration_seed(record.get("seed"))
         if "fit_cpu_seconds" in measured:
             record["fit_cpu_seconds"] = round(measured["fit_cpu_seconds"] - log.curve_cpu_seconds, 3)
             record["peak_rss_mb_fit"] = measured["peak_rss_mb_fit"]

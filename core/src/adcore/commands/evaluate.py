@@ -1,5 +1,11 @@
 """``adcore eval MODEL PATH``: fit, calibrate, evaluate on the test split; metrics table, model, heatmaps.
 
+``MODEL`` is a registered detector name (fitted and calibrated here), or a saved model: a
+``.safetensors`` model file or an ``adcore export`` artefact (its folder or ``adcore-export.json``),
+opened by :func:`adcore.deployed.open_model` and evaluated as it is, with its own threshold, on the
+test split only, so a user evaluates exactly what they will deploy. A name that is also a folder
+in the current directory is the detector; write ``./NAME`` for the folder.
+
 A test set without ground-truth masks is evaluated image-level: pixel AUROC and AUPRO are shown as
 not available, with the reason.
 """
@@ -32,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset_options(parser)
     add_fit_options(parser)
     add_device_options(parser)
-    parser.add_argument("--out", type=Path, default=None, help="folder for model.safetensors, metrics.json/md, heatmaps/")
+    parser.add_argument("--out", type=Path, default=None, help="folder for model.safetensors, metrics.json/md, heatmaps/ "
+                        "(no model.safetensors when MODEL is a saved model)")
     parser.add_argument("--max-heatmaps", type=int, default=24, help="heatmap PNGs to write (defects first)")
 
 
@@ -60,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from adcore.files import atomic_write_text, check_output_file, check_output_folder
 
     check_fit_options(args)
+    if _names_a_saved_model(args.model):
+        return _evaluate_saved(args)
     detector = build_detector(args)
     if args.out:  # before the fit: a bad --out must not lose the work
         check_output_folder(args.out)
@@ -82,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     if args.out:
         out = Path(args.out)
+        from adcore.datasets import training_folder
+
+        detector.training_images_ = str(training_folder(spec))  # adcore export adds some to its parity check
         with written_files(args.command) as written:
             written.append(detector.save(out / "model.safetensors"))
             written.append(atomic_write_text(out / "metrics.json", json.dumps(row, indent=2, default=str)))
@@ -89,6 +101,58 @@ def run(args: argparse.Namespace) -> int:
             _write_heatmaps(out / "heatmaps", test_set, outputs, getattr(detector, "threshold_", None),
                             args.max_heatmaps)
         print(f"wrote {out}/model.safetensors, metrics.json, metrics.md and heatmaps/", file=sys.stderr)
+    return 0
+
+
+def _names_a_saved_model(model: str) -> bool:
+    """A path (with a folder part or a model/sidecar suffix), or an existing path no detector is registered as."""
+    from adcore.factory import find_entry
+
+    path = Path(model)
+    if path.suffix in (".safetensors", ".json") or len(path.parts) > 1:
+        return True
+    return path.exists() and find_entry(model) is None
+
+
+def _evaluate_saved(args: argparse.Namespace) -> int:
+    """``adcore eval MODEL_FILE_OR_EXPORT PATH``: the saved model as it is, on the test split."""
+    from adcore.commands.options import detector_params
+    from adcore.datasets import open_dataset
+    from adcore.deployed import open_model
+    from adcore.errors import ConfigurationError
+    from adcore.evaluation import evaluate_fitted
+    from adcore.files import atomic_write_text, check_output_file, check_output_folder
+
+    if detector_params(args):
+        raise ConfigurationError(f"{args.model} is a saved model: its parameters are fixed, so -p, --input-size and "
+                                 "--seed do not apply; give a detector name to fit a new one")
+    if args.out:
+        check_output_folder(args.out)
+        for name in ("metrics.json", "metrics.md"):
+            check_output_file(Path(args.out) / name)
+        check_output_folder(Path(args.out) / "heatmaps")
+    model = open_model(args.model, device=args.device)
+    if args.precision is not None and hasattr(model, "set_params"):
+        model.set_params(precision=args.precision)
+    if args.require_threshold and getattr(model, "threshold_", None) is None:
+        raise ConfigurationError(f"--require-threshold: {args.model} has no threshold (it was not calibrated)")
+    spec = dataset_from_args(args)
+    test_set = open_dataset(spec, "test", load_size_of(model))
+    result, outputs = evaluate_fitted(model, test_set, batch_size=loader_batch_size(model, args.batch_size),
+                                      workers=args.workers or 0)
+    result.notes["model"] = f"{args.model} evaluated as saved: nothing fitted, its own threshold"
+    row = {"model": str(args.model), "detector": getattr(model, "name", type(model).__name__),
+           "data": spec.root or spec.train, "category": spec.category or spec.name, "dataset": spec.describe(),
+           "params": model.get_params(), **result.as_dict()}
+    table = metrics_table(row)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        with written_files(args.command) as written:
+            written.append(atomic_write_text(out / "metrics.json", json.dumps(row, indent=2, default=str)))
+            written.append(atomic_write_text(out / "metrics.md", table + "\n"))
+            _write_heatmaps(out / "heatmaps", test_set, outputs, getattr(model, "threshold_", None), args.max_heatmaps)
+        print(f"wrote {out}/metrics.json, metrics.md and heatmaps/", file=sys.stderr)
     return 0
 
 

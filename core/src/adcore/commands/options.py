@@ -165,11 +165,12 @@ def written_files(command: str) -> Iterator[list[Path]]:
     written: list[Path] = []
     try:
         yield written
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if written:
             print(f"adcore {command}: interrupted after writing {', '.join(str(p) for p in written)}: "
                   f"{'it is' if len(written) == 1 else 'each is'} complete (written atomically); nothing after it was "
                   "written", file=sys.stderr)
+            interrupt.adcore_reported = True  # the CLI then adds nothing that could contradict it
         raise
 
 

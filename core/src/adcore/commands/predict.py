@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adcore.factory import load
+    from adcore.deployed import open_model
     from adcore.line.pipeline import PredictOptions, run_predictions
     from adcore.line.outputs import check_output_folder
     from adcore.line.sources import collect_inputs
@@ -88,8 +88,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output_folder(out)  # before loading the model or listing 100,000 files
     inputs = collect_inputs(args.images, exclude=out)
-    detector = load(args.model_file, device=args.device)
+    detector = open_model(args.model_file, device=args.device)  # a .safetensors model file or an export folder
     if args.precision is not None:
+        if not hasattr(detector, "set_params"):
+            from adcore.errors import InvalidInputError
+
+            raise InvalidInputError(f"--precision applies to .safetensors models; {args.model_file} is an exported "
+                                    "artefact, which runs at the precision it was exported with: drop --precision")
         detector.set_params(precision=args.precision)
     options = PredictOptions(out=out, batch_size=args.batch_size, workers=args.workers,
                              heatmaps=not args.no_heatmaps, masks=args.masks, side_by_side=args.side_by_side,

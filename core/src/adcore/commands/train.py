@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
               f"(target false-positive rate {args.target_fpr})", file=sys.stderr)
     else:
         warn_no_threshold(args, len(train))
+    from adcore.datasets import training_folder
+
+    detector.training_images_ = str(training_folder(spec))  # adcore export adds some to its parity check
     with written_files(args.command) as written:
         written.append(detector.save(args.out))
         print(str(written[-1]))

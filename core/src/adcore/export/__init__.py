@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from adcore.export.errors import ExportDependencyError, ExportError, NotExportableError, ParityError
@@ -43,7 +44,7 @@ def _format_module(name: str) -> Any:
 def metadata_for(detector: Any, format: str, artefact: str) -> dict[str, Any]:
     """Contract C's sidecar, without ``parity`` (added once the check ran)."""
     from adcore import __version__
-    from adcore.export.graph import calibration_of, output_names
+    from adcore.export.graph import calibration_of, output_names, score_only
     from adcore.lookups import origin_of
 
     origin = origin_of(type(detector))
@@ -55,7 +56,50 @@ def metadata_for(detector: Any, format: str, artefact: str) -> dict[str, Any]:
             "distribution_version": origin.distribution_version, "adcore_version": __version__,
             "input_size": list(detector.image_size),
             "input": {"name": "images", "dtype": "float32", "layout": "NCHW", "range": [0, 1]},
-            "outputs": output_names(detector), **calibration_of(detector), "tiling": tiling}
+            "outputs": output_names(detector), "score_only": score_only(detector), **calibration_of(detector),
+            "tiling": tiling}
+
+
+def _training_files(detector: Any, folder: str | Path | None) -> list[Path]:
+    from adcore.errors import InvalidInputError
+    from adcore.export.parity import training_check_files
+
+    if folder is not None:
+        files = training_check_files(folder)
+        if not files:
+            raise InvalidInputError(f"no training images found in {folder} for the parity check; give the folder of "
+                                    "good training images (or a dataset: adcore export --check-data)")
+        return files
+    recorded = getattr(detector, "training_images_", None)
+    return training_check_files(recorded) if isinstance(recorded, str) and recorded else []
+
+
+def _map_note(parity: dict[str, Any], tolerance: Tolerance) -> str:
+    if parity["max_map_diff_over_range"] is None:
+        return " (a score-only artefact: no map)"
+    return (f", map difference {parity['max_map_diff_over_range']:.3g} of the map's range (allowed "
+            f"{tolerance.map_over_range:g})")
+
+
+def _normalizer(detector: Any) -> Any:
+    from adcore.export.graph import calibration_of
+    from adcore.scoring import normalize_score
+
+    calibration = calibration_of(detector)
+    threshold, scale = calibration["threshold"], calibration["score_scale"]
+    if threshold is None or scale is None:
+        return None
+    return lambda raw: normalize_score(np.asarray(raw, dtype=np.float64), threshold, scale).astype(np.float64)
+
+
+def _normalized_note(parity: dict[str, Any], tolerance: Tolerance) -> str:
+    if "max_normalized_graph_error" not in parity:
+        if "max_normalized_abs_diff" not in parity:
+            return ""
+        return (f", normalized score difference {parity['max_normalized_abs_diff']:.3g} (absolute, allowed "
+                f"{tolerance.score_rel:g})")
+    return (f", normalized score {parity['max_normalized_graph_error']:.3g} off Contract A of its raw score "
+            f"(absolute, allowed {tolerance.score_rel:g})")
 
 
 def _jsonable(value: Any) -> Any:
@@ -68,12 +112,14 @@ def _as_strings(metadata: dict[str, Any]) -> dict[str, str]:
 
 
 def export_detector(detector: Any, out: str | Path, format: str = "onnx", *, check: Sequence[str | Path] = (),
-                    check_images: torch.Tensor | None = None, opset: int | None = None,
-                    tolerance: Tolerance = Tolerance()) -> dict[str, Any]:
+                    check_images: torch.Tensor | None = None, check_training: str | Path | None = None,
+                    opset: int | None = None, tolerance: Tolerance = Tolerance()) -> dict[str, Any]:
     """Export ``detector`` into the folder ``out`` and return the sidecar written beside the artefact.
 
     ``check`` (image files or folders) or ``check_images`` (a float tensor) are the parity images;
-    by default generated good and defective images. Raises :class:`NotExportableError` for a
+    by default generated good and defective images plus up to 16 training images from
+    ``check_training`` (a folder of good training images) or, without it, from the folder the model
+    file records (``training_images_``, set by ``adcore train``) when that folder exists. Raises :class:`NotExportableError` for a
     detector that has no static graph, :class:`ParityError` when the artefact disagrees (nothing is
     written then), :class:`ExportDependencyError` when the format's package is missing.
     """
@@ -87,7 +133,19 @@ def export_detector(detector: Any, out: str | Path, format: str = "onnx", *, che
     if refusal:
         raise NotExportableError(f"{type(detector).__name__} cannot be exported: {refusal}")
     size = tuple(detector.image_size)
-    images = check_images if check_images is not None else make_check_images(size, check)
+    sources: dict[str, Any] = {}
+    if check_images is not None:
+        images, sources["given"] = check_images, int(check_images.shape[0])
+    elif check:
+        images = make_check_images(size, check)
+        sources["files"] = int(images.shape[0])
+    else:
+        images = make_check_images(size)
+        sources["generated"] = int(images.shape[0])
+        training = _training_files(detector, check_training)
+        if training:
+            images = torch.cat([images, make_check_images(size, training)])
+            sources["training"] = len(training)
     images = images.float().contiguous()
     reference = reference_outputs(detector, images)  # first: builds lazily created networks too
     module = ExportModule(detector)
@@ -97,7 +155,8 @@ def export_detector(detector: Any, out: str | Path, format: str = "onnx", *, che
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="adcore-export-") as scratch:
         files = writer.write(module, example, Path(scratch), outputs, _as_strings(metadata), opset)
-        parity = compare(reference, writer.runner(Path(scratch)), images, tolerance)
+        parity = compare(reference, writer.runner(Path(scratch)), images, tolerance, outputs,
+                         normalize=_normalizer(detector))
         if not parity.pop("ok"):
             shapes = parity.pop("shapes", None)
             if shapes:
@@ -106,13 +165,12 @@ def export_detector(detector: Any, out: str | Path, format: str = "onnx", *, che
                                   "graph depends on the batch size it was traced at: report it with the model file")
             raise ParityError(f"the exported {format} artefact of {metadata['detector']} disagrees with the torch "
                               f"detector on {parity['images']} images: score difference {parity['max_score_rel_diff']:.3g} "
-                              f"(relative, allowed {tolerance.score_rel:g}), map difference "
-                              f"{parity['max_map_diff_over_range']:.3g} of the map's range (allowed "
-                              f"{tolerance.map_over_range:g}); nothing was written to {out}. This is a bug in the "
+                              f"(relative, allowed {tolerance.score_rel:g}){_normalized_note(parity, tolerance)}"
+                              f"{_map_note(parity, tolerance)}; nothing was written to {out}. This is a bug in the "
                               "detector's export graph: report it with the model file")
-        metadata["parity"] = parity
+        metadata["parity"] = {**parity, "sources": sources}
         if hasattr(writer, "add_metadata"):  # the parity result travels inside the artefact too
-            writer.add_metadata(Path(scratch), _as_strings({"parity": parity}))
+            writer.add_metadata(Path(scratch), _as_strings({"parity": metadata["parity"]}))
         for file in files:
             atomic_write_bytes(out / file.name, file.read_bytes())
     atomic_write_text(out / SIDECAR, json.dumps(metadata, indent=2) + "\n")

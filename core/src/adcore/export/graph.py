@@ -6,6 +6,10 @@ detector (``threshold_`` and ``score_scale_``, Contract A), ``normalized_score (
 detector's own normalisation, forward pass, map post-processing (upsampling, Gaussian smoothing)
 and image score run inside: the module calls the detector's ``_export_predict(images)`` when it has
 one (a detector whose ``_predict`` does not trace, e.g. a faiss search, writes it), else ``_predict``.
+A detector whose map cannot be an inference graph (DifferNet: input gradients) declares
+``export_score_only`` (why) and writes ``_export_score(images) -> scores``: its graph has no
+``anomaly_map`` output. A detector may write ``_export_prepare()``, called once before tracing, to
+compute constants its graph needs (random draws: a ``torch.Generator`` cannot be traced).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from torch import nn
 
 from adcore.export.errors import NotExportableError
 
-__all__ = ["ExportModule", "calibration_of", "output_names"]
+__all__ = ["ExportModule", "calibration_of", "output_names", "score_only"]
 
 
 def calibration_of(detector: Any) -> dict[str, float | None]:
@@ -31,10 +35,17 @@ def calibration_of(detector: Any) -> dict[str, float | None]:
             "pixel_threshold": number("pixel_threshold_"), "pixel_scale": number("pixel_scale_")}
 
 
+def score_only(detector: Any) -> bool:
+    """Whether the detector exports its image score alone (it declares ``export_score_only``, the
+    reason its map cannot be in an inference graph, and writes ``_export_score(images)``)."""
+    return bool(getattr(detector, "export_score_only", None))
+
+
 def output_names(detector: Any) -> list[str]:
     calibration = calibration_of(detector)
     normalized = calibration["threshold"] is not None and calibration["score_scale"] is not None
-    return ["pred_score", "anomaly_map"] + (["normalized_score"] if normalized else [])
+    maps = [] if score_only(detector) else ["anomaly_map"]
+    return ["pred_score", *maps] + (["normalized_score"] if normalized else [])
 
 
 class ExportModule(nn.Module):
@@ -44,9 +55,18 @@ class ExportModule(nn.Module):
         super().__init__()
         if not getattr(detector, "is_fitted", False):
             raise NotExportableError(f"{type(detector).__name__} is not fitted: fit or load it before exporting")
+        self.score_only = score_only(detector)
         predict = getattr(detector, "_export_predict", None) or getattr(detector, "_predict", None)
+        if self.score_only:
+            predict = getattr(detector, "_export_score", None)
+            if predict is None:
+                raise NotExportableError(f"{type(detector).__name__} declares export_score_only but has no "
+                                         "_export_score(images) returning its image scores")
         if predict is None:
             raise NotExportableError(f"{type(detector).__name__} has no _predict: only BaseDetector subclasses export")
+        prepare = getattr(detector, "_export_prepare", None)
+        if prepare is not None:  # constants drawn before tracing (a torch.Generator cannot be in a graph)
+            prepare()
         self._detector = detector
         self._predict_fn = predict
         self.size = tuple(int(s) for s in detector.image_size)
@@ -62,6 +82,11 @@ class ExportModule(nn.Module):
         self.eval()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.score_only:
+            score = self._predict_fn(images).float().reshape(-1)
+            if not self.normalized:
+                return (score,)
+            return score, torch.sigmoid((score - self.threshold) / self.score_scale)
         score, amap = self._predict_fn(images)
         if amap.ndim == 4 and amap.shape[1] == 1:
             amap = amap[:, 0]

@@ -75,10 +75,23 @@ class RunSummary:
 
 
 def file_sha256(path: Path) -> str:
+    """The model's identity for ``--resume``: a model file's sha256; for an export folder (or its
+    ``adcore-export.json``) one sha256 over the folder's files, each by name and content."""
+    path = Path(path)
+    if path.is_file() and path.name != "adcore-export.json":
+        return _sha256_of([path], named=False)
+    folder = path if path.is_dir() else path.parent
+    return _sha256_of(sorted(p for p in folder.iterdir() if p.is_file()), named=True)
+
+
+def _sha256_of(files: list[Path], *, named: bool) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for file in files:
+        if named:
+            digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -156,7 +169,7 @@ def open_run(detector: Any, model_file: Path, inputs: list[InputImage], options:
     """The start every executor shares: warnings about a missing threshold, the run's identity (so a
     run resumes under any executor), its output folder, and the inputs not yet scored there."""
     calibration = Calibration.of(detector)
-    notes: dict[str, Any] = {"detector": type(detector).__name__, "threshold": calibration.threshold,
+    notes: dict[str, Any] = {"detector": _detector_label(detector), "threshold": calibration.threshold,
                              "score_scale": calibration.score_scale, "pixel_threshold": calibration.pixel_threshold,
                              "pixel_scale": calibration.pixel_scale, "warnings": []}
     if calibration.threshold is None:
@@ -228,6 +241,12 @@ def run_predictions(detector: Any, model_file: Path, inputs: list[InputImage], o
     if options.contact_sheet and summary.stopped_by is None:
         summary.contact_sheet = write_contact_sheet(detector, options, calibration)
     return summary
+
+
+def _detector_label(detector: Any) -> str:
+    # an exported artefact (adcore.deployed.ExportedModel) is named by the detector it was exported from
+    name = getattr(detector, "name", None) if getattr(detector, "runtime", None) else None
+    return f"{name} ({detector.runtime} artefact)" if name else type(detector).__name__
 
 
 def outputs_count(summary: RunSummary) -> int:

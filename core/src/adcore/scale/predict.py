@@ -45,11 +45,11 @@ MAX_BLOCKS = 10_000
 
 
 def _open_model(path: Path) -> Any:
-    """Open a model in an actor (and in the driver): the one place, swapped for Contract D's
-    ``adcore.deployed.open_model`` (which also opens exported artefacts) at merge."""
-    from adcore.factory import load
+    """Open a model in an actor (and in the driver): a model file or an exported artefact
+    (:func:`adcore.deployed.open_model`, the one opener)."""
+    from adcore.deployed import open_model
 
-    return load(path)
+    return open_model(path)
 
 
 @dataclass(frozen=True)

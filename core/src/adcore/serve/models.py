@@ -1,7 +1,7 @@
 """The models a server holds: opened once in the background, each with its micro-batcher.
 
-:func:`_open_model` is the one place a model is opened (Contract D's ``adcore.deployed.open_model``
-replaces its body at merge, adding exported artefacts). A server answers ``/v1/health`` with 503
+:func:`_open_model` is the one place a model is opened (:func:`adcore.deployed.open_model`: a
+``.safetensors`` model file or an exported artefact). A server answers ``/v1/health`` with 503
 until every model is open and warmed up (one blank image scored, so the first request does not pay
 the one-off costs), and refuses predictions for a model that is not ready with 503.
 """
@@ -24,10 +24,10 @@ log = logging.getLogger("adcore.serve")
 
 
 def _open_model(path: Path) -> Any:
-    """Open one model file (the only call that does; see the module docstring)."""
-    from adcore.factory import load
+    """Open one model file or exported artefact (the only call that does; see the module docstring)."""
+    from adcore.deployed import open_model
 
-    return load(path)
+    return open_model(path)
 
 
 def _registered_name(model: Any) -> str:

@@ -279,12 +279,80 @@ class DifferNet(FeatureDetector):
         self.flow_.eval()
 
     # -- export (adcore.export) -----------------------------------------------------------------
-    #: why adcore.export refuses this detector (BaseDetector.export, ``adcore export``)
-    export_refusal = ("its anomaly map is the gradient of the flow's negative log-likelihood with respect to "
-                      "the input pixels, computed by autograd at test time, which an ONNX/OpenVINO/TorchScript "
-                      "inference graph cannot hold. Its image score (the mean NLL over the fixed test "
-                      "transforms) is a plain forward pass and could be exported on its own, but adcore does "
-                      "not export score-only artefacts yet; deploy DifferNet with torch (adcore predict)")
+    #: why the export holds the image score only (adcore.export's score-only artefacts)
+    export_score_only = ("its anomaly map is the gradient of the flow's negative log-likelihood with respect to "
+                         "the input pixels, computed by autograd at test time, which an ONNX/OpenVINO/TorchScript "
+                         "inference graph cannot hold; the image score (the mean NLL over the fixed test "
+                         "transforms) is a forward pass and is exported alone")
+
+    def _export_prepare(self) -> None:
+        """``_predict``'s fixed test transforms, drawn before tracing (a generator cannot be in a graph)."""
+        generator = torch.Generator().manual_seed(self.seed + _TEST_TRANSFORM_SEED_OFFSET)
+        self._export_transforms = self._draw_transforms(self.num_test_transforms, generator)
+        height, width = self.image_size
+        self._export_resizes = [_resize_matrices((height, width), (max(1, height // 2**scale), max(1, width // 2**scale)))
+                                for scale in range(1, self.num_scales)]
+
+    def _export_score(self, images: torch.Tensor) -> torch.Tensor:
+        """``_predict``'s image score as graph ops, for any batch size: the fixed test transforms as
+        constants, broadcast over the batch (no Python loop over images); the rotation grid and the
+        antialiased scale-downs as matrix products (ONNX opset 17 has neither affine_grid nor an
+        antialiased resize), equal to torch's kernels up to float rounding."""
+        angle, brightness, contrast, saturation = self._export_transforms
+        count, height, width = self.num_test_transforms, images.shape[-2], images.shape[-1]
+        # (N, T, 3, H, W) -> (N*T, 3, H, W): each image under every transform, image-major like _predict
+        views = images[:, None].expand(-1, count, -1, -1, -1).reshape(-1, 3, height, width)
+        ones = torch.ones_like(images[:, :1, 0, 0])  # (N, 1): broadcasts a transform's factor over the batch
+
+        def per_view(factor: torch.Tensor) -> torch.Tensor:
+            return (ones * factor[None].to(images.dtype)).reshape(-1, 1, 1, 1)
+
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
+        x = (views * per_view(brightness)).clamp(0, 1)
+        grey_mean = (x * weights).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)
+        x = ((x - grey_mean) * per_view(contrast) + grey_mean).clamp(0, 1)
+        grey = (x * weights).sum(1, keepdim=True)
+        x = ((x - grey) * per_view(saturation) + grey).clamp(0, 1)
+        x = F.grid_sample(x, _rotation_grids(angle, height, width, ones), mode="bilinear", padding_mode="zeros",
+                          align_corners=False)
+        pooled = []
+        for scale in range(self.num_scales):
+            if scale == 0:
+                scaled = x
+            else:
+                rows, cols = self._export_resizes[scale - 1]
+                scaled = rows @ x @ cols.T
+            pooled.append(next(iter(self.extractor(scaled).values())).mean(dim=(2, 3)))
+        z, _ = self.flow_((torch.cat(pooled, dim=1) - self.feature_mean_) / self.feature_std_)
+        nll = 0.5 * z.pow(2).sum(1) / self.feature_dim_
+        return nll.reshape(-1, count).mean(1)
+
+
+def _rotation_grids(angle: torch.Tensor, height: int, width: int, ones: torch.Tensor) -> torch.Tensor:
+    """``F.affine_grid`` of :func:`transform_images`' rotations (align_corners=False) as one product:
+    ``(N*T, H, W, 2)``, the ``T`` grids repeated for each of the ``N`` images ``ones`` stands for."""
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    aspect = height / width
+    theta = torch.stack([torch.stack([cos, -sin * aspect, torch.zeros_like(cos)], 1),
+                         torch.stack([sin / aspect, cos, torch.zeros_like(cos)], 1)], 1)  # (T, 2, 3)
+    xs = (2 * torch.arange(width, dtype=torch.float32) + 1) / width - 1
+    ys = (2 * torch.arange(height, dtype=torch.float32) + 1) / height - 1
+    base = torch.stack([xs[None, :].expand(height, width), ys[:, None].expand(height, width),
+                        torch.ones(height, width)], -1).reshape(-1, 3)  # (H*W, 3)
+    grids = torch.einsum("pk,tjk->tpj", base, theta).reshape(-1, height, width, 2)  # (T, H, W, 2)
+    return (ones[:, :, None, None, None] * grids[None]).reshape(-1, height, width, 2)
+
+
+def _resize_matrices(source: tuple[int, int], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Antialiased bilinear resizing (``align_corners=False``) from ``source`` to ``size`` as the
+    matrices ``R_h (h, H)``, ``R_w (w, W)`` with ``resized = R_h @ images @ R_w^T``: torch's own
+    kernel applied to identities (a separable linear map is its matrices)."""
+    (height, width), (out_h, out_w) = source, size
+    rows = F.interpolate(torch.eye(height)[None, None], size=(out_h, height), mode="bilinear", align_corners=False,
+                         antialias=True)[0, 0]
+    cols = F.interpolate(torch.eye(width)[None, None], size=(out_w, width), mode="bilinear", align_corners=False,
+                         antialias=True)[0, 0]
+    return rows, cols
 
 
 def transform_images(images: torch.Tensor, angle: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
