@@ -122,7 +122,7 @@ def main() -> None:
     if not model.exists():
         extra = [x for p in args.param for x in ("-p", p)]
         subprocess.run([sys.executable, "-m", "adcore.cli", "train", args.model_name, str(args.data), "--out",
-                        str(model), *extra], check=True)
+                        str(model), *extra], check=True, stdout=sys.stderr)  # stdout carries only the JSON rows
     test = sorted(p for folder in sorted((args.data / "test").iterdir()) if folder.is_dir()
                   for p in list_images(folder))
     big = repeated_folder(test, args.images, work / f"repeated-{args.images}")
