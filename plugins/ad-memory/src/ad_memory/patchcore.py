@@ -275,7 +275,10 @@ class PatchCore(FeatureDetector):
         count, dim, height, width = features.shape
         patches = features.permute(0, 2, 3, 1).reshape(count, height * width, dim)
         bank = self.memory_bank_
-        chunk = bank_chunk(height * width)
+        # distance blocks of ~4 M floats per image (bottle: 1,024 patches × 4,096 bank rows): an
+        # engine's memory arena keeps the largest block a run needed, so smaller blocks keep a
+        # deployed process small (docs/deployment.md measures it)
+        chunk = bank_chunk(height * width, budget=1 << 22)
         distance, nearest = exact_knn(patches, bank, 1, chunk)
         distance, nearest = distance[..., 0], nearest[..., 0]  # (B, P)
         top = distance.argmax(1, keepdim=True)
