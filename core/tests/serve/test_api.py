@@ -336,3 +336,22 @@ def test_a_tiling_model_scores_each_size_at_full_resolution(images, tmp_path):
         alone = detector.predict(load_image(name, data=images[name])[None])
         assert result["score"] == pytest.approx(float(alone.pred_score[0]), rel=1e-5, abs=1e-6)
     assert (response.json()["results"][1]["width"], response.json()["results"][1]["height"]) == (80, 48)
+
+
+def test_an_exported_artefact_is_served_beside_its_model_file_with_the_same_scores(tiny_model, images, tmp_path):
+    pytest.importorskip("onnxruntime", reason="exporting needs the export extra: pip install 'adcore[export]'")
+    import adcore
+    from adcore.export import export_detector
+
+    artefact = tmp_path / "line1-onnx"
+    export_detector(adcore.load(tiny_model), artefact, format="onnx")
+    app = create_app(ServeConfig(models={"torch": tiny_model, "onnx": artefact}))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        _ready(client)
+        listed = {m["name"] for m in client.get("/v1/models").json()["models"]}
+        assert listed == {"torch", "onnx"}
+        answers = {name: client.post(f"/v1/models/{name}/predict", files=_files(images, "good", "defect")).json()
+                   for name in ("torch", "onnx")}
+    for served, exported in zip(answers["torch"]["results"], answers["onnx"]["results"]):
+        assert exported["score"] == pytest.approx(served["score"], rel=1e-4)
+        assert exported["anomalous"] == served["anomalous"]
