@@ -218,29 +218,13 @@ class ExportedModel:
         return torch.cat(scores).clone(), torch.cat(maps).clone()
 
     def _predict_tiled(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from adcore.inputs import resize_images
-        from adcore.tiling import blend_tiles, tile_grid
+        from adcore.tiling import score_tiles
 
-        height, width = image.shape[-2:]
         resize_to = None if self.tile_input_size is None else _as_pair(self.tile_input_size)
-        source = resize_images(image[None], resize_to)[0] if resize_to is not None else image
-        grid = tile_grid(source.shape[-2], source.shape[-1], self.tile_size, self.tile_overlap)
-        boxes = list(grid.boxes())
-        tile_scores: list[torch.Tensor] = []
-
-        def tile_maps():
-            for start in range(0, len(boxes), self.predict_batch_size):
-                chunk = boxes[start:start + self.predict_batch_size]
-                tiles = torch.stack([source[:, t:t + grid.tile_h, l:l + grid.tile_w] for t, l in chunk])
-                scores, maps = self._predict_resized(tiles, (grid.tile_h, grid.tile_w))
-                tile_scores.append(scores)
-                yield from ((t, l, amap) for (t, l), amap in zip(chunk, maps))
-
-        blended = blend_tiles(grid, tile_maps(), self.tile_overlap)
-        if tuple(blended.shape) != (height, width):
-            blended = F.interpolate(blended[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+        tile_scores, blended = score_tiles(image, self.tile_size, self.tile_overlap, resize_to,
+                                           self.predict_batch_size, self._predict_resized)
         # BaseDetector.aggregate_tile_scores: the maximum (no first-party detector aggregates otherwise)
-        return torch.cat(tile_scores).max().float().reshape(()), blended
+        return tile_scores.max().float().reshape(()), blended
 
 
 def _number(value: Any) -> float | None:

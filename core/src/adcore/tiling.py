@@ -20,7 +20,7 @@ own way (:meth:`BaseDetector.aggregate_tile_scores`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from adcore.errors import InvalidInputError
 from adcore.inputs import ImageStream, resize_images, to_size
 
-__all__ = ["TileGrid", "tile_grid", "tile_window", "TileStream", "blend_tiles", "TilingMixin"]
+__all__ = ["TileGrid", "tile_grid", "tile_window", "TileStream", "blend_tiles", "score_tiles", "TilingMixin"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,33 @@ def blend_tiles(grid: TileGrid, tile_maps: Iterator[tuple[int, int, torch.Tensor
     norm_w = _axis_weights(grid.lefts, grid.tile_w, grid.width, window_w)
     blended.div_(norm_h[:, None]).div_(norm_w[None, :])
     return blended
+
+
+def score_tiles(image: torch.Tensor, tile_size: int | tuple[int, int], overlap: float,
+                resize_to: tuple[int, int] | None, batch_size: int,
+                predict_resized: Callable[[torch.Tensor, tuple[int, int]], tuple[torch.Tensor, torch.Tensor]],
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score one ``(3,H,W)`` image tile by tile, ``batch_size`` tiles per ``predict_resized(tiles, tile
+    size)`` call (after resizing the image to ``resize_to``, if given): every tile's score, in grid
+    order, and the blended map at ``H×W``. Shared by every tiling predictor (detectors, artefacts)."""
+    height, width = image.shape[-2:]
+    source = resize_images(image[None], resize_to)[0] if resize_to is not None else image
+    grid = tile_grid(source.shape[-2], source.shape[-1], tile_size, overlap)
+    boxes = list(grid.boxes())
+    tile_scores: list[torch.Tensor] = []
+
+    def tile_maps():
+        for start in range(0, len(boxes), batch_size):
+            chunk = boxes[start:start + batch_size]
+            tiles = torch.stack([source[:, t:t + grid.tile_h, l:l + grid.tile_w] for t, l in chunk])
+            scores, maps = predict_resized(tiles, (grid.tile_h, grid.tile_w))
+            tile_scores.append(scores)
+            yield from ((t, l, amap) for (t, l), amap in zip(chunk, maps))
+
+    blended = blend_tiles(grid, tile_maps(), overlap)
+    if tuple(blended.shape) != (height, width):
+        blended = F.interpolate(blended[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    return torch.cat(tile_scores), blended
 
 
 class TileStream:
@@ -199,23 +226,7 @@ class TilingMixin:
 
     def _predict_tiled(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One ``(3,H,W)`` image scored tile by tile; at most ``predict_batch_size`` tiles at a time."""
-        height, width = image.shape[-2:]
         image = image.to(self.device_)  # tiles are cut where they are scored
-        resize_to = self._tile_input_size()
-        source = resize_images(image[None], resize_to)[0] if resize_to is not None else image
-        grid = tile_grid(source.shape[-2], source.shape[-1], self.tile_size, self.tile_overlap)
-        boxes = list(grid.boxes())
-        tile_scores: list[torch.Tensor] = []
-
-        def tile_maps():
-            for start in range(0, len(boxes), self.predict_batch_size):
-                chunk = boxes[start:start + self.predict_batch_size]
-                tiles = torch.stack([source[:, t:t + grid.tile_h, l:l + grid.tile_w] for t, l in chunk])
-                scores, maps = self._predict_resized(tiles, (grid.tile_h, grid.tile_w))
-                tile_scores.append(scores)
-                yield from ((t, l, amap) for (t, l), amap in zip(chunk, maps))
-
-        blended = blend_tiles(grid, tile_maps(), self.tile_overlap)
-        if tuple(blended.shape) != (height, width):
-            blended = F.interpolate(blended[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-        return self.aggregate_tile_scores(torch.cat(tile_scores)).float().reshape(()), blended
+        tile_scores, blended = score_tiles(image, self.tile_size, self.tile_overlap, self._tile_input_size(),
+                                           self.predict_batch_size, self._predict_resized)
+        return self.aggregate_tile_scores(tile_scores).float().reshape(()), blended

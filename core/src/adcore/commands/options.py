@@ -16,7 +16,8 @@ from adcore.errors import ConfigurationError
 __all__ = ["load_size_of", "loader_batch_size", "add_model_options", "add_dataset_options", "add_fit_options",
            "add_device_options", "device_option", "detector_params", "build_detector",
            "dataset_from_args", "detector_entries", "plugin_failures", "plugin_report", "report_plugin_failures",
-           "check_fit_options", "split_for_fit", "warn_no_threshold", "MIN_CALIBRATION_TRAIN", "written_files"]
+           "check_fit_options", "split_for_fit", "warn_no_threshold", "MIN_CALIBRATION_TRAIN", "written_files",
+           "positive_int", "non_negative_int", "non_negative_float"]
 
 #: good training images needed before some are held out to calibrate (see evaluation.split_calibration)
 MIN_CALIBRATION_TRAIN = 4
@@ -89,6 +90,30 @@ def device_option(text: str) -> str:
     if not is_device_spec(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a device: give auto, cpu, cuda, cuda:N or mps")
     return text
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number of 0 or more."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a number of 0 or more (NaN refused)."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
 
 
 def _workers(text: str) -> int:

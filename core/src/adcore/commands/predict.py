@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from adcore.commands.options import add_device_options
+from adcore.commands.options import add_device_options, non_negative_float, non_negative_int, positive_int
 
 __all__ = ["NAME", "HELP", "add_arguments", "run", "EXIT_SKIPPED"]
 
@@ -29,40 +29,19 @@ EXIT_SKIPPED = 3
 _SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _resources(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value:g}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_file", type=Path)
     parser.add_argument("images", nargs="+", help="image files or folders (folders are walked recursively)")
     parser.add_argument("--out", type=Path, default=Path("adcore-predictions"), help="output folder")
-    parser.add_argument("--batch-size", type=_positive, default=8, help="images per detector call (default 8)")
-    parser.add_argument("--workers", type=_non_negative, default=min(4, os.cpu_count() or 1),
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per detector call (default 8)")
+    parser.add_argument("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1),
                         help="decoding threads working ahead of the detector (0: decode in the main thread)")
     add_device_options(parser, workers=False)  # --workers above: the decoding pool
     parser.add_argument("--no-heatmaps", action="store_true", help="write scores and regions only")
     parser.add_argument("--side-by-side", action="store_true", help="heatmaps show the input beside the overlay")
     parser.add_argument("--masks", action="store_true", help="also write each image's defect mask under masks/")
-    parser.add_argument("--min-area", type=_positive, default=1, help="smallest defect region kept, in pixels")
-    parser.add_argument("--contact-sheet", type=_non_negative, default=0, metavar="N",
+    parser.add_argument("--min-area", type=positive_int, default=1, help="smallest defect region kept, in pixels")
+    parser.add_argument("--contact-sheet", type=non_negative_int, default=0, metavar="N",
                         help="write contact-sheet.png with the N most anomalous images of the run")
     parser.add_argument("--resume", action="store_true",
                         help="continue a stopped run in --out: images already scored there are skipped")
@@ -73,10 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="local: this process (default); ray: an actor pool on Ray, outputs written here")
     scale.add_argument("--address", help="with --executor ray: the Ray cluster to join (e.g. ray://head:10001 or "
                                          "auto); default: start a local Ray with this machine's CPUs")
-    scale.add_argument("--actors", type=_positive, help="with --executor ray: actors in the pool (default: the "
+    scale.add_argument("--actors", type=positive_int, help="with --executor ray: actors in the pool (default: the "
                                                         "cluster's CPUs / --cpus-per-actor)")
-    scale.add_argument("--cpus-per-actor", type=_resources, default=1.0, help="CPUs (and torch threads) per actor (default 1)")
-    scale.add_argument("--gpus-per-actor", type=_resources, default=0.0, help="GPUs per actor (default 0)")
+    scale.add_argument("--cpus-per-actor", type=non_negative_float, default=1.0, help="CPUs (and torch threads) per actor (default 1)")
+    scale.add_argument("--gpus-per-actor", type=non_negative_float, default=0.0, help="GPUs per actor (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,24 +12,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from adcore.commands.options import non_negative_float, positive_int
+
 __all__ = ["NAME", "HELP", "add_arguments", "run"]
 
 NAME = "serve"
 HELP = "serve models over HTTP (JSON API under /v1, review page at /); loopback only unless given a token"
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,12 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--token-file", type=Path, help="file holding the token clients must send as "
                         "'Authorization: Bearer TOKEN' (default: the ADCORE_SERVE_TOKEN environment variable)")
-    parser.add_argument("--max-request-bytes", type=_positive, default=32 * 1024 * 1024,
+    parser.add_argument("--max-request-bytes", type=positive_int, default=32 * 1024 * 1024,
                         help="largest request body accepted (default 32 MiB; larger ones get 413)")
-    parser.add_argument("--max-images", type=_positive, default=32, help="most images in one request (default 32)")
-    parser.add_argument("--max-batch", type=_positive, default=8,
+    parser.add_argument("--max-images", type=positive_int, default=32, help="most images in one request (default 32)")
+    parser.add_argument("--max-batch", type=positive_int, default=8,
                         help="most images per detector call when requests are batched together (default 8)")
-    parser.add_argument("--batch-wait-ms", type=_non_negative_float, default=5.0,
+    parser.add_argument("--batch-wait-ms", type=non_negative_float, default=5.0,
                         help="longest a request waits for others to share its batch (default 5 ms; a lone "
                         "request never waits)")
 

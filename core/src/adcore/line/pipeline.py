@@ -31,7 +31,7 @@ from adcore.line.outputs import RunOutputs, read_results
 from adcore.line.sink import Calibration, Scored, Sink, map_at_size, normalized_map, print_result
 from adcore.line.sources import InputImage
 
-__all__ = ["PredictOptions", "RunSummary", "run_predictions", "open_run", "score_batch", "outputs_count",
+__all__ = ["finish_run", "PredictOptions", "RunSummary", "run_predictions", "open_run", "score_batch", "outputs_count",
            "write_contact_sheet", "StopRequest", "file_sha256", "most_anomalous", "NO_THRESHOLD"]
 
 NO_THRESHOLD = ("the model has no threshold (it was not calibrated), so nothing can be flagged: 'anomalous' is "
@@ -202,8 +202,6 @@ def run_predictions(detector: Any, model_file: Path, inputs: list[InputImage], o
     Raises :class:`~adcore.errors.InvalidInputError` for the first bad file under ``strict`` (after
     writing every image before it), and whatever the detector or the writer raised.
     """
-    from adcore.errors import InvalidInputError
-
     calibration, outputs, todo, summary = open_run(detector, model_file, inputs, options, given=given, warn=warn)
     try:
         sink = Sink(outputs, calibration, heatmaps=options.heatmaps, masks=options.masks, min_area=options.min_area,
@@ -234,6 +232,14 @@ def run_predictions(detector: Any, model_file: Path, inputs: list[InputImage], o
             sink.close()
     finally:
         outputs.close()
+    return finish_run(detector, options, calibration, summary)
+
+
+def finish_run(detector: Any, options: PredictOptions, calibration: Calibration, summary: RunSummary) -> RunSummary:
+    """The end every executor shares, once the outputs are closed: ``--strict``'s error for the first
+    skipped file, then the contact sheet of a run that was not stopped."""
+    from adcore.errors import InvalidInputError
+
     if options.strict and summary.skipped:
         path, reason = summary.skipped[0]
         raise InvalidInputError(f"--strict: {reason}; the {outputs_count(summary)} images scored before it are in "

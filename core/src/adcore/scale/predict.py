@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from adcore.line.outputs import RunOutputs
-from adcore.line.pipeline import (PredictOptions, RunSummary, StopRequest, open_run, outputs_count, score_batch,
-                                  write_contact_sheet)
+from adcore.line.pipeline import (PredictOptions, RunSummary, StopRequest, finish_run, open_run, score_batch)
 from adcore.line.sink import Rendered, print_result, write_rendered
 from adcore.line.sources import InputImage
 from adcore.scale.cluster import ClusterOptions, connect
@@ -160,8 +159,6 @@ def predict_on_ray(detector: Any, model_file: Path, inputs: list[InputImage], op
     """Score ``inputs`` into ``options.out`` on Ray (see the module docstring); the same contract
     as :func:`adcore.line.pipeline.run_predictions` (``detector`` is the driver's copy: its
     calibration names the run and draws the contact sheet; the actors open their own)."""
-    from adcore.errors import InvalidInputError
-
     scale = scale or RayPredictOptions()
     with connect(scale.cluster) as ray:
         actors = _pool_size(ray, scale)  # refused before the output folder holds anything
@@ -171,13 +168,7 @@ def predict_on_ray(detector: Any, model_file: Path, inputs: list[InputImage], op
                 _stream(ray, model_file, todo, options, scale, actors, outputs, summary, echo, warn)
         finally:
             outputs.close()
-    if options.strict and summary.skipped:
-        path, reason = summary.skipped[0]
-        raise InvalidInputError(f"--strict: {reason}; the {outputs_count(summary)} images scored before it are in "
-                                f"{options.out} (rerun with --resume after fixing or removing the file)")
-    if options.contact_sheet and summary.stopped_by is None:
-        summary.contact_sheet = write_contact_sheet(detector, options, calibration)
-    return summary
+    return finish_run(detector, options, calibration, summary)
 
 
 def _stream(ray: Any, model_file: Path, todo: list[InputImage], options: PredictOptions, scale: RayPredictOptions,
