@@ -9,6 +9,13 @@ Ray's object store, so workers need no copy of the model file) and, per batch, d
 scores them (:func:`adcore.line.pipeline.score_batch`) and does everything after the detector
 (:func:`adcore.line.sink.render`: map at the image's size, defect regions, heatmap and mask PNGs).
 
+An exported ONNX or OpenVINO artefact is scored by actors that import neither torch nor adcore
+(:class:`adcore_runtime.batches.BatchScorer`: adcore-runtime's decoding, resize rule and graph, and
+its copy of the line's regions and heatmap drawing), so its workers need only adcore-runtime; its
+rows equal the local predict's to float32 rounding (numpy's resize is not torch's to the last bit;
+docs/scale-out.md). Without adcore-runtime on the driver, or for a TorchScript or score-only
+artefact, the actors run adcore as for a model file.
+
 What travels back is compact: one JSON row per image plus the PNG bytes it will be written as
 (nothing at all but the row with ``--no-heatmaps``); an anomaly map never crosses the network. The
 driver writes the PNGs and appends the rows with the local predict's own writer
@@ -165,15 +172,30 @@ def predict_on_ray(detector: Any, model_file: Path, inputs: list[InputImage], op
         calibration, outputs, todo, summary = open_run(detector, model_file, inputs, options, given=given, warn=warn)
         try:
             if todo:
-                _stream(ray, model_file, todo, options, scale, actors, outputs, summary, echo, warn)
+                _stream(ray, detector, model_file, todo, options, scale, actors, outputs, summary, echo, warn)
         finally:
             outputs.close()
     return finish_run(detector, options, calibration, summary)
 
 
-def _stream(ray: Any, model_file: Path, todo: list[InputImage], options: PredictOptions, scale: RayPredictOptions,
-            actors: int, outputs: RunOutputs, summary: RunSummary, echo: Callable[[dict], None] | None,
-            warn: Callable[[str], None]) -> None:
+def _runtime_scorer(detector: Any, warn: Callable[[str], None]) -> Any:
+    """The actor class: adcore-runtime's torch-free :class:`adcore_runtime.batches.BatchScorer` for an
+    ONNX or OpenVINO artefact with maps when adcore-runtime is installed here, else :class:`_Scorer`
+    (adcore and torch in every actor; a model file, a TorchScript or score-only artefact)."""
+    if getattr(detector, "runtime", None) not in ("onnx", "openvino") or not getattr(detector, "has_maps", False):
+        return _Scorer
+    try:  # optional: core never needs adcore-runtime, and imports it only here
+        from adcore_runtime.batches import BatchScorer
+    except ImportError as exc:
+        warn(f"adcore-runtime is not installed here ({exc}): the artefact is scored by actors running adcore and "
+             "torch; pip install adcore-runtime (here and on the workers) for actors that need neither")
+        return _Scorer
+    return BatchScorer
+
+
+def _stream(ray: Any, detector: Any, model_file: Path, todo: list[InputImage], options: PredictOptions,
+            scale: RayPredictOptions, actors: int, outputs: RunOutputs, summary: RunSummary,
+            echo: Callable[[dict], None] | None, warn: Callable[[str], None]) -> None:
     """Run the dataset and write each result as it arrives (each input path at most once)."""
     by_name = {item.name: item for item in todo}
     written: set[str] = set()
@@ -182,11 +204,15 @@ def _stream(ray: Any, model_file: Path, todo: list[InputImage], options: Predict
     rows = [{"paths": [item.path for item in todo[start:start + options.batch_size]],
              "names": [item.name for item in todo[start:start + options.batch_size]]}
             for start in range(0, len(todo), options.batch_size)]
-    model = ray.put(ModelPayload.of(model_file))  # held until the run ends: restarted actors read it again
+    payload = ModelPayload.of(model_file)
+    scorer = _runtime_scorer(detector, warn)
+    # held until the run ends: restarted actors read it again. A torch-free actor gets plain
+    # (entry, files): unpickling a ModelPayload would import adcore, and with it torch
+    model = ray.put(payload if scorer is _Scorer else (payload.entry, payload.files))
     # a block per batch streams results back as each finishes (and a dead actor's re-run is one batch);
     # capped so that a million inputs do not make Ray Data plan a hundred thousand blocks
     dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS)).map_batches(
-        _Scorer, batch_size=1, batch_format="numpy",
+        scorer, batch_size=1, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=scale.cpus_per_actor, num_gpus=scale.gpus_per_actor or None, runtime_env=scale.runtime_env,
         fn_constructor_kwargs={"model": [model], "heatmaps": options.heatmaps,
