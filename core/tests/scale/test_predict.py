@@ -193,7 +193,8 @@ NO_TORCH_WORKER = textwrap.dedent('''
         import adcore_runtime.batches as batches
         _call = batches.BatchScorer.__call__
         def reporting(self, batch):
-            loaded = sorted(m for m, v in sys.modules.items() if v is not None and m.split(".")[0] in ("torch", "adcore"))
+            loaded = sorted(m for m, v in sys.modules.items()
+                            if v is not None and m.split(".")[0] in ("torch", "adcore"))
             with open(os.path.join(marker, str(os.getpid())), "w") as handle:
                 handle.write(",".join(loaded) or "none")
             return _call(self, batch)

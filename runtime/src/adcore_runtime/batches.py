@@ -16,7 +16,9 @@ artefact). Nothing here imports Ray except to fetch the artefact's bytes.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,7 @@ class BatchScorer:
 
     def __init__(self, model: Any, *, heatmaps: bool, masks: bool, min_area: int, side_by_side: bool,
                  max_pixels: int | None, threads: int, graph_batch: int = 8) -> None:
+        self._timing: dict[str, Any] | None = {"pid": os.getpid(), "init_start": time.time()}
         if isinstance(model, list):
             import ray  # only inside a Ray actor: the artefact's bytes are in the object store
 
@@ -64,10 +67,12 @@ class BatchScorer:
                                                                   artefact.pixel_scale)
         self.heatmaps, self.masks, self.min_area, self.side_by_side = heatmaps, masks, min_area, side_by_side
         self.max_pixels = max_pixels
+        self._timing["model_ready"] = time.time()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         """``batch``: rows of ``paths``/``names`` lists; returns ``name``, ``result`` (the row as
-        JSON), ``heatmap`` and ``mask`` (PNG bytes, empty when not drawn), one entry per image."""
+        JSON), ``heatmap`` and ``mask`` (PNG bytes, empty when not drawn) and ``timing``, one entry
+        per image."""
         out: dict[str, list[Any]] = {"name": [], "result": [], "heatmap": [], "mask": []}
         for paths, names in zip(batch["paths"], batch["names"], strict=True):
             for name, row, heatmap, mask in self.score(list(map(str, paths)), list(map(str, names))):
@@ -75,7 +80,17 @@ class BatchScorer:
                 out["result"].append(json.dumps(row, ensure_ascii=True))
                 out["heatmap"].append(heatmap or b"")
                 out["mask"].append(mask or b"")
+        out["timing"] = self._first_call_timing(len(out["name"]))
         return {key: np.array(values, dtype=object) for key, values in out.items()}
+
+    def _first_call_timing(self, rows: int) -> list[str]:
+        """The ``timing`` column: this actor's start-up times (``init_start``, ``model_ready``,
+        ``first_done``, seconds since the epoch) as JSON on the first row of its first call, then
+        empty strings; the driver reports them with ``ADCORE_RAY_TIMINGS`` (docs/scale-out.md)."""
+        if self._timing is None or rows == 0:
+            return [""] * rows
+        timing, self._timing = {**self._timing, "first_done": time.time()}, None
+        return [json.dumps(timing)] + [""] * (rows - 1)
 
     def score(self, paths: list[str], names: list[str]) -> list[tuple[str, dict, bytes | None, bytes | None]]:
         """Each image of one batch as ``(name, row, heatmap PNG, mask PNG)``, in order."""

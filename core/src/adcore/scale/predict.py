@@ -31,8 +31,10 @@ run (Ctrl-C, SIGTERM) keeps every row written; ``--resume`` continues it.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +44,7 @@ from adcore.line.outputs import RunOutputs
 from adcore.line.pipeline import (PredictOptions, RunSummary, StopRequest, finish_run, open_run, score_batch)
 from adcore.line.sink import Rendered, print_result, write_rendered
 from adcore.line.sources import InputImage
-from adcore.scale.cluster import ClusterOptions, connect
+from adcore.scale.cluster import TIMELINE, ClusterOptions, connect
 
 __all__ = ["RayPredictOptions", "ModelPayload", "predict_on_ray", "MAX_BLOCKS"]
 
@@ -101,6 +103,7 @@ class _Scorer:
 
     def __init__(self, model: Any, *, heatmaps: bool, masks: bool, min_area: int, side_by_side: bool,
                  max_pixels: int | None, threads: int) -> None:
+        self._timing: dict[str, Any] | None = {"pid": os.getpid(), "init_start": time.time()}
         import torch
 
         from adcore.line.heatmaps import HeatmapStyle
@@ -116,6 +119,7 @@ class _Scorer:
         self.settings = {"heatmaps": heatmaps, "masks": masks, "min_area": min_area,
                          "style": HeatmapStyle(side_by_side=side_by_side)}
         self.max_pixels = max_pixels
+        self._timing["model_ready"] = time.time()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         """``batch``: rows of ``paths``/``names`` lists, each one batch of the local predict."""
@@ -135,7 +139,17 @@ class _Scorer:
                 out["result"].append(json.dumps(rendered.result, ensure_ascii=True))
                 out["heatmap"].append(rendered.heatmap or b"")
                 out["mask"].append(rendered.mask or b"")
+        out["timing"] = self._first_call_timing(len(out["name"]))
         return {key: np.array(values, dtype=object) for key, values in out.items()}
+
+    def _first_call_timing(self, rows: int) -> list[str]:
+        """The ``timing`` column: this actor's start-up (``init_start``, ``model_ready``, ``first_done``,
+        seconds since the epoch) as JSON on the first row of its first call, then empty strings (the
+        torch-free actor, ``adcore_runtime.batches.BatchScorer``, returns the same column)."""
+        if self._timing is None or rows == 0:
+            return [""] * rows
+        timing, self._timing = {**self._timing, "first_done": time.time()}, None
+        return [json.dumps(timing)] + [""] * (rows - 1)
 
 
 def _get(reference: Any) -> ModelPayload:
@@ -167,15 +181,23 @@ def predict_on_ray(detector: Any, model_file: Path, inputs: list[InputImage], op
     as :func:`adcore.line.pipeline.run_predictions` (``detector`` is the driver's copy: its
     calibration names the run and draws the contact sheet; the actors open their own)."""
     scale = scale or RayPredictOptions()
+    # connect marks the run's ray.init: here, or before the call (the command line starts Ray while it
+    # lists the inputs and opens the model: adcore.scale.cluster.connect_while)
+    timeline = TIMELINE
+    timeline.start_run()
     with connect(scale.cluster) as ray:
         actors = _pool_size(ray, scale)  # refused before the output folder holds anything
         calibration, outputs, todo, summary = open_run(detector, model_file, inputs, options, given=given, warn=warn)
         try:
             if todo:
-                _stream(ray, detector, model_file, todo, options, scale, actors, outputs, summary, echo, warn)
+                _stream(ray, detector, model_file, todo, options, scale, actors, outputs, summary, echo, warn,
+                        timeline)
         finally:
             outputs.close()
-    return finish_run(detector, options, calibration, summary)
+            timeline.mark("outputs_closed")
+    summary = finish_run(detector, options, calibration, summary)
+    timeline.mark("finished")
+    return summary
 
 
 def _runtime_scorer(detector: Any, warn: Callable[[str], None]) -> Any:
@@ -195,7 +217,7 @@ def _runtime_scorer(detector: Any, warn: Callable[[str], None]) -> Any:
 
 def _stream(ray: Any, detector: Any, model_file: Path, todo: list[InputImage], options: PredictOptions,
             scale: RayPredictOptions, actors: int, outputs: RunOutputs, summary: RunSummary,
-            echo: Callable[[dict], None] | None, warn: Callable[[str], None]) -> None:
+            echo: Callable[[dict], None] | None, warn: Callable[[str], None], timeline: Any) -> None:
     """Run the dataset and write each result as it arrives (each input path at most once)."""
     by_name = {item.name: item for item in todo}
     written: set[str] = set()
@@ -219,8 +241,11 @@ def _stream(ray: Any, detector: Any, model_file: Path, todo: list[InputImage], o
                                "masks": options.masks, "min_area": options.min_area,
                                "side_by_side": options.side_by_side, "max_pixels": options.max_pixels,
                                "threads": max(1, int(scale.cpus_per_actor))})
+    timeline.mark("stream_start")
     with StopRequest() as stop:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            timeline.mark("first_result", again=False)
+            timeline.actors += [json.loads(str(text)) for text in batch["timing"] if text]
             for name, text, heatmap, mask in zip(batch["name"], batch["result"], batch["heatmap"], batch["mask"],
                                                  strict=True):
                 result = json.loads(str(text))
@@ -239,6 +264,7 @@ def _stream(ray: Any, detector: Any, model_file: Path, todo: list[InputImage], o
                     echo(row)
             if stop.signal_name or (options.strict and summary.skipped):
                 break
+        timeline.mark("last_result")
         if stop.signal_name:
             warn(f"{stop.signal_name} received: the images scored so far are written and flushed; stopping")
         summary.stopped_by = stop.signal_name
