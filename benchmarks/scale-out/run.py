@@ -336,8 +336,6 @@ def summary(records: list[dict]) -> str:
             return (record.get("vs_local") or {}).get("max_abs_diff" if key == "max_diff" else "max_rel_diff")
         if key in ("ray_init_s", "pool_start_s", "actor_model_s", "shutdown_s"):
             return (record.get("breakdown") or {}).get(key)
-        if key == "model":
-            return record["model"] + (" (ONNX)" if record["artefact"] else "")
         return record.get(key)
 
     return markdown_table(records, [
