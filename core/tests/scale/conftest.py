@@ -24,7 +24,7 @@ def local_ray():
     ray = require_ray()
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
              runtime_env={"env_vars": {"ADCORE_PROGRESS": "0", "OMP_NUM_THREADS": "1",
                                        "PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
     from ray.data import DataContext

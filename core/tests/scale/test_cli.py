@@ -65,10 +65,19 @@ def test_predict_executor_ray_on_the_command_line(small_line, tmp_path):
     local = subprocess.run([*command, "--out", str(tmp_path / "local")], env=_env(), capture_output=True, text=True,
                            timeout=300)
     assert local.returncode == 0, local.stderr
+    timings = tmp_path / "timings.json"
     on_ray = subprocess.run([*command, "--out", str(tmp_path / "ray"), "--executor", "ray", "--actors", "1"],
-                            env=_env(), capture_output=True, text=True, timeout=300)
+                            env=dict(_env(), ADCORE_RAY_TIMINGS=str(timings)), capture_output=True, text=True,
+                            timeout=300)
     assert on_ray.returncode == 0, on_ray.stderr
     assert "6 of 6 images scored" in on_ray.stderr
+    timeline = json.loads(timings.read_text())  # where the run's time went, in the order it went there
+    marks = [timeline["marks"][name] for name in ("connect_start", "connected", "stream_start", "first_result",
+                                                  "last_result", "outputs_closed", "finished", "disconnected")]
+    assert marks == sorted(marks) and marks[1] - marks[0] > 0.1  # ray.init of a local head takes a while
+    (actor,) = timeline["actors"]
+    assert actor["init_start"] <= actor["model_ready"] <= actor["first_done"]
+    assert marks[2] <= actor["init_start"] and actor["first_done"] <= marks[3]
     rows = lambda out: sorted((out / "results.jsonl").read_text().splitlines())  # noqa: E731
     assert rows(tmp_path / "ray") == rows(tmp_path / "local")
     assert json.loads((tmp_path / "ray" / "run.json").read_text())["model_sha256"]
@@ -93,3 +102,30 @@ def test_without_ray_the_executor_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
     with pytest.raises(ConfigurationError, match=r"pip install 'adcore\[ray\]'"):
         require_ray()
+
+
+def test_a_missing_model_is_refused_before_ray_starts(small_line, tmp_path):
+    require_ray()
+    _, images = small_line
+    timings = tmp_path / "timings.json"
+    done = subprocess.run([sys.executable, "-m", "adcore.cli", "predict", str(tmp_path / "nope.safetensors"),
+                           str(images), "--out", str(tmp_path / "out"), "--executor", "ray"],
+                          env=dict(_env(), ADCORE_RAY_TIMINGS=str(timings)), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0 and "nope.safetensors does not exist" in done.stderr
+    assert not timings.exists()  # no ray.init was marked: Ray never started
+
+
+def test_what_the_preparation_raises_is_raised_once_ray_is_up(local_ray):
+    from adcore.errors import ModelFileError
+    from adcore.scale.cluster import connect_while
+
+    def prepare():
+        raise ModelFileError("deliberate: the model cannot be opened")
+
+    with pytest.raises(ModelFileError, match="deliberate"):
+        with connect_while(prepare) as (_, prepared):
+            raise AssertionError(f"the block ran with {prepared!r}")
+    assert local_ray.is_initialized()  # a Ray this call did not start is left as it was
+    with connect_while(lambda: 42) as (ray, prepared):
+        assert prepared == 42 and ray is local_ray

@@ -179,3 +179,103 @@ def test_an_actor_killed_mid_run_loses_nothing_and_duplicates_nothing(local_ray,
     assert len(paths) == len(set(paths)) == IMAGES  # every input exactly once
     assert sorted(lines) == _sorted_lines(local_run / "results.jsonl")
     assert summary.scored == IMAGES
+
+
+# -- an exported artefact: actors with adcore-runtime only (no torch, no adcore) -----------------------------
+#: installed in the actors only (their runtime_env): torch and adcore cannot be imported there (as on
+#: a worker with adcore-runtime alone), and each call of the runtime's actor records what is loaded
+NO_TORCH_WORKER = textwrap.dedent('''
+    import os, sys
+    marker = os.environ.get("ADCORE_TEST_NO_TORCH_MARKER")
+    if marker:
+        sys.modules["torch"] = None  # `import torch` raises ImportError in this process
+        sys.modules["adcore"] = None
+        import adcore_runtime.batches as batches
+        _call = batches.BatchScorer.__call__
+        def reporting(self, batch):
+            loaded = sorted(m for m, v in sys.modules.items()
+                            if v is not None and m.split(".")[0] in ("torch", "adcore"))
+            with open(os.path.join(marker, str(os.getpid())), "w") as handle:
+                handle.write(",".join(loaded) or "none")
+            return _call(self, batch)
+        batches.BatchScorer.__call__ = reporting
+''')
+
+
+@pytest.fixture(scope="module")
+def artefact(line, tmp_path_factory):
+    """The line's PaDiM exported to ONNX (adcore export's folder)."""
+    import adcore
+    from adcore.export import export_detector
+
+    model, _ = line
+    folder = tmp_path_factory.mktemp("export") / "padim-onnx"
+    export_detector(adcore.load(model), folder, "onnx")
+    return folder
+
+
+def _png_pixels(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data))).astype(np.int16)
+
+
+def test_an_artefact_is_scored_by_actors_without_torch_as_the_local_predict_scores_it(local_ray, line, artefact,
+                                                                                       tmp_path):
+    from adcore.deployed import open_model
+    from adcore.line import collect_inputs
+    from adcore.line.pipeline import PredictOptions
+    from adcore.scale import RayPredictOptions, predict_on_ray
+
+    _, images = line
+    local = tmp_path / "local"
+    assert _local(artefact, images, local).returncode == 0
+    site, marker = tmp_path / "site", tmp_path / "loaded"
+    site.mkdir(), marker.mkdir()
+    (site / "sitecustomize.py").write_text(NO_TORCH_WORKER)
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+                        "ADCORE_TEST_NO_TORCH_MARKER": str(marker), "OMP_NUM_THREADS": "1", "ADCORE_PROGRESS": "0"}}
+    out = tmp_path / "ray"
+    summary = predict_on_ray(open_model(artefact), artefact, collect_inputs([str(images)], exclude=out),
+                             PredictOptions(out=out, batch_size=4, masks=True),
+                             RayPredictOptions(actors=2, runtime_env=env), given=[str(images)], echo=None,
+                             warn=lambda text: None)
+    assert summary.scored == IMAGES and not summary.skipped
+    reports = [p.read_text() for p in marker.iterdir()]
+    assert reports and set(reports) == {"none"}  # the actors ran with neither torch nor adcore loaded
+
+    ours, theirs = _rows(out / "results.jsonl"), _rows(local / "results.jsonl")
+    _same_rows(ours, theirs)  # scores to float32 rounding: numpy's resize is torch's to ~1e-7, not to the bit
+    for path, row in theirs.items():
+        got = ours[path]["regions"]
+        assert [(r["box"], r["area"]) for r in got] == [(r["box"], r["area"]) for r in row["regions"]]
+        assert [r["peak"] for r in got] == pytest.approx([r["peak"] for r in row["regions"]], rel=1e-5)
+    assert sum(bool(row["regions"]) for row in theirs.values()) >= 2  # defects found, so regions are compared
+    assert _sorted_lines(out / "scores.csv", True) != [] and (out / "run.json").is_file()
+    mine, local_files = _files(out), _files(local)
+    assert mine.keys() == local_files.keys() and len(local_files) == 2 * IMAGES
+    for name, data in local_files.items():
+        if name.startswith("masks/"):
+            assert mine[name] == data, name
+        elif mine[name] != data:  # a heatmap: a colour a level off where the map rounds differently
+            a, b = _png_pixels(mine[name]), _png_pixels(data)
+            assert a.shape == b.shape and np.abs(a - b).max() <= 1 and (a != b).any(axis=-1).mean() < 0.01, name
+    assert sum(mine[name] == data for name, data in local_files.items()) >= IMAGES  # most files byte for byte
+
+
+def test_which_actor_scores_which_model(line, artefact, monkeypatch):
+    from adcore_runtime.batches import BatchScorer
+
+    import adcore
+    from adcore.deployed import open_model
+    from adcore.scale.predict import _runtime_scorer, _Scorer
+
+    model, _ = line
+    warnings: list[str] = []
+    assert _runtime_scorer(adcore.load(model), warnings.append) is _Scorer  # a model file: adcore and torch
+    assert _runtime_scorer(open_model(artefact), warnings.append) is BatchScorer and not warnings
+    monkeypatch.setitem(sys.modules, "adcore_runtime.batches", None)  # adcore-runtime not installed on the driver
+    assert _runtime_scorer(open_model(artefact), warnings.append) is _Scorer
+    assert "pip install adcore-runtime" in warnings[0]

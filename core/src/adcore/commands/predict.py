@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from adcore.commands.options import add_device_options, non_negative_float, non_negative_int, positive_int
 
@@ -66,26 +67,37 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_output_folder(out)  # before loading the model or listing 100,000 files
-    inputs = collect_inputs(args.images, exclude=out)
-    detector = open_model(args.model_file, device=args.device)  # a .safetensors model file or an export folder
-    if args.precision is not None:
-        if not hasattr(detector, "set_params"):
-            from adcore.errors import InvalidInputError
 
-            raise InvalidInputError(f"--precision applies to .safetensors models; {args.model_file} is an exported "
-                                    "artefact, which runs at the precision it was exported with: drop --precision")
-        detector.set_params(precision=args.precision)
+    def prepare() -> tuple[list, Any]:
+        inputs = collect_inputs(args.images, exclude=out)
+        detector = open_model(args.model_file, device=args.device)  # a .safetensors model file or an export folder
+        if args.precision is not None:
+            if not hasattr(detector, "set_params"):
+                from adcore.errors import InvalidInputError
+
+                raise InvalidInputError(f"--precision applies to .safetensors models; {args.model_file} is an "
+                                        "exported artefact, which runs at the precision it was exported with: drop "
+                                        "--precision")
+            detector.set_params(precision=args.precision)
+        return inputs, detector
+
     options = PredictOptions(out=out, batch_size=args.batch_size, workers=args.workers,
                              heatmaps=not args.no_heatmaps, masks=args.masks, side_by_side=args.side_by_side,
                              min_area=args.min_area, resume=args.resume, strict=args.strict_inputs,
                              contact_sheet=args.contact_sheet)
     if args.executor == "ray":
         from adcore.scale import ClusterOptions, RayPredictOptions, predict_on_ray
+        from adcore.scale.cluster import connect_while
 
+        if not Path(args.model_file).exists():  # the one mistake worth catching before Ray's seconds of start-up
+            open_model(args.model_file)
         scale = RayPredictOptions(actors=args.actors, cpus_per_actor=args.cpus_per_actor,
                                   gpus_per_actor=args.gpus_per_actor, cluster=ClusterOptions(address=args.address))
-        summary = predict_on_ray(detector, Path(args.model_file), inputs, options, scale, given=list(args.images))
+        # listing and opening the model while Ray starts (or is joined): predict_on_ray uses that Ray
+        with connect_while(prepare, scale.cluster) as (_, (inputs, detector)):
+            summary = predict_on_ray(detector, Path(args.model_file), inputs, options, scale, given=list(args.images))
     else:
+        inputs, detector = prepare()
         summary = run_predictions(detector, Path(args.model_file), inputs, options, given=list(args.images))
     done = summary.scored + summary.already_done
     message = f"adcore predict: {done} of {len(inputs)} images scored into {out}"

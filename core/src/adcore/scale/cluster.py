@@ -1,23 +1,70 @@
 """Starting or joining Ray, quietly: the one place that calls ``ray.init``.
 
-Without an address a local Ray starts with the machine's CPUs (``num_cpus``), no dashboard and
-warnings-only logs, and is shut down when the command ends; with one (``ray://HOST:10001``,
-``HOST:6379`` or ``auto``) the command joins that cluster and leaves it running. A Ray that is
-already initialised in this process (a test, a notebook) is used as it is.
+Without an address a local Ray of its own starts (even when another runs on the machine) with the
+machine's CPUs (``num_cpus``), no dashboard and warnings-only logs, and is shut down when the command
+ends; with one (``ray://HOST:10001``, ``HOST:6379`` or ``auto``) the command joins that cluster and
+leaves it running. A Ray that is already initialised in this process (a test, a notebook) is used
+as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from adcore.errors import ConfigurationError
 
-__all__ = ["ClusterOptions", "connect", "ray_available", "require_ray", "INSTALL_HINT"]
+__all__ = ["ClusterOptions", "connect", "connect_while", "ray_available", "require_ray", "INSTALL_HINT",
+           "Timeline", "TIMELINE"]
+
+T = TypeVar("T")
+
+
+class Timeline:
+    """Where this process's Ray run spent its time, for ``ADCORE_RAY_TIMINGS=FILE`` (the scale-out
+    benchmark reads it; docs/scale-out.md): named marks (seconds since the epoch) set by
+    :func:`connect` (``connect_start``, ``connected``, ``disconnected``) and by the predict
+    (``adcore.scale.predict``), and each actor's start-up times. With the variable set, the file is
+    written when the interpreter exits, so it holds the shutdown too."""
+
+    def __init__(self) -> None:
+        self.marks: dict[str, float] = {}
+        self.actors: list[dict[str, Any]] = []
+        self._armed = False
+
+    def mark(self, name: str, *, again: bool = True) -> None:
+        """Set mark ``name`` to now (``again=False``: only if it is not set yet)."""
+        if again or name not in self.marks:
+            self.marks[name] = time.time()
+        target = os.environ.get("ADCORE_RAY_TIMINGS")
+        if target and not self._armed:
+            import atexit
+
+            atexit.register(self.write, target)
+            self._armed = True
+
+    def start_run(self) -> None:
+        """Forget an earlier run's marks and actors in this process (the connection's marks stay)."""
+        self.marks = {k: v for k, v in self.marks.items() if k in ("connect_start", "connected")}
+        self.actors = []
+
+    def write(self, target: str) -> None:
+        from pathlib import Path
+
+        from adcore.files import atomic_write_text
+
+        atomic_write_text(Path(target), json.dumps({"marks": self.marks, "actors": self.actors}, indent=1))
+
+
+#: this process's timeline
+TIMELINE = Timeline()
 
 INSTALL_HINT = "install the extra: pip install 'adcore[ray]' (Ray Data, pyarrow)"
 
@@ -62,21 +109,42 @@ def connect(options: ClusterOptions | None = None) -> Iterator[Any]:
                              "configure_logging": True, "log_to_driver": True}
     if options.runtime_env:
         quiet["runtime_env"] = options.runtime_env
+    TIMELINE.marks.pop("disconnected", None)
+    TIMELINE.mark("connect_start")
     try:
         if options.address:
             quiet.pop("include_dashboard")  # the cluster's head decides that
             ray.init(address=options.address, **quiet)
         else:
-            ray.init(num_cpus=options.num_cpus or os.cpu_count() or 1, **quiet)
+            # "local": a Ray of its own, never one that `ray start` left running on this machine
+            # (ray.init without an address joins that one, and refuses num_cpus then)
+            ray.init(address="local", num_cpus=options.num_cpus or os.cpu_count() or 1, **quiet)
+        TIMELINE.mark("connected")
     except ConnectionError as exc:
         raise ConfigurationError(f"cannot join the Ray cluster at {options.address!r}: {exc}; start its head with "
-                                 "'ray start --head' (see docs/scale-out.md) or leave --address out to run "
-                                 "on this machine") from exc
+                                 "'ray start --head' (see docs/scale-out.md; a cluster of Ray 2.60 or later also "
+                                 "needs its token: RAY_AUTH_TOKEN, or the head's ~/.ray/auth_token) or leave "
+                                 "--address out to run on this machine") from exc
     try:
         _quiet_data()
         yield ray
     finally:
         ray.shutdown()
+        TIMELINE.mark("disconnected")
+
+
+@contextlib.contextmanager
+def connect_while(work: Callable[[], T], options: ClusterOptions | None = None) -> Iterator[tuple[Any, T]]:
+    """``with connect_while(prepare, options) as (ray, prepared):``: :func:`connect`, with the
+    driver's own preparation (``work``: listing the inputs, opening the model) run in a thread
+    meanwhile. ``ray.init`` must run in the main thread (a local head installs a SIGTERM handler)
+    and spends most of its seconds waiting for the processes it starts, so the preparation fills
+    that wait instead of following it. An exception of ``work`` is raised once Ray is up (and Ray
+    is then shut down as usual); one of ``connect`` waits for ``work`` to end first."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="adcore-prepare") as pool:
+        prepared = pool.submit(work)
+        with connect(options) as ray:
+            yield ray, prepared.result()
 
 
 def _quiet_data() -> None:

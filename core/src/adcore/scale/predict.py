@@ -9,6 +9,13 @@ Ray's object store, so workers need no copy of the model file) and, per batch, d
 scores them (:func:`adcore.line.pipeline.score_batch`) and does everything after the detector
 (:func:`adcore.line.sink.render`: map at the image's size, defect regions, heatmap and mask PNGs).
 
+An exported ONNX or OpenVINO artefact is scored by actors that import neither torch nor adcore
+(:class:`adcore_runtime.batches.BatchScorer`: adcore-runtime's decoding, resize rule and graph, and
+its copy of the line's regions and heatmap drawing), so its workers need only adcore-runtime; its
+rows equal the local predict's to float32 rounding (numpy's resize is not torch's to the last bit;
+docs/scale-out.md). Without adcore-runtime on the driver, or for a TorchScript or score-only
+artefact, the actors run adcore as for a model file.
+
 What travels back is compact: one JSON row per image plus the PNG bytes it will be written as
 (nothing at all but the row with ``--no-heatmaps``); an anomaly map never crosses the network. The
 driver writes the PNGs and appends the rows with the local predict's own writer
@@ -24,8 +31,10 @@ run (Ctrl-C, SIGTERM) keeps every row written; ``--resume`` continues it.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +44,7 @@ from adcore.line.outputs import RunOutputs
 from adcore.line.pipeline import (PredictOptions, RunSummary, StopRequest, finish_run, open_run, score_batch)
 from adcore.line.sink import Rendered, print_result, write_rendered
 from adcore.line.sources import InputImage
-from adcore.scale.cluster import ClusterOptions, connect
+from adcore.scale.cluster import TIMELINE, ClusterOptions, connect
 
 __all__ = ["RayPredictOptions", "ModelPayload", "predict_on_ray", "MAX_BLOCKS"]
 
@@ -94,6 +103,7 @@ class _Scorer:
 
     def __init__(self, model: Any, *, heatmaps: bool, masks: bool, min_area: int, side_by_side: bool,
                  max_pixels: int | None, threads: int) -> None:
+        self._timing: dict[str, Any] | None = {"pid": os.getpid(), "init_start": time.time()}
         import torch
 
         from adcore.line.heatmaps import HeatmapStyle
@@ -109,6 +119,7 @@ class _Scorer:
         self.settings = {"heatmaps": heatmaps, "masks": masks, "min_area": min_area,
                          "style": HeatmapStyle(side_by_side=side_by_side)}
         self.max_pixels = max_pixels
+        self._timing["model_ready"] = time.time()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         """``batch``: rows of ``paths``/``names`` lists, each one batch of the local predict."""
@@ -128,7 +139,17 @@ class _Scorer:
                 out["result"].append(json.dumps(rendered.result, ensure_ascii=True))
                 out["heatmap"].append(rendered.heatmap or b"")
                 out["mask"].append(rendered.mask or b"")
+        out["timing"] = self._first_call_timing(len(out["name"]))
         return {key: np.array(values, dtype=object) for key, values in out.items()}
+
+    def _first_call_timing(self, rows: int) -> list[str]:
+        """The ``timing`` column: this actor's start-up (``init_start``, ``model_ready``, ``first_done``,
+        seconds since the epoch) as JSON on the first row of its first call, then empty strings (the
+        torch-free actor, ``adcore_runtime.batches.BatchScorer``, returns the same column)."""
+        if self._timing is None or rows == 0:
+            return [""] * rows
+        timing, self._timing = {**self._timing, "first_done": time.time()}, None
+        return [json.dumps(timing)] + [""] * (rows - 1)
 
 
 def _get(reference: Any) -> ModelPayload:
@@ -160,20 +181,43 @@ def predict_on_ray(detector: Any, model_file: Path, inputs: list[InputImage], op
     as :func:`adcore.line.pipeline.run_predictions` (``detector`` is the driver's copy: its
     calibration names the run and draws the contact sheet; the actors open their own)."""
     scale = scale or RayPredictOptions()
+    # connect marks the run's ray.init: here, or before the call (the command line starts Ray while it
+    # lists the inputs and opens the model: adcore.scale.cluster.connect_while)
+    timeline = TIMELINE
+    timeline.start_run()
     with connect(scale.cluster) as ray:
         actors = _pool_size(ray, scale)  # refused before the output folder holds anything
         calibration, outputs, todo, summary = open_run(detector, model_file, inputs, options, given=given, warn=warn)
         try:
             if todo:
-                _stream(ray, model_file, todo, options, scale, actors, outputs, summary, echo, warn)
+                _stream(ray, detector, model_file, todo, options, scale, actors, outputs, summary, echo, warn,
+                        timeline)
         finally:
             outputs.close()
-    return finish_run(detector, options, calibration, summary)
+            timeline.mark("outputs_closed")
+    summary = finish_run(detector, options, calibration, summary)
+    timeline.mark("finished")
+    return summary
 
 
-def _stream(ray: Any, model_file: Path, todo: list[InputImage], options: PredictOptions, scale: RayPredictOptions,
-            actors: int, outputs: RunOutputs, summary: RunSummary, echo: Callable[[dict], None] | None,
-            warn: Callable[[str], None]) -> None:
+def _runtime_scorer(detector: Any, warn: Callable[[str], None]) -> Any:
+    """The actor class: adcore-runtime's torch-free :class:`adcore_runtime.batches.BatchScorer` for an
+    ONNX or OpenVINO artefact with maps when adcore-runtime is installed here, else :class:`_Scorer`
+    (adcore and torch in every actor; a model file, a TorchScript or score-only artefact)."""
+    if getattr(detector, "runtime", None) not in ("onnx", "openvino") or not getattr(detector, "has_maps", False):
+        return _Scorer
+    try:  # optional: core never needs adcore-runtime, and imports it only here
+        from adcore_runtime.batches import BatchScorer
+    except ImportError as exc:
+        warn(f"adcore-runtime is not installed here ({exc}): the artefact is scored by actors running adcore and "
+             "torch; pip install adcore-runtime (here and on the workers) for actors that need neither")
+        return _Scorer
+    return BatchScorer
+
+
+def _stream(ray: Any, detector: Any, model_file: Path, todo: list[InputImage], options: PredictOptions,
+            scale: RayPredictOptions, actors: int, outputs: RunOutputs, summary: RunSummary,
+            echo: Callable[[dict], None] | None, warn: Callable[[str], None], timeline: Any) -> None:
     """Run the dataset and write each result as it arrives (each input path at most once)."""
     by_name = {item.name: item for item in todo}
     written: set[str] = set()
@@ -182,19 +226,26 @@ def _stream(ray: Any, model_file: Path, todo: list[InputImage], options: Predict
     rows = [{"paths": [item.path for item in todo[start:start + options.batch_size]],
              "names": [item.name for item in todo[start:start + options.batch_size]]}
             for start in range(0, len(todo), options.batch_size)]
-    model = ray.put(ModelPayload.of(model_file))  # held until the run ends: restarted actors read it again
+    payload = ModelPayload.of(model_file)
+    scorer = _runtime_scorer(detector, warn)
+    # held until the run ends: restarted actors read it again. A torch-free actor gets plain
+    # (entry, files): unpickling a ModelPayload would import adcore, and with it torch
+    model = ray.put(payload if scorer is _Scorer else (payload.entry, payload.files))
     # a block per batch streams results back as each finishes (and a dead actor's re-run is one batch);
     # capped so that a million inputs do not make Ray Data plan a hundred thousand blocks
     dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS)).map_batches(
-        _Scorer, batch_size=1, batch_format="numpy",
+        scorer, batch_size=1, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=scale.cpus_per_actor, num_gpus=scale.gpus_per_actor or None, runtime_env=scale.runtime_env,
         fn_constructor_kwargs={"model": [model], "heatmaps": options.heatmaps,
                                "masks": options.masks, "min_area": options.min_area,
                                "side_by_side": options.side_by_side, "max_pixels": options.max_pixels,
                                "threads": max(1, int(scale.cpus_per_actor))})
+    timeline.mark("stream_start")
     with StopRequest() as stop:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            timeline.mark("first_result", again=False)
+            timeline.actors += [json.loads(str(text)) for text in batch["timing"] if text]
             for name, text, heatmap, mask in zip(batch["name"], batch["result"], batch["heatmap"], batch["mask"],
                                                  strict=True):
                 result = json.loads(str(text))
@@ -213,6 +264,7 @@ def _stream(ray: Any, model_file: Path, todo: list[InputImage], options: Predict
                     echo(row)
             if stop.signal_name or (options.strict and summary.skipped):
                 break
+        timeline.mark("last_result")
         if stop.signal_name:
             warn(f"{stop.signal_name} received: the images scored so far are written and flushed; stopping")
         summary.stopped_by = stop.signal_name
