@@ -1,28 +1,49 @@
-"""Where PaDiM's resident memory goes: RSS after each stage of a whole run, in one process.
+"""Where a whole benchmark run's resident memory goes, stage by stage, in one process.
 
-    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE ADCORE_PROGRESS=0 \\
-        .venv/bin/python benchmarks/performance/padim_memory.py [--quick] [--data ../shared/data] [-p KEY=VALUE ...]
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE ADCORE_PROGRESS=0 flock /tmp/adcore-bench.lock \\
+        .venv/bin/python benchmarks/performance/padim_memory.py [--model padim] [--dataset mvtec_bottle:bottle] \\
+        [--data-root ../shared/data] [--quick] [-p KEY=VALUE ...] [--floor-only]
 
-Stages: ``import torch``, ``import timm``, adcore + ad-stat, the backbone built, the fit (peak
-sampled every 20 ms by a thread, then the level after it), predict over the test split, the
-metrics. Prints one JSON line: ``rss_mb`` (level after each stage), ``peak_mb`` (highest sample
-within each stage) and ``ru_maxrss_mb`` (the kernel's peak for the whole process). Memory does not
-depend on the machine's load, so this may run while others work. ``--quick``: 8 tiny synthetic
-training images, 64 px, to check the script.
+"Whole run" is what ``abba.py`` measures and the docs quote: one ``adcore benchmark`` pair with
+abba's options (``--seed 0 --threads 2 --batch-size 8 --calibration-fraction 0 --input-size 256``):
+the data opened, fit on every good training image, the test split predicted, the metrics, the
+batch-1 and batch-8 latency, the artefacts written. This script plans that pair with the benchmark's
+own parser and calls the very worker (:func:`adcore.benchmark.worker.run_worker`) in this process,
+with the stage functions wrapped so that each stage's start is marked.
+
+Per stage it prints the level (``VmRSS``) at its end and its own peak: the kernel's high-water mark
+(``VmHWM``) is reset at every stage start (``/proc/self/clear_refs`` = 5), so a peak shorter than
+any sampling interval is still caught; where that file cannot be written a 5 ms sampling thread
+stands in. ``whole_run_peak_mb`` is the highest stage peak (what ``ru_maxrss`` reports for a worker
+process of its own). ``--floor-only``: just ``import torch`` and ``import timm``, the import floor of
+this environment measured the same way. Memory does not depend on the machine's load, so this may
+run while others work. ``--quick``: a tiny generated dataset, to check the script.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
-import resource
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _rss_mb() -> float:
@@ -30,92 +51,134 @@ def _rss_mb() -> float:
         return int(handle.read().split()[1]) * _PAGE / 2**20
 
 
-class _Sampler(threading.Thread):
-    """Highest RSS seen since the last :meth:`stage` call (20 ms sampling)."""
+def _reset_high_water() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+class Stages:
+    """A flat sequence of stages: each :meth:`enter` closes the current one with its level and peak."""
 
     def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.peak = _rss_mb()
-        self.running = True
+        self.exact = _reset_high_water()
+        self.rows: list[dict[str, Any]] = []
+        self.current, self.started = "start (interpreter, this script)", time.perf_counter()
+        self._sampled = _rss_mb()
+        if not self.exact:
+            threading.Thread(target=self._sample, daemon=True).start()
 
-    def run(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, _rss_mb())
-            time.sleep(0.02)
+    def _sample(self) -> None:
+        while True:
+            self._sampled = max(self._sampled, _rss_mb())
+            time.sleep(0.005)
 
-    def stage(self) -> float:
-        peak, self.peak = max(self.peak, _rss_mb()), _rss_mb()
-        return round(peak, 1)
+    def enter(self, name: str) -> None:
+        level = _rss_mb()
+        peak = _status_mb("VmHWM") if self.exact else max(self._sampled, level)
+        self.rows.append({"stage": self.current, "level_mb": round(level, 1), "peak_mb": round(peak, 1),
+                          "seconds": round(time.perf_counter() - self.started, 2)})
+        if self.exact:
+            _reset_high_water()
+        self._sampled = _rss_mb()
+        self.current, self.started = name, time.perf_counter()
+
+
+def _wrap(owner: Any, attribute: str, stages: Stages, name: str, after: str) -> None:
+    """Mark ``name`` when ``owner.attribute`` is called and ``after`` when it returns (or raises)."""
+    original = getattr(owner, attribute, None)
+    if original is None:
+        return
+
+    @functools.wraps(original)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        stages.enter(name)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            stages.enter(after)
+
+    setattr(owner, attribute, wrapped)
+
+
+def _plan_args(args: argparse.Namespace, out: Path) -> list[str]:
+    """abba.py's options for one adcore pair (``_adcore`` there), plus ``-p`` parameters."""
+    argv = ["--model", args.model, "--dataset", args.dataset, "--data-root", str(args.data_root), "--seed", "0",
+            "--threads", os.environ.get("OMP_NUM_THREADS", "2"), "--batch-size", "8", "--calibration-fraction", "0",
+            "--out", str(out), "--fresh", "--no-plots"]
+    argv += ["--quick"] if args.quick else ["--input-size", "256"]
+    for assignment in args.param:
+        argv += ["-p", f"{args.model}.{assignment}"]
+    return argv
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data")
-    parser.add_argument("--dataset", default="mvtec_bottle:bottle", help="ROOT:CATEGORY under --data")
+    parser.add_argument("--model", default="padim")
+    parser.add_argument("--dataset", default="mvtec_bottle:bottle")
+    parser.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[3] / "shared/data")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("-p", "--param", action="append", default=[], help="a PaDiM parameter, KEY=VALUE")
+    parser.add_argument("--floor-only", action="store_true", help="only import torch and timm")
+    parser.add_argument("-p", "--param", action="append", default=[], help="a detector parameter, KEY=VALUE")
     args = parser.parse_args()
-    sampler = _Sampler()
-    sampler.start()
-    rss, peak = {"start": round(_rss_mb(), 1)}, {}
-
-    def mark(name: str) -> None:
-        peak[name] = sampler.stage()
-        rss[name] = round(_rss_mb(), 1)
-
+    stages = Stages()
+    stages.enter("import torch")
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    mark("import torch")
+    stages.enter("import timm (and torchvision)")
     import timm  # noqa: F401
 
-    mark("import timm")
-    from ad_stat.padim import Padim
-    from adcore.metrics import evaluate
-    from adcore.values import parse_assignments
+    stages.enter("import adcore.benchmark, plan the pair")
+    if args.floor_only:
+        stages.enter("end")
+        print(json.dumps({"floor_only": True, "stages": stages.rows[1:-1], "exact_peaks": stages.exact}))
+        return
+    from adcore import evaluation, feature_detector
+    from adcore.base import BaseDetector
+    from adcore.benchmark import worker
+    from adcore.benchmark.cli import add_arguments
+    from adcore.benchmark.plan import build_plan
+    from adcore.benchmark.runner import write_spec
 
-    mark("import adcore, ad_stat")
-    params = parse_assignments(args.param) if args.param else {}
-    if args.quick:
-        from adcore.testing import make_normal_images, paste_defects
+    with tempfile.TemporaryDirectory(prefix="padim-memory-") as folder:
+        data_root = args.data_root
+        if args.quick:
+            from adcore.testing import write_tiny_category
 
-        size = 64
-        train = make_normal_images(8, (size, size), seed=0)
-        test_images, test_masks = paste_defects(make_normal_images(4, (size, size), seed=1))
-        labels = torch.tensor([0, 0, 1, 1])
-        test_images[:2], test_masks[:2] = make_normal_images(2, (size, size), seed=2), 0
-        batches = [(test_images, labels, test_masks)]
-        params.setdefault("input_size", size)
-    else:
-        from adcore.data import MVTecDataset, make_loader
-
-        root, category = args.dataset.split(":") if ":" in args.dataset else (args.dataset, args.dataset.rsplit("/", 1)[-1])
-        root = os.path.join(args.data, root if ":" in args.dataset else os.path.dirname(args.dataset))
-        train = MVTecDataset(root, category, split="train", image_size=256)
-        test = make_loader(MVTecDataset(root, category, split="test", image_size=256), 8)
-        batches = ((b["image"], torch.as_tensor(b["label"]), b["mask"]) for b in test)
-    detector = Padim(**params)
-    detector.extractor  # noqa: B018 - builds the backbone
-    mark("backbone built")
-    detector.fit(train)
-    mark("fit")
-    scores, labels, masks, maps = [], [], [], []
-    for images, label, mask in batches:
-        prediction = detector.predict(images)
-        scores.append(prediction.pred_score)
-        maps.append(prediction.anomaly_map.float())
-        labels.append(label)
-        masks.append(mask.to(torch.bool))
-    mark("predict test split")
-    metrics = evaluate(torch.cat(labels), torch.cat(scores), torch.cat(masks), torch.cat(maps))
-    mark("metrics")
-    sampler.running = False
-    state = {name: round(value.numel() * value.element_size() / 2**20, 1) for name, value in vars(detector).items()
-             if isinstance(value, torch.Tensor) and value.numel() > 1000}
-    print(json.dumps({"dataset": "quick" if args.quick else args.dataset, "params": params, "rss_mb": rss,
-                      "peak_mb": peak, "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                      "state_mb": state, "metrics": {k: round(float(v), 4) for k, v in metrics.items()
-                                                     if isinstance(v, (int, float))}}))
+            data_root = Path(folder) / "data"
+            write_tiny_category(data_root / "tiny", "tiny", size=64)
+            args.dataset = "tiny:tiny"
+        args.data_root = data_root
+        bench = argparse.ArgumentParser()
+        add_arguments(bench)
+        plan = build_plan(bench.parse_args(_plan_args(args, Path(folder) / "out")))
+        spec_path, result_path = write_spec(plan.runs[0], plan)
+        detector_class = type(worker._build_detector(args.model, {}))
+        _wrap(worker, "_build_detector", stages, "build the detector", "open the data")
+        _wrap(BaseDetector, "fit", stages, "fit: start", "between fit and predict")
+        _wrap(feature_detector, "shared_extractor", stages, "fit: the backbone built", "fit: statistics")
+        _wrap(detector_class, "_whitening", stages, "fit: whitening", "fit: after the whitening")
+        _wrap(evaluation, "collect_predictions", stages, "predict the test split", "after predict")
+        _wrap(evaluation, "evaluate", stages, "metrics", "after the metrics")
+        _wrap(evaluation, "measure_latency", stages, "latency (batch 1, batch 8)", "after the latency")
+        _wrap(worker, "_save_artifacts", stages, "artefacts written", "record written")
+        stages.enter("worker setup")
+        worker.run_worker(str(spec_path))
+        stages.enter("end")
+        record = json.loads(result_path.read_text())
+    rows = stages.rows[1:-1]
+    print(json.dumps({"dataset": args.dataset, "model": args.model, "params": args.param, "status": record.get("status"),
+                      "error": record.get("error"), "exact_peaks": stages.exact,
+                      "whole_run_peak_mb": max(row["peak_mb"] for row in rows), "stages": rows,
+                      "metrics": {key: record.get(key) for key in
+                                                                 ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")}}))
+    for row in rows:
+        print(f"{row['stage']:<40} level {row['level_mb']:8.1f}  peak {row['peak_mb']:8.1f}  {row['seconds']:6.2f} s",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -76,3 +76,33 @@ def test_a_test_set_without_masks_gets_image_level_metrics_and_the_reason(tmp_pa
     assert image_only.pixel_auroc is None and image_only.aupro is None
     assert image_only.notes == {"pixel_auroc": NO_MASKS_NOTE, "aupro": NO_MASKS_NOTE}
     assert "no masks given" in NO_MASKS_NOTE
+
+
+class _MeanDetector:
+    """Map = the image's mean over channels, score = its maximum: each item's outputs are recognisable."""
+
+    def predict(self, images: torch.Tensor) -> Prediction:
+        maps = images.mean(1)
+        return Prediction(pred_score=maps.flatten(1).amax(1), anomaly_map=maps.half())
+
+
+def test_collected_outputs_are_the_same_written_in_place_or_gathered() -> None:
+    from adcore.data import make_loader
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 5
+
+        def __getitem__(self, index: int) -> dict:
+            generator = torch.Generator().manual_seed(index)
+            return {"image": torch.rand(3, 6, 7, generator=generator), "label": index % 2,
+                    "mask": (torch.rand(6, 7, generator=generator) > 0.5).float(), "path": f"{index}.png"}
+
+    in_place = collect_predictions(_MeanDetector(), make_loader(Items(), 2))  # knows its length: one tensor each
+    gathered = collect_predictions(_MeanDetector(), list(make_loader(Items(), 2)))  # a plain list: lists + cat
+    for key in ("scores", "labels", "masks", "maps"):
+        assert torch.equal(in_place[key], gathered[key]), key
+    assert in_place["maps"].dtype == torch.float32 and in_place["masks"].dtype == torch.bool
+    assert in_place["maps"].shape == (5, 6, 7) and in_place["paths"] == [f"{i}.png" for i in range(5)]
+    expected = torch.stack([Items()[i]["image"].mean(0).half().float() for i in range(5)])
+    assert torch.equal(in_place["maps"], expected)

@@ -91,19 +91,48 @@ class EvaluationResult:
 
 
 def collect_predictions(detector: Any, loader: Any, *, desc: str = "predict") -> dict[str, Any]:
-    """Run ``predict`` over a loader of dataset dicts; returns scores, labels, masks, maps, paths."""
+    """Run ``predict`` over a loader of dataset dicts; returns scores, labels, masks, maps, paths.
+
+    When the loader knows its dataset's length, maps and masks are written batch by batch into one
+    tensor each, allocated at the first batch (lists and a concatenation would hold both copies at the
+    end: 2 × 27 MB for MVTec bottle at 256 px); the heap pages the batches' activations left behind
+    are handed back afterwards (:func:`adcore.memory.release_free_memory`), so the metrics and
+    whatever follows do not sit on top of them.
+    """
+    from adcore.memory import release_free_memory
+
+    total = len(loader.dataset) if hasattr(loader, "dataset") and hasattr(loader.dataset, "__len__") else None
     scores, labels, masks, maps, paths = [], [], [], [], []
+    all_masks = all_maps = None
+    filled = 0
     for batch in progress(loader, desc=desc, total=len(loader) if hasattr(loader, "__len__") else None):
         prediction = detector.predict(batch["image"])
         scores.append(prediction.pred_score)
+        labels.append(torch.as_tensor(batch["label"]))
+        paths.extend(batch["path"])
         # float32, not float16: half precision overflowed to Inf on maps with large raw values
         # (DifferNet's input gradients) and its 11-bit mantissa ties neighbouring pixel scores
-        maps.append(prediction.anomaly_map.float())
-        labels.append(torch.as_tensor(batch["label"]))
-        masks.append(batch["mask"].to(torch.bool))
-        paths.extend(batch["path"])
-    return {"scores": torch.cat(scores), "labels": torch.cat(labels), "masks": torch.cat(masks),
-            "maps": torch.cat(maps), "paths": paths}
+        amap, mask = prediction.anomaly_map, batch["mask"]
+        if total is not None and all_maps is None:
+            all_maps = torch.empty((total, *amap.shape[1:]), dtype=torch.float32)
+            all_masks = torch.empty((total, *mask.shape[1:]), dtype=torch.bool)
+        if all_maps is not None and filled + amap.shape[0] <= total and amap.shape[1:] == all_maps.shape[1:] \
+                and mask.shape[1:] == all_masks.shape[1:]:
+            all_maps[filled:filled + amap.shape[0]] = amap
+            all_masks[filled:filled + mask.shape[0]] = mask
+        else:  # a loader whose length or shapes were not what it said: collect the rest as a list
+            if all_maps is not None:
+                maps, masks, all_maps, all_masks = [all_maps[:filled]], [all_masks[:filled]], None, None
+                total = None
+            maps.append(amap.float())
+            masks.append(mask.to(torch.bool))
+        filled += amap.shape[0]
+    if all_maps is not None:
+        maps, masks = all_maps[:filled], all_masks[:filled]
+    else:
+        maps, masks = torch.cat(maps), torch.cat(masks)
+    release_free_memory()
+    return {"scores": torch.cat(scores), "labels": torch.cat(labels), "masks": masks, "maps": maps, "paths": paths}
 
 
 def measure_latency(detector: Any, images: torch.Tensor, *, batch_size: int = 8, repeats: int = 3) -> tuple[float, float]:

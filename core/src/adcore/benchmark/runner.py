@@ -28,7 +28,7 @@ from adcore.benchmark.store import ResultStore, base_record, json_default, now
 from adcore.files import atomic_write_text
 from adcore.tables import format_cell
 
-__all__ = ["RunOutcome", "run_benchmark", "run_one", "select_pending", "summary_line"]
+__all__ = ["RunOutcome", "run_benchmark", "run_one", "select_pending", "summary_line", "write_spec"]
 
 
 @dataclass
@@ -86,7 +86,12 @@ class _Running:
             pass
 
 
-def _launch(run: RunSpec, plan: BenchmarkPlan, env: dict[str, str] | None, echo: bool) -> _Running:
+def write_spec(run: RunSpec, plan: BenchmarkPlan) -> tuple[Path, Path]:
+    """Write the worker's spec for ``run`` under ``plan.out``; returns ``(spec path, result path)``.
+
+    ``python -m adcore.benchmark --worker SPEC`` runs it; so does a profiler that calls
+    :func:`adcore.benchmark.worker.run_worker` in its own process (``benchmarks/performance/padim_memory.py``).
+    """
     runs_dir = plan.out / RUNS_DIR
     runs_dir.mkdir(parents=True, exist_ok=True)
     spec_path = runs_dir / f"{run.slug}.spec.json"
@@ -98,6 +103,11 @@ def _launch(run: RunSpec, plan: BenchmarkPlan, env: dict[str, str] | None, echo:
             "record": base_record(run), "threads": plan.threads,
             "result_path": str(result_path.resolve()), "artifacts_path": str((runs_dir / f"{run.slug}.npz").resolve())}
     atomic_write_text(spec_path, json.dumps(spec, indent=1, default=json_default))
+    return spec_path, result_path
+
+
+def _launch(run: RunSpec, plan: BenchmarkPlan, env: dict[str, str] | None, echo: bool) -> _Running:
+    spec_path, result_path = write_spec(run, plan)
     child_env = dict(os.environ if env is None else env)
     if plan.threads:
         child_env.setdefault("OMP_NUM_THREADS", str(plan.threads))
