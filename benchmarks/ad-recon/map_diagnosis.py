@@ -125,6 +125,30 @@ def measure(name: str, seed: int, data: tuple, batch: int, save: Path | None, se
     return record
 
 
+def rescore(files: list[Path], data: tuple, variants: list[dict], batch: int) -> list[dict]:
+    """Saved models (``--save``) re-scored with other parameters (e.g. ``{"error": "l2_distance"}``), no refit:
+    image and pixel AUROC of the detector's own ``predict`` under each setting."""
+    from adcore.factory import load
+
+    _, test, labels, masks = data
+    test_t = torch.from_numpy(test)
+    records = []
+    for path in files:
+        model = load(path)
+        for variant in [{}] + variants:
+            model.set_params(**variant)
+            scores, maps = [], []
+            with torch.no_grad():
+                for i in range(0, test_t.shape[0], batch):
+                    prediction = model.predict(test_t[i:i + batch])
+                    scores.append(prediction.pred_score)
+                    maps.append(prediction.anomaly_map)
+            records.append({"file": path.name, "variant": variant or "as saved",
+                            "image_auroc": float(roc_auc_score(labels, torch.cat(scores).numpy())),
+                            "pixel_auroc": float(roc_auc_score(masks.reshape(-1), torch.cat(maps).numpy().reshape(-1)))})
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="an MVTec-layout category folder")
@@ -135,8 +159,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--param", action="append", default=[], help="NAME=JSON_VALUE over the bottle budget")
     parser.add_argument("--save", type=Path, default=None, help="keep the fitted models in this folder")
     parser.add_argument("--out", default=None, help="append one JSON line per (model, seed) here")
+    parser.add_argument("--rescore", type=Path, nargs="+", help="saved model files: re-score them (no fit) as saved "
+                                                               "and with each --variant")
+    parser.add_argument("--variant", action="append", default=[], help="JSON object of parameters for --rescore")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.rescore:
+        for record in rescore(args.rescore, read_split(Path(args.data), 256), [json.loads(v) for v in args.variant],
+                              args.batch):
+            line = json.dumps(record)
+            print(line, flush=True)
+            if args.out:
+                with open(args.out, "a", encoding="utf-8") as handle:
+                    handle.write(line + "\n")
+        return 0
     params = dict(BUDGET)
     for item in args.param:
         key, _, value = item.partition("=")
