@@ -125,6 +125,15 @@ def measure(name: str, seed: int, data: tuple, batch: int, save: Path | None, se
     return record
 
 
+def _emit(record: dict, out: str | None) -> None:
+    """Print one JSON line and append it to ``out`` (when given)."""
+    line = json.dumps(record)
+    print(line, flush=True)
+    if out:
+        with open(out, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+
 def rescore(files: list[Path], data: tuple, variants: list[dict], batch: int) -> list[dict]:
     """Saved models (``--save``) re-scored with other parameters (e.g. ``{"error": "l2_distance"}``), no refit:
     image and pixel AUROC of the detector's own ``predict`` under each setting."""
@@ -167,11 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rescore:
         for record in rescore(args.rescore, read_split(Path(args.data), 256), [json.loads(v) for v in args.variant],
                               args.batch):
-            line = json.dumps(record)
-            print(line, flush=True)
-            if args.out:
-                with open(args.out, "a", encoding="utf-8") as handle:
-                    handle.write(line + "\n")
+            _emit(record, args.out)
         return 0
     params = dict(BUDGET)
     for item in args.param:
@@ -181,11 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     set_name = Path(args.data).name
     for name in args.models.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            line = json.dumps(measure(name, seed, data, args.batch, args.save, set_name, params))
-            print(line, flush=True)
-            if args.out:
-                with open(args.out, "a", encoding="utf-8") as handle:
-                    handle.write(line + "\n")
+            _emit(measure(name, seed, data, args.batch, args.save, set_name, params), args.out)
     return 0
 
 
