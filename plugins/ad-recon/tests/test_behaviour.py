@@ -41,6 +41,16 @@ def test_l2_error_is_channel_mean_of_squared_difference() -> None:
     assert math.isclose(float(error[0, 1, 2]), 0.36 / 3, rel_tol=1e-6) and float(error.sum()) == pytest.approx(0.12)
 
 
+def test_l2_distance_is_the_euclidean_distance_of_the_rgb_vectors() -> None:
+    x, y = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+    y[0, 0, 1, 2], y[0, 1, 1, 2], y[0, 2, 3, 0] = 0.3, 0.4, -0.2
+    distance = reconstruction_error(x, y, "l2_distance")
+    assert distance.shape == (1, 4, 4)
+    assert float(distance[0, 1, 2]) == pytest.approx(0.5) and float(distance[0, 3, 0]) == pytest.approx(0.2)
+    # unsmoothed it ranks the pixels as the channel-mean squared error does (sqrt(3 * l2))
+    assert torch.allclose(distance, (3 * reconstruction_error(x, y, "l2")).sqrt())
+
+
 def test_image_score_max_and_topk() -> None:
     maps = torch.zeros(1, 10, 10)
     maps[0, 0, :4] = torch.tensor([4.0, 3.0, 2.0, 1.0])

@@ -42,7 +42,7 @@ def test_non_finite_and_huge_shared_values_are_refused_at_construction(name: str
     ("unet_ae", {"depth": 1}, "depth must be an integer in [2, 8]"),
     ("resnet_ae", {"encoder_learning_rate": math.inf}, "encoder_learning_rate must be a finite number in (0, 10]"),
     ("resnet_ae", {"fine_tune": 1}, "fine_tune must be True or False"),
-    ("resnet_ae", {"error": "perceptual"}, "error must be one of 'l2', 'ssim', 'feature'"),
+    ("resnet_ae", {"error": "perceptual"}, "error must be one of 'l2', 'ssim', 'l2_distance', 'feature'"),
     ("resnet_ae", {"layers": ("blocks.2", "blocks.4")}, "layers must be 1 distinct backbone stage"),
     ("resnet_ae", {"weights": "imagenet"}, "weights must be one of 'pretrained', 'hub' or None"),
     ("vanilla_ae", {"error": "feature"}, "error must be one of 'l2', 'ssim'"),  # only resnet_ae has features

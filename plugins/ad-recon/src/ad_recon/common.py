@@ -69,8 +69,10 @@ __all__ = [
     "check_input_covers_depth",
 ]
 
-#: per-pixel error measures for the anomaly map (and, where a model allows it, the training loss)
-ERRORS = ("l2", "ssim")
+#: per-pixel error measures for the anomaly map (and, where a model allows it, the training loss):
+#: squared error averaged over RGB, 1 - SSIM, and the per-pixel l2 distance sqrt(sum over RGB of the
+#: squared error), the residual map of Bergmann et al. (VISAPP 2019; MVTec AD, CVPR 2019)
+ERRORS = ("l2", "ssim", "l2_distance")
 #: how an image score is read from its anomaly map
 IMAGE_SCORES = ("max", "topk")
 
@@ -273,9 +275,18 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 
 
 
 def reconstruction_error(images: torch.Tensor, reconstructions: torch.Tensor, error: str = "l2") -> torch.Tensor:
-    """Per-pixel error ``(B,H,W)``: squared difference averaged over channels, or ``1 - SSIM``."""
+    """Per-pixel error ``(B,H,W)``: squared difference averaged over channels (``"l2"``), ``1 - SSIM``,
+    or the Euclidean distance of the RGB vectors (``"l2_distance"``).
+
+    Unsmoothed, ``"l2"`` and ``"l2_distance"`` rank pixels identically (one is a monotone function of
+    the other); after the Gaussian smoothing of the map they differ: smoothing the squared error
+    lets the few largest residuals (the blurred rim of an object) dominate a neighbourhood more than
+    smoothing the distance does.
+    """
     if error == "l2":
         return (images - reconstructions).pow(2).mean(1)
+    if error == "l2_distance":
+        return (images - reconstructions).pow(2).sum(1).sqrt()
     if error == "ssim":
         return 1.0 - ssim_map(images, reconstructions)
     raise InvalidInputError(f"error must be one of {ERRORS}, got {error!r}")

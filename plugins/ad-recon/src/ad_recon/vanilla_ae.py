@@ -46,7 +46,9 @@ class VanillaAE(ReconstructionDetector):
         depth: number of stride-2 levels; ``input_size`` must be at least ``2**depth``.
         residual: add a residual block after every level of encoder and decoder.
         loss: training loss, ``"l2"`` (L2-AE) or ``"ssim"`` (SSIM-AE).
-        error: per-pixel error for the anomaly map, ``"l2"`` or ``"ssim"``.
+        error: per-pixel error for the anomaly map: ``"l2"`` (squared error averaged over RGB),
+            ``"l2_distance"`` (the ℓ2 distance, the paper's residual map; the same ranking unsmoothed,
+            not after ``sigma``: docs/ad-recon.md) or ``"ssim"``.
         epochs, batch_size, learning_rate, weight_decay: Adam training.
         validation_fraction, patience: hold out this fraction of the good images and stop when
             their loss has not improved for ``patience`` epochs (0 = no early stopping).
