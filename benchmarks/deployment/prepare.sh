@@ -11,9 +11,9 @@
 # depends on the data). The autoencoder at the budget of benchmarks/ad-recon/config.json (16 base
 # channels, 12 epochs, batch 8, lr 2e-3) at input_size 256. EfficientAD at the networks of
 # benchmarks/ad-distill/config.json (PDN-S at width 0.25, 64 teacher channels, lr 1e-3) but only 4
-# teacher and 8 student steps (EFFICIENTAD_TEACHER_STEPS / EFFICIENTAD_STEPS; the config's 40 + 110
-# are roughly 50 CPU-minutes at 256 px, estimated from docs/ad-distill.md's ~230 steps in 10 min on 2
-# cores at 128 px; its defaults 10,000 + 70,000 take hours): the latency depends on the
+# teacher and 8 student steps (EFFICIENTAD_TEACHER_STEPS / EFFICIENTAD_STEPS; at ~2.6 s per student
+# step on the 2 cores at 256 px, docs/ad-distill.md, the config's 110 are ~5 min of both cores, over
+# an hour on the loaded machine; its defaults 10,000 + 70,000 take hours): the latency depends on the
 # networks' width, which is kept, not on the number of steps, so that model is for timing only.
 #
 #   bash benchmarks/deployment/prepare.sh                  # bottle, 256 px, into runs/deployment
