@@ -17,7 +17,8 @@ magnetic tile, PIPED's three sets), it
 3. scores the test split, loaded as ``adcore eval`` loads it (``open_dataset(spec, "test",
    load_size)``; the whole split, except that a split over ``--max-test`` images, i.e. magnetic
    tile's 583, is cut to that many evenly spaced over the sorted split, so every defect class stays
-   in: 14 detectors x 583 images x 2 engines did not fit the hour on 2 shared cores), batch by batch with the torch detector and with each artefact opened by
+   in: 14 detectors x 583 images x 2 engines did not fit the hour on 2 shared cores), batch by
+   batch with the torch detector and with each artefact opened by
    ``adcore.deployed.open_model`` (what ``adcore eval`` / ``adcore predict`` run on an artefact);
 4. records, per artefact: the largest relative score difference, the largest map difference over the
    torch maps' range, image AUROC and pixel AUROC of torch and of the artefact, and whether they agree
