@@ -1,20 +1,28 @@
 """Latency and peak memory of one predicting process: torch eager, ONNX Runtime or OpenVINO.
 
-    python benchmarks/deployment/latency.py --engine onnx --artefact runs/deploy/padim/onnx \
-        --images ../shared/data/mvtec_bottle/bottle/test --batch 1 8
+    python benchmarks/deployment/latency.py --engine onnx --artefact runs/deployment/padim/onnx \
+        --images ../shared/data/mvtec_bottle/bottle/test --batch 8 --label padim
 
-One engine per process, so the reported peak RSS (``ru_maxrss``) is that engine's alone: the ONNX
-Runtime and OpenVINO engines import neither torch nor adcore (images are decoded with Pillow and
-resized once, before timing). Prints one JSON line per batch size. Run it only on an idle machine
-(run.sh holds the shared measurement lock); timings taken beside other work are void.
+One engine and one batch size per process (measure.sh runs one process each), so the reported peak
+resident memory is that engine's alone at that batch size: ``peak_rss_mb`` is the process's
+``VmHWM`` (not ``ru_maxrss``, which Linux carries across ``exec`` from the forking parent). The ONNX
+Runtime and OpenVINO engines import neither torch nor adcore (the record says so). Every engine gets
+the same input: ``--limit`` test images decoded with Pillow and resized to the model's input size
+once, before timing, as float32 NCHW in [0, 1]; torch runs ``adcore.load(model).predict`` on it (the
+detector's whole eager path: normalisation, forward, map post-processing, score), the other two run
+the exported graph, which holds the same steps. Each engine runs on ``OMP_NUM_THREADS`` threads
+(default 2). Times: ``--warmup`` calls first, then every batch of the images timed on its own;
+``ms_per_image_median`` is the median call divided by the batch size, ``ms_per_image_mean`` the
+total divided by the images. Prints one JSON line. Timings are void beside other work: measure.sh
+holds the shared measurement lock around each process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -24,41 +32,63 @@ import numpy as np
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (``VmHWM``; ``ru_maxrss`` where there is no /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
 def load_images(folder: Path, size: tuple[int, int], limit: int) -> np.ndarray:
     from PIL import Image
 
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES)[:limit]
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES and not p.name.startswith("."))
+    paths = paths[:limit]
     if not paths:
         sys.exit(f"no images under {folder}")
     arrays = [np.asarray(Image.open(p).convert("RGB").resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32)
               for p in paths]
-    return (np.stack(arrays) / 255.0).transpose(0, 3, 1, 2).copy()
+    return np.ascontiguousarray((np.stack(arrays) / 255.0).transpose(0, 3, 1, 2), dtype=np.float32)
 
 
-def engine(name: str, artefact: Path | None, model: Path | None):
-    """``(run(batch) -> None, input_size)`` for the engine ``name``."""
+def engine(name: str, target: Path, threads: int):
+    """``(run(batch) -> None, input_size)`` for the engine ``name`` on ``target``."""
     if name == "torch":
         import torch
 
         import adcore
 
-        detector = adcore.load(model)
+        torch.set_num_threads(threads)
+        detector = adcore.load(target)
 
         def run_torch(batch: np.ndarray) -> None:
             detector.predict(torch.from_numpy(batch))
 
         return run_torch, tuple(detector.image_size)
-    sidecar = json.loads((artefact / "adcore-export.json").read_text())
+    sidecar = json.loads((target / "adcore-export.json").read_text())
     size = tuple(sidecar["input_size"])
+    graph = str(target / sidecar["artefact"])
     if name == "onnx":
         import onnxruntime as ort
 
-        session = ort.InferenceSession(str(artefact / sidecar["artefact"]), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         return (lambda batch: session.run(None, {"images": batch})), size
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(artefact / sidecar["artefact"]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return (lambda batch: compiled(batch)), size
+    compiled = ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                      "INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+    return (lambda batch: request.infer({0: batch})), size
 
 
 def main() -> None:
@@ -67,25 +97,36 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="the .safetensors model (torch engine)")
     parser.add_argument("--artefact", type=Path, help="the export folder (onnx/openvino engines)")
     parser.add_argument("--images", type=Path, required=True)
-    parser.add_argument("--limit", type=int, default=32, help="images to time")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--limit", type=int, default=64, help="images to time")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls first")
     parser.add_argument("--label", default="")
     args = parser.parse_args()
-    run, size = engine(args.engine, args.artefact, args.model)
+    target = args.model if args.engine == "torch" else args.artefact
+    if target is None:
+        parser.error(f"--engine {args.engine} needs {'--model' if args.engine == 'torch' else '--artefact'}")
+    threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
+    started = time.perf_counter()
+    run, size = engine(args.engine, target, threads)
+    loaded = time.perf_counter() - started
     images = load_images(args.images, size, args.limit)
-    for batch_size in args.batch:
-        batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
-        for batch in batches[: args.warmup]:
-            run(batch)
-        started = time.perf_counter()
-        for batch in batches:
-            run(batch)
-        elapsed = time.perf_counter() - started
-        print(json.dumps({"label": args.label, "engine": args.engine, "batch": batch_size, "images": len(images),
-                          "ms_per_image": round(1000 * elapsed / len(images), 3),
-                          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                          "input_size": list(size), "machine": platform.processor() or platform.machine()}), flush=True)
+    batches = [images[i:i + args.batch] for i in range(0, len(images) - args.batch + 1, args.batch)]
+    for i in range(args.warmup):
+        run(batches[i % len(batches)])
+    times = []
+    for batch in batches:
+        begin = time.perf_counter()
+        run(batch)
+        times.append(time.perf_counter() - begin)
+    timed = len(batches) * args.batch
+    print(json.dumps({"label": args.label, "engine": args.engine, "batch": args.batch, "images": timed,
+                      "ms_per_image_median": round(1000 * sorted(times)[len(times) // 2] / args.batch, 3),
+                      "ms_per_image_mean": round(1000 * sum(times) / timed, 3),
+                      "load_seconds": round(loaded, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
+                      "torch_imported": "torch" in sys.modules, "adcore_imported": "adcore" in sys.modules,
+                      "threads": threads, "input_size": list(size), "target": str(target),
+                      "machine": platform.processor() or platform.machine(),
+                      "python": platform.python_version()}), flush=True)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from latency import peak_rss_mb as _peak_rss_mb  # this folder's latency.py: VmHWM, not ru_maxrss
+
 REPO = Path(__file__).resolve().parents[2]
 DETECTORS = ("padim", "patchcore")
 ENGINES = ("torch", "runtime-onnx", "runtime-openvino")
@@ -44,22 +46,6 @@ SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 # -- one engine, in its own process ---------------------------------------------------------------
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory: ``VmHWM`` of its own address space on Linux. Not
-    ``ru_maxrss``, which Linux carries across ``exec`` from the forking parent: a child of a driver
-    that had imported torch would report the driver's memory."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
 def _image_paths(folder: Path, limit: int) -> list[Path]:
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES and not p.name.startswith("."))
     if not paths:
