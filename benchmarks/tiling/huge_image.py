@@ -2,10 +2,12 @@
 
 Fits a detector with ``tile_size`` on the train mosaics (``make_mosaics.py``) at native resolution,
 then predicts one ``--side`` × ``--side`` image made by repeating a test mosaic, and prints one JSON
-line: peak RSS of the process before and after the prediction, seconds, tiles, and the map's shape.
-With ``--save MODEL`` it only fits and saves; with ``--model-file MODEL`` it only loads and predicts,
-so the predicting process's peak is the prediction's own (what a line's scoring process holds),
-not the fit's. ``--figure`` writes a downscaled heatmap of the huge image.
+line: the process's resident memory before the prediction (held, and its peak so far), its peak
+after (``VmHWM``), seconds, tiles, and the map's shape. With ``--save MODEL`` it only fits and
+saves; with ``--model-file MODEL`` it only loads and predicts, so the predicting process's peak is
+the prediction's own (what a line's scoring process holds), not the fit's. ``--dtype uint8`` passes
+the image as a decoder gives it (183 MB at 8,000²) instead of as float32 (732 MB, what
+``adcore.data.load_image`` returns). ``--figure`` writes a downscaled heatmap of the huge image.
 
     python benchmarks/tiling/huge_image.py --mosaics runs/tiling/mosaics/PA_FLR01_TL_mosaic --model padim --save m.safetensors
     python benchmarks/tiling/huge_image.py --mosaics runs/tiling/mosaics/PA_FLR01_TL_mosaic --model-file m.safetensors
@@ -15,17 +17,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 from pathlib import Path
 
 import torch
 
-__all__ = ["main"]
+__all__ = ["main", "rss_mb", "build_huge_image"]
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory now (``VmRSS``) or at its peak (``VmHWM``), in MiB."""
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def build_huge_image(mosaics: Path, side: int, dtype: torch.dtype) -> torch.Tensor:
+    """A ``(3, side, side)`` image of repeated copies of the first impure test mosaic, filled in
+    place (repeating then cropping would hold two full-size copies for a moment and set the peak).
+    ``uint8`` is the image as a decoder gives it; ``float32`` as :func:`adcore.data.load_image` does."""
+    from adcore.data import load_image
+
+    mosaic = load_image(sorted((mosaics / "test" / "impurity").glob("*.png"))[0])
+    if dtype == torch.uint8:
+        mosaic = (mosaic * 255).round().to(torch.uint8)
+    height, width = mosaic.shape[-2:]
+    huge = torch.empty(3, side, side, dtype=dtype)
+    for top in range(0, side, height):
+        for left in range(0, side, width):
+            block = huge[:, top:top + height, left:left + width]
+            block.copy_(mosaic[:, : block.shape[1], : block.shape[2]])
+    return huge
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,13 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--side", type=int, default=8000)
     parser.add_argument("--tile-size", type=int, default=256)
     parser.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--dtype", choices=("float32", "uint8"), default="float32",
+                        help="the huge image as float32 (as adcore.data.load_image gives it) or uint8 (as decoded)")
     parser.add_argument("--figure", type=Path, default=None)
     parser.add_argument("--save", type=Path, default=None, help="fit, save the model here and stop")
     parser.add_argument("--model-file", type=Path, default=None, help="load this model instead of fitting one")
     args = parser.parse_args(argv)
 
     import adcore
-    from adcore.data import MVTecDataset, load_image, make_loader
+    from adcore.data import MVTecDataset, make_loader
     from adcore.tiling import tile_grid
     from adcore.values import parse_assignments
 
@@ -56,26 +82,25 @@ def main(argv: list[str] | None = None) -> int:
         detector.fit(make_loader(train, 1))
         if args.save is not None:
             detector.save(args.save)
-            print(json.dumps({"saved": str(args.save), "peak_rss_mb_fit": round(_peak_rss_mb())}))
+            print(json.dumps({"saved": str(args.save), "peak_rss_mb_fit": round(rss_mb("VmHWM"))}))
             return 0
-    mosaic = load_image(sorted((args.mosaics / "test" / "impurity").glob("*.png"))[0])
-    repeats = -(-args.side // mosaic.shape[-1])
-    huge = mosaic.repeat(1, repeats, repeats)[:, : args.side, : args.side].contiguous()
-    del mosaic
-    before = _peak_rss_mb()
+    huge = build_huge_image(args.mosaics, args.side, getattr(torch, args.dtype))
+    before, held = rss_mb("VmHWM"), rss_mb()
     start = time.perf_counter()
     prediction = detector.predict(huge[None])
     seconds = time.perf_counter() - start
-    after = _peak_rss_mb()
+    after = rss_mb("VmHWM")
     grid = tile_grid(args.side, args.side, detector.tile_size, detector.tile_overlap)
     print(json.dumps({"model": args.model, "side": args.side, "tile_size": args.tile_size, "tiles": len(grid),
+                      "input_dtype": args.dtype, "image_mb": round(huge.numel() * huge.element_size() / 2**20),
                       "map_shape": list(prediction.anomaly_map.shape), "predict_seconds": round(seconds, 1),
-                      "peak_rss_mb_before_predict": round(before), "peak_rss_mb": round(after),
-                      "image_mb": round(huge.numel() * 4 / 2**20)}))
+                      "peak_rss_mb_before_predict": round(before), "rss_mb_held_before_predict": round(held),
+                      "peak_rss_mb": round(after)}))
     if args.figure is not None:
         from adcore.viz import save_heatmap_panel
 
-        small = torch.nn.functional.interpolate(huge[None], size=(1000, 1000), mode="area")[0]
+        shown = huge.float() / 255.0 if huge.dtype == torch.uint8 else huge
+        small = torch.nn.functional.interpolate(shown[None], size=(1000, 1000), mode="area")[0]
         amap = torch.nn.functional.interpolate(prediction.anomaly_map[None], size=(1000, 1000), mode="area")[0, 0]
         save_heatmap_panel(args.figure, small, amap, vmin=float(amap.min()), vmax=float(amap.max()),
                            title=f"{args.model}, {args.side} x {args.side} px, {len(grid)} tiles of {args.tile_size}")

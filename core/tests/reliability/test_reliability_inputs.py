@@ -69,6 +69,20 @@ def test_tiny_rounding_outside_the_range_is_clamped(gaussian, probe):
     assert bool(torch.isfinite(gaussian.predict(nudged).pred_score).all())
 
 
+def test_valid_float_batches_are_not_copied_and_the_callers_tensor_is_never_written():
+    from adcore.inputs import validate_images
+
+    images = torch.rand(2, 3, 16, 16)
+    assert validate_images(images) is images  # a huge image must not be held twice
+    nudged = images.clone()
+    nudged[0, 0, 0, 0] = 1.0005
+    checked = validate_images(nudged)
+    assert float(checked.max()) == 1.0 and float(nudged[0, 0, 0, 0]) == pytest.approx(1.0005)  # clamped a copy
+    as_uint8 = (images * 255).round().to(torch.uint8)
+    assert torch.equal(validate_images(as_uint8), as_uint8.float() / 255)
+    assert validate_images(as_uint8, keep_uint8=True) is as_uint8
+
+
 def test_batch_of_one_and_shapes(gaussian, probe):
     single = gaussian.predict(probe[:1])
     assert tuple(single.pred_score.shape) == (1,) and tuple(single.anomaly_map.shape) == (1, 32, 32)
