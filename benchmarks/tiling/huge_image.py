@@ -7,7 +7,11 @@ after (``VmHWM``), seconds, tiles, and the map's shape. With ``--save MODEL`` it
 saves; with ``--model-file MODEL`` it only loads and predicts, so the predicting process's peak is
 the prediction's own (what a line's scoring process holds), not the fit's. ``--dtype uint8`` passes
 the image as a decoder gives it (183 MB at 8,000²) instead of as float32 (732 MB, what
-``adcore.data.load_image`` returns). ``--figure`` writes a downscaled heatmap of the huge image.
+``adcore.data.load_image`` returns). ``--by-stage`` samples ``VmRSS`` every millisecond in a thread
+(torch releases the GIL inside its kernels, so it sees their peaks; ``tracemalloc`` cannot see
+torch's allocations) and reports the highest value under each stage of the prediction (input
+checks, the blend, each tile batch's scoring), so each stage's share is its difference from the
+memory held before. (``predict_seconds`` is then not a timing.) ``--figure`` writes a downscaled heatmap of the huge image.
 
     python benchmarks/tiling/huge_image.py --mosaics runs/tiling/mosaics/PA_FLR01_TL_mosaic --model padim --save m.safetensors
     python benchmarks/tiling/huge_image.py --mosaics runs/tiling/mosaics/PA_FLR01_TL_mosaic --model-file m.safetensors
@@ -17,8 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,6 +59,51 @@ def build_huge_image(mosaics: Path, side: int, dtype: torch.dtype) -> torch.Tens
     return huge
 
 
+class _Sampler(threading.Thread):
+    """Keeps the highest RSS seen under each stage label."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.stage = "start"
+        self.peaks: dict[str, float] = {}
+        self.running = True
+
+    def run(self) -> None:
+        while self.running:
+            value = rss_mb()
+            if value > self.peaks.get(self.stage, 0.0):
+                self.peaks[self.stage] = value
+            time.sleep(0.001)
+
+
+def _wrap(owner: Any, name: str, sampler: _Sampler, label: str) -> None:
+    original: Callable[..., Any] = getattr(owner, name)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        outer = sampler.stage
+        sampler.stage = label
+        try:
+            return original(*args, **kwargs)
+        finally:
+            sampler.stage = outer
+
+    setattr(owner, name, wrapped)
+
+
+def _by_stage(detector) -> _Sampler:
+    """Start a sampler and wrap the prediction path's stages (innermost label wins)."""
+    from adcore import base, tiling
+
+    sampler = _Sampler()
+    sampler.start()
+    _wrap(base, "validate_images", sampler, "validate_images")
+    _wrap(tiling, "blend_tiles", sampler, "blend (tile scoring inside)")
+    _wrap(type(detector), "_predict_resized", sampler, "tile batch: _predict_resized")
+    _wrap(type(detector), "_predict", sampler, "tile batch: _predict")
+    sampler.stage = "predict (other)"
+    return sampler
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mosaics", type=Path, required=True, help="the mosaic category folder")
@@ -61,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--dtype", choices=("float32", "uint8"), default="float32",
                         help="the huge image as float32 (as adcore.data.load_image gives it) or uint8 (as decoded)")
+    parser.add_argument("--by-stage", action="store_true",
+                        help="also sample VmRSS every millisecond and report the peak under each stage of the prediction")
     parser.add_argument("--figure", type=Path, default=None)
     parser.add_argument("--save", type=Path, default=None, help="fit, save the model here and stop")
     parser.add_argument("--model-file", type=Path, default=None, help="load this model instead of fitting one")
@@ -86,16 +140,22 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     huge = build_huge_image(args.mosaics, args.side, getattr(torch, args.dtype))
     before, held = rss_mb("VmHWM"), rss_mb()
+    sampler = _by_stage(detector) if args.by_stage else None
     start = time.perf_counter()
     prediction = detector.predict(huge[None])
     seconds = time.perf_counter() - start
     after = rss_mb("VmHWM")
+    stages = {}
+    if sampler is not None:
+        sampler.running = False
+        sampler.join()
+        stages = {"peak_rss_mb_by_stage": {name: round(value) for name, value in sampler.peaks.items()}}
     grid = tile_grid(args.side, args.side, detector.tile_size, detector.tile_overlap)
     print(json.dumps({"model": args.model, "side": args.side, "tile_size": args.tile_size, "tiles": len(grid),
                       "input_dtype": args.dtype, "image_mb": round(huge.numel() * huge.element_size() / 2**20),
                       "map_shape": list(prediction.anomaly_map.shape), "predict_seconds": round(seconds, 1),
                       "peak_rss_mb_before_predict": round(before), "rss_mb_held_before_predict": round(held),
-                      "peak_rss_mb": round(after)}))
+                      "peak_rss_mb": round(after), **stages}))
     if args.figure is not None:
         from adcore.viz import save_heatmap_panel
 
