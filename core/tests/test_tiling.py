@@ -117,14 +117,16 @@ class _LargestAllocation(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
-def test_tiled_prediction_holds_no_full_size_buffer_but_the_map(dtype):
+@pytest.mark.parametrize("given_as", ["float32", "float32 channels-last (as load_image gives it)", "uint8"])
+def test_tiled_prediction_holds_no_full_size_buffer_but_the_map(given_as):
     # an 8,000² image is 732 MB as float32: a float copy of the input (a clamp, a uint8 conversion)
     # or a second copy of the map (stacking the per-image maps) must never be made
     detector = PixelDetector(tile_size=32, tile_overlap=0.25).fit(torch.rand(1, 3, 32, 32))
     detector.predict_batch_size = 4  # a batch of tiles (4 × 3 × 32² floats) is smaller than the map
     image = torch.randint(0, 256, (1, 3, 200, 176), dtype=torch.uint8)
-    given = image if dtype == torch.uint8 else image.float() / 255.0
+    given = image if given_as == "uint8" else image.float() / 255.0
+    if "channels-last" in given_as:
+        given = given.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
     with _LargestAllocation() as watch:
         prediction = detector.predict(given)
     assert watch.largest == 200 * 176 * 4  # the (1, H, W) float32 map, allocated once

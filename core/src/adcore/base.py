@@ -233,7 +233,7 @@ class BaseDetector(TilingMixin, ABC):
         """Score a ``(B,3,H,W)`` float batch in [0, 1]; maps come back at the input's own H×W."""
         self._check_fitted("predict")
         # tiling converts a uint8 image tile by tile: no float copy of a huge image is ever held
-        images = validate_images(images, where="predict", keep_uint8=self.tiled)
+        images = validate_images(images, where="predict", tiling=self.tiled)
         context = torch.inference_mode() if self.inference_mode else torch.no_grad()
         with context:
             if self.tiled:

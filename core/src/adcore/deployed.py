@@ -179,7 +179,7 @@ class ExportedModel:
 
         from adcore.tiling import predict_tiled_batch
 
-        images = validate_images(images, where="predict", keep_uint8=self.tiled).cpu()
+        images = validate_images(images, where="predict", tiling=self.tiled).cpu()
         if self.tiled:
             pred_score, anomaly_map = predict_tiled_batch(images, lambda image, out: self._predict_tiled(image, out)[0])
         else:

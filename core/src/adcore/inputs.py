@@ -36,15 +36,17 @@ def to_size(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (h, w)
 
 
-def validate_images(images: Any, *, where: str = "predict", keep_uint8: bool = False) -> torch.Tensor:
+def validate_images(images: Any, *, where: str = "predict", tiling: bool = False) -> torch.Tensor:
     """Check a batch and return it as contiguous float32 ``(B,3,H,W)`` in [0, 1].
 
     Conversions (documented, tested): ``uint8`` is divided by 255; other float dtypes are cast to
     float32. Everything else that is off raises :class:`InvalidInputError` saying what was expected.
     A float32 batch that is already contiguous and in [0, 1] is returned as it is, not copied (an
     8,000² image is 732 MB; a tiling prediction would otherwise hold it twice), so predictors must
-    not write into the batch they get. ``keep_uint8``: return a ``uint8`` batch checked but as it is
-    (not converted, not made contiguous) for a caller that converts it piece by piece (tiling).
+    not write into the batch they get. ``tiling``: for a caller that cuts the batch into tiles and
+    copies each batch of tiles itself: a ``uint8`` batch is returned checked but as it is (the tiles
+    are converted one batch at a time) and no batch is made contiguous (``load_image`` gives a
+    channels-last float image; its contiguous copy would be another full-size buffer).
     """
     if not isinstance(images, torch.Tensor):
         hint = " (a numpy array: use torch.from_numpy(a).permute(0, 3, 1, 2) / 255)" if hasattr(images, "__array__") else ""
@@ -68,7 +70,7 @@ def validate_images(images: Any, *, where: str = "predict", keep_uint8: bool = F
         raise InvalidInputError(f"{where}: images of {images.shape[2]}×{images.shape[3]} pixels are too small to score")
     if images.dtype == torch.uint8:
         # every uint8 value is in range; dividing in place keeps one float copy, not two
-        return images if keep_uint8 else images.float().div_(255.0).contiguous()
+        return images if tiling else images.float().div_(255.0).contiguous()
     # min and max in one reduction, no mask of the whole batch: NaN propagates through both and an
     # Inf is one of them, so the per-image finiteness mask is only built to name the bad images
     low_t, high_t = torch.aminmax(images)
@@ -83,7 +85,7 @@ def validate_images(images: Any, *, where: str = "predict", keep_uint8: bool = F
     converted = images.float()
     if low < 0.0 or high > 1.0:  # within the tolerance: clamp a copy, never the caller's tensor
         converted = converted.clamp(0.0, 1.0) if converted is images else converted.clamp_(0.0, 1.0)
-    return converted.contiguous()
+    return converted if tiling else converted.contiguous()
 
 
 def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

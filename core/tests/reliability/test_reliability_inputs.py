@@ -80,7 +80,10 @@ def test_valid_float_batches_are_not_copied_and_the_callers_tensor_is_never_writ
     assert float(checked.max()) == 1.0 and float(nudged[0, 0, 0, 0]) == pytest.approx(1.0005)  # clamped a copy
     as_uint8 = (images * 255).round().to(torch.uint8)
     assert torch.equal(validate_images(as_uint8), as_uint8.float() / 255)
-    assert validate_images(as_uint8, keep_uint8=True) is as_uint8
+    assert validate_images(as_uint8, tiling=True) is as_uint8
+    channels_last = images.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # as load_image returns images
+    assert validate_images(channels_last, tiling=True) is channels_last  # tiles are copied anyway
+    assert validate_images(channels_last).is_contiguous()
 
 
 def test_batch_of_one_and_shapes(gaussian, probe):
