@@ -17,8 +17,11 @@ for model in padim patchcore; do
     # fit and save in one process, predict the 8,000-px image in a fresh one: its peak is the prediction's
     $PY benchmarks/tiling/huge_image.py --mosaics runs/tiling/mosaics/PA_FLR01_TL_mosaic --model "$model" $extra \
         --save "runs/tiling/huge_$model.safetensors"
-    $PY benchmarks/tiling/huge_image.py --mosaics runs/tiling/mosaics/PA_FLR01_TL_mosaic \
-        --model-file "runs/tiling/huge_$model.safetensors" >> benchmarks/tiling/results/huge_image.jsonl
+    # the image as load_image gives it (float32), then as a decoder gives it (uint8, converted tile by tile)
+    for dtype in float32 uint8; do
+        $PY benchmarks/tiling/huge_image.py --mosaics runs/tiling/mosaics/PA_FLR01_TL_mosaic --dtype $dtype \
+            --model-file "runs/tiling/huge_$model.safetensors" >> benchmarks/tiling/results/huge_image.jsonl
+    done
 done
 cp results/tiling/untiled/results.jsonl benchmarks/tiling/results/untiled.jsonl
 cp results/tiling/tiled/results.jsonl benchmarks/tiling/results/tiled.jsonl

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from adcore.base import BaseDetector
 from adcore.errors import InvalidInputError
@@ -97,3 +99,50 @@ def test_tiling_after_a_resize_and_round_trip(tmp_path):
         PixelDetector(tile_size=32, tile_overlap=0.95)
     with pytest.raises(InvalidInputError, match="tile_size"):
         PixelDetector(tile_size=8)
+
+
+class _LargestAllocation(TorchDispatchMode):
+    """Records the largest tensor storage any operation newly allocates (views and in-place results excluded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.largest = max(self.largest, t.untyped_storage().nbytes())
+        return out
+
+
+@pytest.mark.parametrize("given_as", ["float32", "float32 channels-last (as load_image gives it)", "uint8"])
+def test_tiled_prediction_holds_no_full_size_buffer_but_the_map(given_as):
+    # an 8,000² image is 732 MB as float32: a float copy of the input (a clamp, a uint8 conversion)
+    # or a second copy of the map (stacking the per-image maps) must never be made
+    detector = PixelDetector(tile_size=32, tile_overlap=0.25).fit(torch.rand(1, 3, 32, 32))
+    detector.predict_batch_size = 4  # a batch of tiles (4 × 3 × 32² floats) is smaller than the map
+    image = torch.randint(0, 256, (1, 3, 200, 176), dtype=torch.uint8)
+    given = image if given_as == "uint8" else image.float() / 255.0
+    if "channels-last" in given_as:
+        given = given.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    with _LargestAllocation() as watch:
+        prediction = detector.predict(given)
+    assert watch.largest == 200 * 176 * 4  # the (1, H, W) float32 map, allocated once
+    reference = detector.predict(image.float() / 255.0)  # uint8 is converted tile by tile to the same values
+    assert torch.equal(prediction.anomaly_map, reference.anomaly_map)
+    assert torch.equal(prediction.pred_score, reference.pred_score)
+
+
+def test_tiled_batch_writes_each_map_in_place_with_the_same_result():
+    detector = PixelDetector(tile_size=32, tile_overlap=0.25).fit(torch.rand(1, 3, 32, 32))
+    images = torch.randint(0, 256, (3, 3, 70, 90), dtype=torch.uint8)
+    batch = detector.predict(images)
+    for index in range(3):
+        single = detector.predict(images[index:index + 1].float() / 255.0)
+        assert torch.equal(batch.anomaly_map[index], single.anomaly_map[0])
+        assert torch.equal(batch.pred_score[index], single.pred_score[0])
+    resized = PixelDetector(tile_size=32, tile_input_size=64).fit(torch.rand(1, 3, 64, 64))
+    from_uint8 = resized.predict(images)  # resized whole first, then tiled: converted once, same values
+    assert torch.equal(from_uint8.anomaly_map, resized.predict(images.float() / 255.0).anomaly_map)

@@ -38,7 +38,7 @@ from adcore.inputs import DeviceStream, ImageStream, to_size, validate_images
 from adcore.params import ConstraintSpec, Integer, Real, Size, validate_parameters
 from adcore.prediction import Prediction
 from adcore.seeding import seeded
-from adcore.tiling import TileStream, TilingMixin
+from adcore.tiling import TileStream, TilingMixin, predict_tiled_batch
 
 __all__ = ["BaseDetector", "COMMON_PARAMETERS", "RUNTIME_PARAMETERS"]
 
@@ -232,12 +232,12 @@ class BaseDetector(TilingMixin, ABC):
     def predict(self, images: torch.Tensor) -> Prediction:
         """Score a ``(B,3,H,W)`` float batch in [0, 1]; maps come back at the input's own H×W."""
         self._check_fitted("predict")
-        images = validate_images(images, where="predict")
+        # tiling converts a uint8 image tile by tile: no float copy of a huge image is ever held
+        images = validate_images(images, where="predict", tiling=self.tiled)
         context = torch.inference_mode() if self.inference_mode else torch.no_grad()
         with context:
             if self.tiled:
-                scores, maps = zip(*(self._predict_tiled(image) for image in images))
-                pred_score, anomaly_map = torch.stack(scores), torch.stack(maps)
+                pred_score, anomaly_map = predict_tiled_batch(images, lambda image, out: self._predict_tiled(image, out)[0])
             else:
                 pred_score, anomaly_map = self._predict_resized(images, tuple(images.shape[-2:]))
         label = normalized = None

@@ -177,10 +177,11 @@ class ExportedModel:
         """Score a ``(B,3,H,W)`` float batch in [0, 1] (uint8 is divided by 255); maps at the input's H×W."""
         from adcore.inputs import validate_images
 
-        images = validate_images(images, where="predict").cpu()
+        from adcore.tiling import predict_tiled_batch
+
+        images = validate_images(images, where="predict", tiling=self.tiled).cpu()
         if self.tiled:
-            scores, maps = zip(*(self._predict_tiled(image) for image in images))
-            pred_score, anomaly_map = torch.stack(scores), torch.stack(maps)
+            pred_score, anomaly_map = predict_tiled_batch(images, lambda image, out: self._predict_tiled(image, out)[0])
         else:
             pred_score, anomaly_map = self._predict_resized(images, tuple(images.shape[-2:]))
         label = normalized = None
@@ -217,12 +218,12 @@ class ExportedModel:
             maps.append(amap)
         return torch.cat(scores).clone(), torch.cat(maps).clone()
 
-    def _predict_tiled(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _predict_tiled(self, image: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         from adcore.tiling import score_tiles
 
         resize_to = None if self.tile_input_size is None else _as_pair(self.tile_input_size)
         tile_scores, blended = score_tiles(image, self.tile_size, self.tile_overlap, resize_to,
-                                           self.predict_batch_size, self._predict_resized)
+                                           self.predict_batch_size, self._predict_resized, out)
         # BaseDetector.aggregate_tile_scores: the maximum (no first-party detector aggregates otherwise)
         return tile_scores.max().float().reshape(()), blended
 

@@ -7,6 +7,7 @@ loading a whole training set into memory.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -35,20 +36,22 @@ def to_size(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (h, w)
 
 
-def validate_images(images: Any, *, where: str = "predict") -> torch.Tensor:
+def validate_images(images: Any, *, where: str = "predict", tiling: bool = False) -> torch.Tensor:
     """Check a batch and return it as contiguous float32 ``(B,3,H,W)`` in [0, 1].
 
     Conversions (documented, tested): ``uint8`` is divided by 255; other float dtypes are cast to
     float32. Everything else that is off raises :class:`InvalidInputError` saying what was expected.
+    A float32 batch that is already contiguous and in [0, 1] is returned as it is, not copied (an
+    8,000² image is 732 MB; a tiling prediction would otherwise hold it twice), so predictors must
+    not write into the batch they get. ``tiling``: for a caller that cuts the batch into tiles and
+    copies each batch of tiles itself: a ``uint8`` batch is returned checked but as it is (the tiles
+    are converted one batch at a time) and no batch is made contiguous (``load_image`` gives a
+    channels-last float image; its contiguous copy would be another full-size buffer).
     """
     if not isinstance(images, torch.Tensor):
         hint = " (a numpy array: use torch.from_numpy(a).permute(0, 3, 1, 2) / 255)" if hasattr(images, "__array__") else ""
         raise InvalidInputError(f"{where}: expected a torch.Tensor of shape (B,3,H,W), got {type(images).__name__}{hint}")
-    if images.dtype == torch.uint8:
-        images = images.float() / 255.0
-    elif images.is_floating_point():
-        images = images.float()
-    else:
+    if not (images.dtype == torch.uint8 or images.is_floating_point()):
         raise InvalidInputError(f"{where}: expected float32 images in [0, 1] (or uint8 in [0, 255]), got dtype {images.dtype}")
     if images.ndim == 3 and images.shape[0] in (1, 3, 4):
         raise InvalidInputError(f"{where}: got one image of shape {tuple(images.shape)}; add the batch dimension: images.unsqueeze(0)")
@@ -65,16 +68,24 @@ def validate_images(images: Any, *, where: str = "predict") -> torch.Tensor:
                                 "adcore's datasets convert grayscale/RGBA files to RGB for you.")
     if images.shape[2] < 2 or images.shape[3] < 2:
         raise InvalidInputError(f"{where}: images of {images.shape[2]}×{images.shape[3]} pixels are too small to score")
-    finite = torch.isfinite(images)
-    if not bool(finite.all()):
-        bad = (~finite).flatten(1).any(1).nonzero().flatten().tolist()
+    if images.dtype == torch.uint8:
+        # every uint8 value is in range; dividing in place keeps one float copy, not two
+        return images if tiling else images.float().div_(255.0).contiguous()
+    # min and max in one reduction, no mask of the whole batch: NaN propagates through both and an
+    # Inf is one of them, so the per-image finiteness mask is only built to name the bad images
+    low_t, high_t = torch.aminmax(images)
+    low, high = float(low_t), float(high_t)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        bad = (~torch.isfinite(images)).flatten(1).any(1).nonzero().flatten().tolist()
         raise InvalidInputError(f"{where}: images {bad[:10]} of the batch contain NaN or Inf values")
-    low, high = float(images.min()), float(images.max())
     if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
         hint = ("divide by 255" if high > 1.5 else
                 "pass raw images: detectors apply their backbone's normalisation themselves")
         raise InvalidInputError(f"{where}: pixel values must be in [0, 1], got min {low:.3g}, max {high:.3g}; {hint}")
-    return images.clamp(0.0, 1.0).contiguous()
+    converted = images.float()
+    if low < 0.0 or high > 1.0:  # within the tolerance: clamp a copy, never the caller's tensor
+        converted = converted.clamp(0.0, 1.0) if converted is images else converted.clamp_(0.0, 1.0)
+    return converted if tiling else converted.contiguous()
 
 
 def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

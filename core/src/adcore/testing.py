@@ -10,7 +10,7 @@ and adcore's own test-suite runs it over every registered detector (with each ca
 
 Checks: the protocol; ``get_params`` round-trips through the constructor; ``predict`` before
 ``fit`` fails; ``fit`` returns ``self``; shapes and dtypes at a non-square input size (and a batch
-of one); finite scores; a pasted defect scores higher than clean images and its map is higher
+of one); finite scores; ``predict`` leaves the images it is given unchanged; a pasted defect scores higher than clean images and its map is higher
 inside the defect; ``calibrate`` yields boolean labels; save/load gives bit-identical predictions;
 two fits under the same seed give bit-identical predictions; and, for detectors with adcore's
 common parameters, tiling (``tile_size``): fit on tiles of larger images, full-resolution maps,
@@ -153,7 +153,10 @@ def check_detector(factory: Callable[[], AnomalyDetector], *, image_size: tuple[
 
     def shapes() -> None:
         both = torch.cat([clean, defective])
+        untouched = both.clone()
         prediction = detector.predict(both)
+        # predict gets the caller's own tensor (validate_images does not copy a valid batch)
+        require(torch.equal(both, untouched), "predict() wrote into the images it was given; work on a copy")
         outputs["all"] = prediction
         count, height, width = both.shape[0], both.shape[2], both.shape[3]
         require(tuple(prediction.pred_score.shape) == (count,), f"pred_score shape {tuple(prediction.pred_score.shape)} != ({count},)")
@@ -168,7 +171,7 @@ def check_detector(factory: Callable[[], AnomalyDetector], *, image_size: tuple[
         single = detector.predict(clean[:1])
         require(tuple(single.anomaly_map.shape) == (1, height, width), "a batch of one must work")
 
-    check("output shapes, dtypes, finite", shapes)
+    check("output shapes, dtypes, finite, input unchanged", shapes)
 
     def placement() -> None:
         device = getattr(detector, "device_", None)

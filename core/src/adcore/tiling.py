@@ -20,7 +20,7 @@ own way (:meth:`BaseDetector.aggregate_tile_scores`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from adcore.errors import InvalidInputError
 from adcore.inputs import ImageStream, resize_images, to_size
 
-__all__ = ["TileGrid", "tile_grid", "tile_window", "TileStream", "blend_tiles", "score_tiles", "TilingMixin"]
+__all__ = ["TileGrid", "tile_grid", "tile_window", "TileStream", "blend_tiles", "as_float_images", "score_tiles",
+           "predict_tiled_batch", "TilingMixin"]
 
 
 @dataclass(frozen=True)
@@ -89,13 +90,15 @@ def _axis_weights(origins: tuple[int, ...], tile: int, total: int, window: torch
     return weights
 
 
-def blend_tiles(grid: TileGrid, tile_maps: Iterator[tuple[int, int, torch.Tensor]], overlap: float) -> torch.Tensor:
-    """Blend ``(top, left, map (tile_h, tile_w))`` into one ``(height, width)`` map (see the module docstring)."""
+def blend_tiles(grid: TileGrid, tile_maps: Iterable[tuple[int, int, torch.Tensor]], overlap: float,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """Blend ``(top, left, map (tile_h, tile_w))`` into one ``(height, width)`` map (see the module
+    docstring), written into ``out`` (a float32 ``(height, width)`` buffer, overwritten) when given."""
     ramp_h = max(0, int(round(grid.tile_h * overlap))) if len(grid.tops) > 1 else 0
     ramp_w = max(0, int(round(grid.tile_w * overlap))) if len(grid.lefts) > 1 else 0
     window_h, window_w = tile_window(grid.tile_h, ramp_h), tile_window(grid.tile_w, ramp_w)
     window = window_h[:, None] * window_w[None, :]
-    blended = torch.zeros(grid.height, grid.width)
+    blended = torch.zeros(grid.height, grid.width) if out is None else out.zero_()
     for top, left, amap in tile_maps:
         blended[top:top + grid.tile_h, left:left + grid.tile_w].addcmul_(amap.float(), window)
     norm_h = _axis_weights(grid.tops, grid.tile_h, grid.height, window_h)
@@ -104,15 +107,25 @@ def blend_tiles(grid: TileGrid, tile_maps: Iterator[tuple[int, int, torch.Tensor
     return blended
 
 
+def as_float_images(images: torch.Tensor) -> torch.Tensor:
+    """``uint8`` images divided by 255 (as :func:`~adcore.inputs.validate_images` does); float ones as they are."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+
 def score_tiles(image: torch.Tensor, tile_size: int | tuple[int, int], overlap: float,
                 resize_to: tuple[int, int] | None, batch_size: int,
                 predict_resized: Callable[[torch.Tensor, tuple[int, int]], tuple[torch.Tensor, torch.Tensor]],
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Score one ``(3,H,W)`` image tile by tile, ``batch_size`` tiles per ``predict_resized(tiles, tile
     size)`` call (after resizing the image to ``resize_to``, if given): every tile's score, in grid
-    order, and the blended map at ``H×W``. Shared by every tiling predictor (detectors, artefacts)."""
+    order, and the blended map at ``H×W`` (written into ``out``, a float32 ``(H,W)`` buffer, when
+    given). Shared by every tiling predictor (detectors, artefacts).
+
+    A ``uint8`` image stays ``uint8``: each batch of tiles is converted to float when it is cut, so
+    the only full-size buffer is the map (a float copy of an 8,000² image would be 732 MB).
+    """
     height, width = image.shape[-2:]
-    source = resize_images(image[None], resize_to)[0] if resize_to is not None else image
+    source = resize_images(as_float_images(image)[None], resize_to)[0] if resize_to is not None else image
     grid = tile_grid(source.shape[-2], source.shape[-1], tile_size, overlap)
     boxes = list(grid.boxes())
     tile_scores: list[torch.Tensor] = []
@@ -120,15 +133,27 @@ def score_tiles(image: torch.Tensor, tile_size: int | tuple[int, int], overlap: 
     def tile_maps():
         for start in range(0, len(boxes), batch_size):
             chunk = boxes[start:start + batch_size]
-            tiles = torch.stack([source[:, t:t + grid.tile_h, l:l + grid.tile_w] for t, l in chunk])
+            tiles = as_float_images(torch.stack([source[:, t:t + grid.tile_h, l:l + grid.tile_w] for t, l in chunk]))
             scores, maps = predict_resized(tiles, (grid.tile_h, grid.tile_w))
             tile_scores.append(scores)
             yield from ((t, l, amap) for (t, l), amap in zip(chunk, maps))
 
-    blended = blend_tiles(grid, tile_maps(), overlap)
-    if tuple(blended.shape) != (height, width):
-        blended = F.interpolate(blended[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    at_size = (grid.height, grid.width) == (height, width)
+    blended = blend_tiles(grid, tile_maps(), overlap, out if at_size else None)
+    if not at_size:
+        resized = F.interpolate(blended[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+        blended = resized if out is None else out.copy_(resized)
     return torch.cat(tile_scores), blended
+
+
+def predict_tiled_batch(images: torch.Tensor, predict_one: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores ``(B,)`` and maps ``(B,H,W)`` of a batch scored image by image: ``predict_one(image,
+    out)`` returns one image's score and writes its map into ``out``, a row of the batch's map
+    buffer, so no image's map is held twice (as stacking per-image maps would)."""
+    maps = torch.empty(images.shape[0], *images.shape[-2:])
+    scores = torch.stack([predict_one(image, out) for image, out in zip(images, maps)])
+    return scores, maps
 
 
 class TileStream:
@@ -224,9 +249,10 @@ class TilingMixin:
         """The image score from its tiles' scores: the maximum (a detector may aggregate its own way)."""
         return tile_scores.max()
 
-    def _predict_tiled(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One ``(3,H,W)`` image scored tile by tile; at most ``predict_batch_size`` tiles at a time."""
+    def _predict_tiled(self, image: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ``(3,H,W)`` image (float, or uint8 converted tile by tile) scored tile by tile; at most
+        ``predict_batch_size`` tiles at a time; the map written into ``out`` when given."""
         image = image.to(self.device_)  # tiles are cut where they are scored
         tile_scores, blended = score_tiles(image, self.tile_size, self.tile_overlap, self._tile_input_size(),
-                                           self.predict_batch_size, self._predict_resized)
+                                           self.predict_batch_size, self._predict_resized, out)
         return self.aggregate_tile_scores(tile_scores).float().reshape(()), blended

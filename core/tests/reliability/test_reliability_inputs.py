@@ -69,6 +69,23 @@ def test_tiny_rounding_outside_the_range_is_clamped(gaussian, probe):
     assert bool(torch.isfinite(gaussian.predict(nudged).pred_score).all())
 
 
+def test_valid_float_batches_are_not_copied_and_the_callers_tensor_is_never_written():
+    from adcore.inputs import validate_images
+
+    images = torch.rand(2, 3, 16, 16)
+    assert validate_images(images) is images  # a huge image must not be held twice
+    nudged = images.clone()
+    nudged[0, 0, 0, 0] = 1.0005
+    checked = validate_images(nudged)
+    assert float(checked.max()) == 1.0 and float(nudged[0, 0, 0, 0]) == pytest.approx(1.0005)  # clamped a copy
+    as_uint8 = (images * 255).round().to(torch.uint8)
+    assert torch.equal(validate_images(as_uint8), as_uint8.float() / 255)
+    assert validate_images(as_uint8, tiling=True) is as_uint8
+    channels_last = images.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # as load_image returns images
+    assert validate_images(channels_last, tiling=True) is channels_last  # tiles are copied anyway
+    assert validate_images(channels_last).is_contiguous()
+
+
 def test_batch_of_one_and_shapes(gaussian, probe):
     single = gaussian.predict(probe[:1])
     assert tuple(single.pred_score.shape) == (1,) and tuple(single.anomaly_map.shape) == (1, 32, 32)
