@@ -206,3 +206,48 @@ def test_runtime_predicts_what_the_detector_predicts(tmp_path: Path, params):
         span = float(expected.anomaly_map.max() - expected.anomaly_map.min()) or 1.0
         assert got.anomaly_map.shape == tuple(expected.anomaly_map.shape)
         assert np.abs(got.anomaly_map - expected.anomaly_map.numpy()).max() / span <= 1e-4, path.name
+
+
+def _counting(calls: list[int], run, position: int = 0):
+    """``run`` recording the batch size of each call (the batch is its argument at ``position``)."""
+    def counted(*args):
+        calls.append(len(args[position]))
+        return run(*args)
+    return counted
+
+
+def test_max_batch_is_read_and_honoured_alike(tmp_path: Path):
+    """The sidecar's optional max_batch: both consumers read it alike, split a batch into the same
+    graph calls, and refuse the same bad values."""
+    import json
+
+    pytest.importorskip("onnxruntime")
+    from adcore.deployed import ExportedModel, _split_calls
+    from adcore.errors import ModelFileError
+    from adcore.testing import make_normal_images
+
+    from adcore_runtime import ArtefactError, Runtime
+
+    folder = _export_toy(_toy_detector_class()(input_size=32).fit(make_normal_images(2, (32, 32), seed=0)),
+                         tmp_path / "export")
+    sidecar = json.loads((folder / "adcore-export.json").read_text())
+    images = make_normal_images(7, (40, 40), seed=3)
+    for value in ("absent", None, 1, 3):
+        written = dict(sidecar) if value == "absent" else {**sidecar, "max_batch": value}
+        (folder / "adcore-export.json").write_text(json.dumps(written))
+        runtime, exported = Runtime(folder, batch_size=8), ExportedModel(folder)
+        want = None if value == "absent" else value
+        assert runtime.artefact.max_batch == exported.max_batch == want
+        runtime_calls: list[int] = []
+        core_calls: list[int] = []
+        runtime._engine.run = _counting(runtime_calls, runtime._engine.run, position=1)
+        exported._run = _split_calls(_counting(core_calls, exported._runner()), exported.max_batch)
+        got, expected = runtime.predict(images.numpy()), exported.predict(images)
+        assert runtime_calls == core_calls == ([7] if want is None else [want] * (7 // want) + [7 % want] * (7 % want > 0))
+        np.testing.assert_allclose(got.pred_score, expected.pred_score.numpy(), rtol=1e-5)
+    for bad in (0, "2", True, 2.0):
+        (folder / "adcore-export.json").write_text(json.dumps({**sidecar, "max_batch": bad}))
+        with pytest.raises(ArtefactError, match="max_batch must be a positive integer or null"):
+            Runtime(folder)
+        with pytest.raises(ModelFileError, match="max_batch must be a positive integer or null"):
+            ExportedModel(folder)

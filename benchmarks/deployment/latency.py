@@ -13,7 +13,9 @@ detector's whole eager path: normalisation, forward, map post-processing, score)
 the exported graph, which holds the same steps. Each engine runs on ``OMP_NUM_THREADS`` threads
 (default 2). Times: ``--warmup`` calls first, then every batch of the images timed on its own;
 ``ms_per_image_median`` is the median call divided by the batch size, ``ms_per_image_mean`` the
-total divided by the images. Prints one JSON line. Timings are void beside other work: measure.sh
+total divided by the images. An artefact whose sidecar declares ``max_batch`` gets each batch in
+calls of at most that many images, as adcore-runtime and ``adcore.deployed`` feed it (the record's
+``max_batch``). Prints one JSON line. Timings are void beside other work: measure.sh
 holds the shared measurement lock around each process.
 """
 
@@ -58,8 +60,15 @@ def load_images(folder: Path, size: tuple[int, int], limit: int) -> np.ndarray:
     return np.ascontiguousarray((np.stack(arrays) / 255.0).transpose(0, 3, 1, 2), dtype=np.float32)
 
 
+def split(run, limit: int | None):
+    """``run`` on calls of at most ``limit`` images (the sidecar's ``max_batch``), as the consumers do."""
+    if limit is None:
+        return run
+    return lambda batch: [run(batch[i:i + limit]) for i in range(0, len(batch), limit)]
+
+
 def engine(name: str, target: Path, threads: int):
-    """``(run(batch) -> None, input_size)`` for the engine ``name`` on ``target``."""
+    """``(run(batch) -> None, input_size, max_batch)`` for the engine ``name`` on ``target``."""
     if name == "torch":
         import torch
 
@@ -71,7 +80,7 @@ def engine(name: str, target: Path, threads: int):
         def run_torch(batch: np.ndarray) -> None:
             detector.predict(torch.from_numpy(batch))
 
-        return run_torch, tuple(detector.image_size)
+        return run_torch, tuple(detector.image_size), None
     sidecar = json.loads((target / "adcore-export.json").read_text())
     size = tuple(sidecar["input_size"])
     graph = str(target / sidecar["artefact"])
@@ -82,13 +91,14 @@ def engine(name: str, target: Path, threads: int):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-        return (lambda batch: session.run(None, {"images": batch})), size
+        return split(lambda batch: session.run(None, {"images": batch}), sidecar.get("max_batch")), size, \
+            sidecar.get("max_batch")
     import openvino as ov
 
     compiled = ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                                       "INFERENCE_NUM_THREADS": threads})
     request = compiled.create_infer_request()
-    return (lambda batch: request.infer({0: batch})), size
+    return split(lambda batch: request.infer({0: batch}), sidecar.get("max_batch")), size, sidecar.get("max_batch")
 
 
 def main() -> None:
@@ -107,7 +117,7 @@ def main() -> None:
         parser.error(f"--engine {args.engine} needs {'--model' if args.engine == 'torch' else '--artefact'}")
     threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
     started = time.perf_counter()
-    run, size = engine(args.engine, target, threads)
+    run, size, max_batch = engine(args.engine, target, threads)
     loaded = time.perf_counter() - started
     images = load_images(args.images, size, args.limit)
     batches = [images[i:i + args.batch] for i in range(0, len(images) - args.batch + 1, args.batch)]
@@ -119,7 +129,8 @@ def main() -> None:
         run(batch)
         times.append(time.perf_counter() - begin)
     timed = len(batches) * args.batch
-    print(json.dumps({"label": args.label, "engine": args.engine, "batch": args.batch, "images": timed,
+    print(json.dumps({"label": args.label, "engine": args.engine, "batch": args.batch, "max_batch": max_batch,
+                      "images": timed,
                       "ms_per_image_median": round(1000 * sorted(times)[len(times) // 2] / args.batch, 3),
                       "ms_per_image_mean": round(1000 * sum(times) / timed, 3),
                       "load_seconds": round(loaded, 3), "peak_rss_mb": round(peak_rss_mb(), 1),

@@ -122,6 +122,72 @@ def test_a_sidecar_without_its_graph_or_from_a_newer_adcore(exported, tmp_path):
         open_model(tmp_path / SIDECAR)
 
 
+def _spy_graph_calls(monkeypatch) -> list[int]:
+    """Record the batch size of every call an ExportedModel makes to its artefact's graph."""
+    calls: list[int] = []
+    runner = ExportedModel._runner
+
+    def spied(self):
+        run = runner(self)
+
+        def spy(images):
+            calls.append(int(images.shape[0]))
+            return run(images)
+        return spy
+
+    monkeypatch.setattr(ExportedModel, "_runner", spied)
+    return calls
+
+
+def _copy_with(folder, target, **changes):
+    """The export folder copied to ``target`` with its sidecar changed (a ``None`` value drops the key)."""
+    import shutil
+
+    shutil.copytree(folder, target)
+    sidecar = json.loads((target / SIDECAR).read_text())
+    sidecar.update({k: v for k, v in changes.items() if v is not None})
+    for key in [k for k, v in changes.items() if v is None]:
+        sidecar.pop(key, None)
+    (target / SIDECAR).write_text(json.dumps(sidecar))
+    return target
+
+
+def test_max_batch_splits_graph_calls(exported, tmp_path, monkeypatch):
+    _, folder, detector = exported
+    declared = 1 if detector_name(detector) == "patchcore" else None  # PatchCore's kNN blocks grow with the batch
+    assert json.loads((folder / SIDECAR).read_text())["max_batch"] == declared
+    images = torch.cat([make_normal_images(3, (64, 64), seed=7), paste_defects(make_normal_images(2, (64, 64), seed=8),
+                                                                                seed=9)[0]])
+    calls = _spy_graph_calls(monkeypatch)
+    old = open_model(_copy_with(folder, tmp_path / "old", max_batch=None))  # a sidecar from before the key
+    assert old.max_batch is None
+    whole = old.predict(images)
+    assert calls == [5]  # as before: one call per predict_batch_size images
+    for limit, expected in ((declared, [1] * 5), (2, [2, 2, 1])):
+        if limit is None:
+            continue
+        calls.clear()
+        model = open_model(_copy_with(folder, tmp_path / f"limit{limit}", max_batch=limit))
+        assert model.max_batch == limit
+        got = model.predict(images)
+        assert calls == expected
+        one_by_one = [model.predict(images[i:i + 1]) for i in range(images.shape[0])]
+        scores, maps = torch.cat([p.pred_score for p in one_by_one]), torch.cat([p.anomaly_map for p in one_by_one])
+        if limit == 1:  # the very calls one image at a time makes
+            assert torch.equal(got.pred_score, scores) and torch.equal(got.anomaly_map, maps)
+        else:  # another batch size: the engine's float rounding differs, within float32 noise
+            torch.testing.assert_close(got.pred_score, scores, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(got.anomaly_map, maps, rtol=1e-4, atol=1e-3 * float(maps.max() - maps.min()))
+        _assert_same(got, whole, images)
+
+
+@pytest.mark.parametrize("bad", [0, -2, "1", True, 1.5])
+def test_a_bad_max_batch_says_what_is_wrong(exported, tmp_path, bad):
+    _, folder, _ = exported
+    with pytest.raises(ModelFileError, match=f"max_batch must be a positive integer or null, got {bad!r}"):
+        open_model(_copy_with(folder, tmp_path / "bad", max_batch=bad))
+
+
 def test_device_is_accepted(exported):
     model_file, folder, detector = exported
     assert open_model(model_file, device="cpu").is_fitted

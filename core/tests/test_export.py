@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -62,6 +63,7 @@ def test_onnx_artefact_holds_contract_c_and_matches_torch(tiny, tmp_path):
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
     assert props["detector"] == sidecar["detector"] and props["runtime"] == "onnx"
     assert json.loads(props["input_size"]) == [32, 32] and json.loads(props["parity"]) == sidecar["parity"]
+    assert sidecar["max_batch"] is None and json.loads(props["max_batch"]) is None  # any batch
     # any batch size, the torch numbers
     images, _ = paste_defects(make_normal_images(3, (32, 32), seed=5))
     score, amap = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, {"images": images.numpy()})
@@ -89,6 +91,39 @@ def test_parity_failure_writes_nothing(tiny, tmp_path):
     with pytest.raises(ParityError, match="nothing was written"):
         export_detector(tiny, out, tolerance=Tolerance(score_rel=-1.0))
     assert not out.exists() or not any(out.iterdir())
+
+
+class Bounded(TinyConv):
+    export_max_batch = 2
+
+
+def test_export_max_batch_goes_into_the_sidecar_and_the_graph(tmp_path):
+    detector = Bounded().fit(make_normal_images(4, (32, 32)))
+    sidecar = export_detector(detector, tmp_path / "onnx")
+    assert sidecar["max_batch"] == 2
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "onnx" / "model.onnx")).metadata_props}
+    assert json.loads(props["max_batch"]) == 2
+    # the parity check still ran the graph on all 6 images at once: it must be right at any batch
+    assert sidecar["parity"]["images"] == 6
+    extra = {"adcore-export.json": ""}
+    assert export_detector(detector, tmp_path / "ts", format="torchscript")["max_batch"] == 2
+    torch.jit.load(str(tmp_path / "ts" / "model.pt"), _extra_files=extra)
+    assert json.loads(json.loads(extra["adcore-export.json"])["max_batch"]) == 2  # its values are strings too
+    if importlib.util.find_spec("openvino") is not None:  # the IR's rt_info under "adcore"
+        import openvino
+
+        assert export_detector(detector, tmp_path / "ov", format="openvino")["max_batch"] == 2
+        model = openvino.Core().read_model(str(tmp_path / "ov" / "model.xml"))
+        assert json.loads(model.get_rt_info(["adcore", "max_batch"]).astype(str)) == 2
+
+
+@pytest.mark.parametrize("bad", [0, "2", True])
+def test_a_bad_export_max_batch_is_refused(tmp_path, bad):
+    detector = TinyConv().fit(make_normal_images(2, (32, 32)))
+    detector.export_max_batch = bad
+    with pytest.raises(NotExportableError, match="export_max_batch must be a positive integer or None"):
+        export_detector(detector, tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_detector_that_cannot_export_says_why(tmp_path):

@@ -53,6 +53,9 @@ def _rewrite(folder: Path, changes: dict) -> Path:
     ({"score_scale": -1.0}, "score_scale must be a positive number or null"),
     ({"tiling": {"tile_size": 64, "tile_overlap": 1.5, "tile_input_size": None}}, r"tile_overlap 1.5 is not in \[0, 1\)"),
     ({"tiling": {"tile_overlap": 0.25}}, "tiling must be"),
+    ({"max_batch": 0}, "max_batch must be a positive integer or null, got 0"),
+    ({"max_batch": "8"}, "max_batch must be a positive integer or null, got '8'"),
+    ({"max_batch": True}, "max_batch must be a positive integer or null, got True"),
 ])
 def test_bad_sidecars_say_what_is_wrong(artefact: Path, changes, message):
     with pytest.raises(ArtefactError, match=message):
@@ -65,6 +68,15 @@ def test_tiling_is_read(artefact: Path):
     found = read_artefact(_rewrite(artefact, {"tiling": {"tile_size": 40, "tile_overlap": 0.25, "tile_input_size": [90, 120]}}))
     assert found.tiling == Tiling((40, 40), 0.25, (90, 120))
     assert read_artefact(_rewrite(artefact, {"tiling": None})).tiling is None
+
+
+def test_max_batch_is_read_and_optional(artefact: Path, tmp_path: Path, make_artefact):
+    assert "max_batch" not in json.loads((artefact / "adcore-export.json").read_text())
+    assert read_artefact(artefact).max_batch is None  # a sidecar from before the key: any batch
+    assert read_artefact(_rewrite(artefact, {"max_batch": 2})).max_batch == 2
+    assert read_artefact(_rewrite(artefact, {"max_batch": None})).max_batch is None
+    bare = make_artefact(tmp_path / "bare", sidecar=False, metadata_props=True, max_batch=1)
+    assert read_artefact(bare / "model.onnx").max_batch == 1  # metadata_props carry it as JSON text
 
 
 def test_wrong_files(tmp_path: Path):

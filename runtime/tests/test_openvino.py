@@ -42,3 +42,17 @@ def test_an_openvino_ir_artefact(artefact: Path, tmp_path: Path):
     _assert_close(runtime.predict(_images()), Runtime(artefact).predict(_images()))
     with pytest.raises(InvalidInputError, match="OpenVINO artefact; use backend='openvino'"):
         Runtime(folder, backend="onnx")
+
+
+def test_max_batch_splits_openvino_calls_too(tmp_path: Path, make_artefact):
+    limited = Runtime(make_artefact(tmp_path / "limited", max_batch=2), backend="openvino")
+    calls: list[int] = []
+    run = limited._engine.run
+
+    def spy(input_name, batch):
+        calls.append(len(batch))
+        return run(input_name, batch)
+
+    limited._engine.run = spy
+    _assert_close(limited.predict(_images()), Runtime(make_artefact(tmp_path / "any")).predict(_images()))
+    assert calls == [2, 1]

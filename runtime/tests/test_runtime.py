@@ -67,6 +67,49 @@ def test_batches_do_not_change_results(artefact: Path):
     np.testing.assert_allclose(one_by_one.anomaly_map, batched.anomaly_map, rtol=1e-5, atol=1e-7)
 
 
+def _spy_calls(runtime: Runtime) -> list[int]:
+    """Record the batch size of every graph call ``runtime`` makes."""
+    calls: list[int] = []
+    run = runtime._engine.run
+
+    def spy(input_name, batch):
+        calls.append(int(batch.shape[0]))
+        return run(input_name, batch)
+
+    runtime._engine.run = spy
+    return calls
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_max_batch_splits_graph_calls(tmp_path: Path, make_artefact, limit: int):
+    images = [_grey(40, 40, (i, i, i + 9, i + 9)) for i in range(0, 21, 3)]  # 7 images
+    limited = Runtime(make_artefact(tmp_path / "limited", max_batch=limit), batch_size=8)
+    calls = _spy_calls(limited)
+    got = limited.predict(images)
+    assert calls == [limit] * (7 // limit) + ([7 % limit] if 7 % limit else [])
+    old = Runtime(make_artefact(tmp_path / "old"), batch_size=8)  # no max_batch: one call of 7, as before
+    old_calls = _spy_calls(old)
+    whole = old.predict(images)
+    assert old_calls == [7]
+    want = [Runtime(make_artefact(tmp_path / "old"), batch_size=1).predict([image]) for image in images]
+    np.testing.assert_allclose(got.pred_score, np.concatenate([w.pred_score for w in want]), rtol=1e-6)
+    np.testing.assert_allclose(got.anomaly_map, np.concatenate([w.anomaly_map for w in want]), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got.normalized_score, whole.normalized_score, rtol=1e-6)
+    assert np.array_equal(got.pred_label, whole.pred_label)
+
+
+def test_max_batch_splits_a_tiled_images_tiles(tmp_path: Path, make_artefact):
+    tiling = {"tile_size": [32, 48], "tile_overlap": 0.25, "tile_input_size": None}
+    limited = Runtime(make_artefact(tmp_path / "limited", tiling=tiling, max_batch=1))
+    calls = _spy_calls(limited)
+    image = _grey(80, 130, (100, 50, 110, 60))
+    got = limited.predict([image])
+    assert len(calls) > 1 and set(calls) == {1}
+    want = Runtime(make_artefact(tmp_path / "any", tiling=tiling)).predict([image])
+    assert got.pred_score[0] == pytest.approx(float(want.pred_score[0]), rel=1e-6)
+    np.testing.assert_allclose(got.anomaly_map, want.anomaly_map, rtol=1e-5, atol=1e-7)
+
+
 def test_mixed_sizes_go_through_predict_each(artefact: Path):
     runtime = Runtime(artefact)
     images = [_grey(20, 30), _grey(100, 64, (10, 10, 30, 30))]

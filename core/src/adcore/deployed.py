@@ -14,7 +14,8 @@ An :class:`ExportedModel` runs the artefact's graph (ONNX Runtime, OpenVINO or `
 the runner functions of :mod:`adcore.export`) and does outside it exactly what ``BaseDetector`` does
 around ``_predict``: resize to ``input_size`` (antialiased when shrinking), resize the map back,
 and for an artefact exported from a tiling detector cut the full-resolution image into tiles and
-blend their maps (:mod:`adcore.tiling`, the image score being the tiles' maximum). So an artefact
+blend their maps (:mod:`adcore.tiling`, the image score being the tiles' maximum), and give the
+graph at most the sidecar's ``max_batch`` images per call (a larger batch is split). So an artefact
 opened here scores like the torch detector it was exported from, within the export's parity
 tolerance. Artefacts run on the CPU: ``device`` is accepted for every model, passed to
 ``factory.load`` for a model file when it takes one, and for an artefact anything other than
@@ -97,6 +98,10 @@ def _read_sidecar(where: Path) -> tuple[Path, dict[str, Any]]:
     runtime = sidecar.get("runtime")
     if runtime not in _RUNTIMES:
         raise ModelFileError(f"{sidecar_path} names the runtime {runtime!r}; adcore runs {', '.join(_RUNTIMES)}")
+    limit = sidecar.get("max_batch")  # optional: artefacts written before it take any batch
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ModelFileError(f"{sidecar_path}: max_batch must be a positive integer or null, got {limit!r}; "
+                             "re-export the model with adcore export")
     folder = sidecar_path.parent
     graph = folder / str(sidecar.get("artefact", ""))
     if not graph.is_file():
@@ -115,7 +120,8 @@ class ExportedModel:
     ``tile_size``, ``tile_overlap``, ``tile_input_size``, ``runtime`` (``"onnx"``, ``"openvino"``,
     ``"torchscript"``), ``path`` (the export folder), ``sidecar`` (its parsed ``adcore-export.json``),
     ``has_maps`` (False for a score-only artefact: its ``anomaly_map`` is zeros and its pixel
-    threshold ``None``, so no regions are drawn and ``adcore eval`` reports no pixel metrics).
+    threshold ``None``, so no regions are drawn and ``adcore eval`` reports no pixel metrics),
+    ``max_batch`` (the sidecar's images per graph call, ``None``: any; larger batches are split).
     """
 
     #: images (or tiles) per graph call
@@ -145,7 +151,9 @@ class ExportedModel:
         self.tile_size = _size_or_int(tiling.get("tile_size"))
         self.tile_overlap = float(tiling.get("tile_overlap", 0.25) or 0.0)
         self.tile_input_size = _size_or_int(tiling.get("tile_input_size"))
-        self._run = self._runner()
+        #: images per graph call the artefact declares (``None``: any): its graph's memory grows with the batch
+        self.max_batch: int | None = sidecar.get("max_batch")
+        self._run = _split_calls(self._runner(), self.max_batch)
 
     def __repr__(self) -> str:
         return f"ExportedModel({str(self.path)!r}, detector={self.name!r}, runtime={self.runtime!r})"
@@ -226,6 +234,22 @@ class ExportedModel:
                                            self.predict_batch_size, self._predict_resized, out)
         # BaseDetector.aggregate_tile_scores: the maximum (no first-party detector aggregates otherwise)
         return tile_scores.max().float().reshape(()), blended
+
+
+def _split_calls(run: Callable[[np.ndarray], list[np.ndarray]],
+                limit: int | None) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """``run`` fed at most ``limit`` images per call (``None``: unchanged), each output concatenated
+    over the calls in order; adcore_runtime.Runtime does the same with the sidecar's ``max_batch``."""
+    if limit is None:
+        return run
+
+    def split(images: np.ndarray) -> list[np.ndarray]:
+        if images.shape[0] <= limit:
+            return run(images)
+        parts = [run(images[start:start + limit]) for start in range(0, images.shape[0], limit)]
+        return [np.concatenate([np.asarray(part[index]) for part in parts]) for index in range(len(parts[0]))]
+
+    return split
 
 
 def _number(value: Any) -> float | None:

@@ -44,3 +44,13 @@ def test_export_predict_gives_predict(make) -> None:
         graph_scores, graph_maps = detector._export_predict(images)
     torch.testing.assert_close(graph_scores, scores, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(graph_maps, maps, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [lambda: PatchCore(input_size=SIZE, coreset_ratio=0.25),
+                                  lambda: SPADE(input_size=SIZE)], ids=["patchcore", "spade"])
+def test_the_sidecar_declares_one_image_per_graph_call(make) -> None:
+    # their exact kNN's distance blocks are sized per image at trace time: a batch of 8 holds 8x the memory
+    from adcore.export import metadata_for
+
+    detector = make().fit(make_normal_images(4, (SIZE, SIZE)))
+    assert metadata_for(detector, "onnx", "model.onnx")["max_batch"] == 1

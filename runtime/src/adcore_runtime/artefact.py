@@ -68,6 +68,8 @@ class Artefact:
     detector: str
     #: ``None``, or ``Tiling`` for a tiling detector (the graph then scores one tile)
     tiling: Tiling | None = None
+    #: images per graph call at most (the sidecar's optional ``max_batch``); ``None``: any
+    max_batch: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -147,6 +149,16 @@ def _optional_float(metadata: dict[str, Any], key: str, source: Path, positive: 
     return float(value)
 
 
+def _max_batch(metadata: dict[str, Any], source: Path) -> int | None:
+    # optional (artefacts exported before it take any batch), so format_version stays 1
+    value = metadata.get("max_batch")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ArtefactError(f"{source}: max_batch must be a positive integer or null, got {value!r}; re-export the model")
+    return value
+
+
 def read_artefact(path: str | Path) -> Artefact:
     """Read and check an artefact; every problem is an :class:`ArtefactError` saying what to do."""
     metadata, folder, source = _locate(Path(path))
@@ -192,4 +204,5 @@ def read_artefact(path: str | Path) -> Artefact:
         score_scale=_optional_float(metadata, "score_scale", source, positive=True),
         pixel_threshold=_optional_float(metadata, "pixel_threshold", source),
         pixel_scale=_optional_float(metadata, "pixel_scale", source, positive=True),
-        detector=str(metadata.get("detector", "?")), tiling=tiling, metadata=metadata)
+        detector=str(metadata.get("detector", "?")), tiling=tiling, max_batch=_max_batch(metadata, source),
+        metadata=metadata)

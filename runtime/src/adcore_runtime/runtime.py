@@ -92,7 +92,8 @@ class Runtime:
         path: the folder ``adcore export`` wrote (holding ``adcore-export.json``), or its ``.onnx``.
         backend: ``"onnx"`` (ONNX Runtime) or ``"openvino"``; default: the artefact's own runtime.
             An ONNX artefact also runs on OpenVINO.
-        batch_size: images per graph call.
+        batch_size: images per graph call; an artefact whose sidecar declares ``max_batch`` (its
+            graph's memory grows with the batch: PatchCore, SPADE) is called with at most that many.
         threads: inference threads (default: the backend's choice).
     """
 
@@ -184,7 +185,7 @@ class Runtime:
         """``BaseDetector._predict_resized``: same-size images to ``input_size``, the graph, maps back."""
         size = self.input_size
         batch = np.stack([resize_image(a, size) for a in arrays]).astype(np.float32)
-        outputs = self._engine.run(self.artefact.input_name, batch)
+        outputs = self._run_graph(batch)
         try:
             score = np.asarray(outputs["pred_score"], dtype=np.float32).reshape(-1)
             amap = np.asarray(outputs["anomaly_map"], dtype=np.float32)
@@ -198,6 +199,16 @@ class Runtime:
                                f"for {len(arrays)} images")
         maps = np.stack([resize_map(m, tuple(a.shape[-2:])) for m, a in zip(amap, arrays)])
         return score, maps
+
+    def _run_graph(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The engine on ``batch``, split into calls of at most the artefact's ``max_batch`` images
+        (as adcore.deployed._split_calls), each output concatenated in order."""
+        limit = self.artefact.max_batch
+        if limit is None or batch.shape[0] <= limit:
+            return self._engine.run(self.artefact.input_name, batch)
+        parts = [self._engine.run(self.artefact.input_name, batch[start:start + limit])
+                 for start in range(0, batch.shape[0], limit)]
+        return {name: np.concatenate([np.asarray(part[name]) for part in parts]) for name in parts[0]}
 
     def _finish(self, score: np.ndarray, amap: np.ndarray) -> Prediction:
         threshold, scale = self.artefact.threshold, self.artefact.score_scale

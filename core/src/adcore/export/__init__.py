@@ -44,7 +44,7 @@ def _format_module(name: str) -> Any:
 def metadata_for(detector: Any, format: str, artefact: str) -> dict[str, Any]:
     """Contract C's sidecar, without ``parity`` (added once the check ran)."""
     from adcore import __version__
-    from adcore.export.graph import calibration_of, output_names, score_only
+    from adcore.export.graph import calibration_of, max_batch, output_names, score_only
     from adcore.lookups import origin_of
 
     origin = origin_of(type(detector))
@@ -57,7 +57,7 @@ def metadata_for(detector: Any, format: str, artefact: str) -> dict[str, Any]:
             "input_size": list(detector.image_size),
             "input": {"name": "images", "dtype": "float32", "layout": "NCHW", "range": [0, 1]},
             "outputs": output_names(detector), "score_only": score_only(detector), **calibration_of(detector),
-            "tiling": tiling}
+            "tiling": tiling, "max_batch": max_batch(detector)}
 
 
 def _training_files(detector: Any, folder: str | Path | None) -> list[Path]:

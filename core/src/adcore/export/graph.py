@@ -10,6 +10,11 @@ A detector whose map cannot be an inference graph (DifferNet: input gradients) d
 ``export_score_only`` (why) and writes ``_export_score(images) -> scores``: its graph has no
 ``anomaly_map`` output. A detector may write ``_export_prepare()``, called once before tracing, to
 compute constants its graph needs (random draws: a ``torch.Generator`` cannot be traced).
+A detector whose graph's working memory grows with the batch (PatchCore's and SPADE's exact kNN:
+distance blocks of queries × chunk floats, the chunk fixed at trace time) declares
+``export_max_batch`` (images per graph call): the sidecar records it as ``max_batch`` and
+adcore-runtime and ``adcore.deployed`` split larger batches into calls of at most that many
+images. The graph itself stays correct at any batch size; only its memory differs.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from torch import nn
 
 from adcore.export.errors import NotExportableError
 
-__all__ = ["ExportModule", "calibration_of", "output_names", "score_only"]
+__all__ = ["ExportModule", "calibration_of", "max_batch", "output_names", "score_only"]
 
 
 def calibration_of(detector: Any) -> dict[str, float | None]:
@@ -39,6 +44,18 @@ def score_only(detector: Any) -> bool:
     """Whether the detector exports its image score alone (it declares ``export_score_only``, the
     reason its map cannot be in an inference graph, and writes ``_export_score(images)``)."""
     return bool(getattr(detector, "export_score_only", None))
+
+
+def max_batch(detector: Any) -> int | None:
+    """Images per graph call the detector's artefact should be given at most (its
+    ``export_max_batch``); ``None``: any batch."""
+    value = getattr(detector, "export_max_batch", None)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise NotExportableError(f"{type(detector).__name__}.export_max_batch must be a positive integer or None, "
+                                 f"got {value!r}: fix the detector's class attribute")
+    return value
 
 
 def output_names(detector: Any) -> list[str]:

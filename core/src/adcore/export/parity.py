@@ -5,6 +5,9 @@ normalised score, when there is one, must be Contract A's of the graph's own raw
 within the same tolerance; see :func:`compare`); maps by the largest absolute difference over
 the torch maps' range (max - min over every check image). The artefact is run once on all images
 at once and once on a single image, so a graph that baked in the traced batch size fails here.
+The all-at-once call ignores the sidecar's ``max_batch`` on purpose: a graph must be right at any
+batch (ONNX Runtime or OpenVINO used directly do not read the key), and ``max_batch`` only bounds
+the memory the deployed consumers let a call take.
 """
 
 from __future__ import annotations

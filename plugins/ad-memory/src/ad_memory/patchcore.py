@@ -94,6 +94,9 @@ class PatchCore(FeatureDetector):
     # (8, 16) and "last": ResNet layer2/layer3, EfficientNet-Lite0 blocks.2/blocks.4
     default_strides = (8, 16)
     stage_pick = "last"
+    # the exported search's distance blocks are ~4 M floats per image (chunk fixed at trace time), so a
+    # batch of 8 would hold 8x that: deployed consumers feed the graph one image per call (adcore.export)
+    export_max_batch = 1
     parameter_constraints = {
         "layers": [Stages(2), None],
         "feature_dim": [Integer(1, 16384)],

@@ -67,6 +67,9 @@ class SPADE(FeatureDetector):
     # stride 4/8/16 and "last": ResNet layer1-layer3, EfficientNet-Lite0 blocks.1/blocks.2/blocks.4
     default_strides = (4, 8, 16)
     stage_pick = "last"
+    # the exported pixel kNN's distance blocks grow with the batch (chunk fixed at trace time):
+    # deployed consumers feed the graph one image per call (adcore.export)
+    export_max_batch = 1
     parameter_constraints = {
         "global_layer": [Text(), Integer(0, 63), None],
         "num_image_neighbors": [Integer(1, 100_000)],
