@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from adcore.errors import InvalidInputError
 
-__all__ = ["validate_images", "resize_images", "extract_images", "ImageStream", "DeviceStream", "to_size"]
+__all__ = ["validate_images", "as_float_images", "resize_images", "extract_images", "ImageStream", "DeviceStream", "to_size"]
 
 _RANGE_TOLERANCE = 1e-3
 
@@ -34,6 +34,11 @@ def to_size(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if h < 16 or w < 16 or h > 4096 or w > 4096:
         raise InvalidInputError(f"input_size must be between 16 and 4096 pixels per side, got {(h, w)}")
     return (h, w)
+
+
+def as_float_images(images: torch.Tensor) -> torch.Tensor:
+    """``uint8`` images divided by 255 (one float copy, divided in place); float ones as they are."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
 
 
 def validate_images(images: Any, *, where: str = "predict", tiling: bool = False) -> torch.Tensor:
@@ -70,7 +75,7 @@ def validate_images(images: Any, *, where: str = "predict", tiling: bool = False
         raise InvalidInputError(f"{where}: images of {images.shape[2]}×{images.shape[3]} pixels are too small to score")
     if images.dtype == torch.uint8:
         # every uint8 value is in range; dividing in place keeps one float copy, not two
-        return images if tiling else images.float().div_(255.0).contiguous()
+        return images if tiling else as_float_images(images).contiguous()
     # min and max in one reduction, no mask of the whole batch: NaN propagates through both and an
     # Inf is one of them, so the per-image finiteness mask is only built to name the bad images
     low_t, high_t = torch.aminmax(images)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from adcore.errors import InvalidInputError
-from adcore.inputs import ImageStream, resize_images, to_size
+from adcore.inputs import ImageStream, as_float_images, resize_images, to_size
 
 __all__ = ["TileGrid", "tile_grid", "tile_window", "TileStream", "blend_tiles", "as_float_images", "score_tiles",
            "predict_tiled_batch", "TilingMixin"]
@@ -105,11 +105,6 @@ def blend_tiles(grid: TileGrid, tile_maps: Iterable[tuple[int, int, torch.Tensor
     norm_w = _axis_weights(grid.lefts, grid.tile_w, grid.width, window_w)
     blended.div_(norm_h[:, None]).div_(norm_w[None, :])
     return blended
-
-
-def as_float_images(images: torch.Tensor) -> torch.Tensor:
-    """``uint8`` images divided by 255 (as :func:`~adcore.inputs.validate_images` does); float ones as they are."""
-    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
 
 
 def score_tiles(image: torch.Tensor, tile_size: int | tuple[int, int], overlap: float,
