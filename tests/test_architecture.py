@@ -31,7 +31,7 @@ TIERS = {
     "adcore.registry": CONTRACTS, "adcore._version": CONTRACTS,
     "adcore.inputs": KIT, "adcore.ops": KIT, "adcore.seeding": KIT, "adcore.progress": KIT, "adcore.training": KIT,
     "adcore.backbones": KIT, "adcore.base": KIT, "adcore.params": KIT, "adcore.persistence": KIT,
-    "adcore.files": KIT, "adcore.memory": KIT, "adcore.values": KIT, "adcore.tables": KIT, "adcore.lookups": KIT, "adcore.weights": KIT,
+    "adcore.files": KIT, "adcore.memory": KIT, "adcore.process": KIT, "adcore.values": KIT, "adcore.tables": KIT, "adcore.lookups": KIT, "adcore.weights": KIT,
     "adcore.feature_detector": KIT, "adcore.tiling": KIT, "adcore.metrics": KIT,
     "adcore.scoring": KIT, "adcore.devices": KIT, "adcore.calibration": KIT,
     "adcore.plugins": HOST, "adcore.factory": HOST, "adcore.builtin": HOST,

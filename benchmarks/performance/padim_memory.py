@@ -123,7 +123,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--floor-only", action="store_true", help="only import torch and timm")
     parser.add_argument("-p", "--param", action="append", default=[], help="a detector parameter, KEY=VALUE")
+    parser.add_argument("--as-before", action="store_true",
+                        help="skip adcore.process.prepare_process (a process set up as before issue 21's last change)")
     args = parser.parse_args()
+    if not args.as_before:
+        from adcore.process import prepare_process
+
+        prepare_process()  # what every worker process of `adcore benchmark` does first
     stages = Stages()
     stages.enter("import torch")
     import torch

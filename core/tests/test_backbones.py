@@ -254,3 +254,39 @@ def test_layers_asked_out_of_network_order_keep_their_own_labels(pretrained: Fea
         assert torch.equal(got[name], expected[name])
     with pytest.raises(InvalidInputError, match="twice"):
         FeatureExtractor("tf_efficientnet_lite0", ("blocks.2", 2), weights=None)
+
+
+def test_a_large_cpu_batch_runs_in_passes_with_identical_features(pretrained: FeatureExtractor, monkeypatch):
+    """Passes of CPU_PIXELS_PER_PASS bound the activation memory; the features stay the same.
+
+    Bit for bit at 64 px and above here (oneDNN picks the same kernel per image); other sizes may
+    round differently per batch size, as any change of batch size does, so that is compared closely.
+    """
+    from adcore import backbones
+
+    monkeypatch.setattr(backbones, "CPU_PIXELS_PER_PASS", 2 * 64 * 64)  # two 64-px images per pass
+    images = torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    passes: list[int] = []
+    inner = pretrained._forward
+
+    def counted(part: torch.Tensor) -> dict[str, torch.Tensor]:
+        passes.append(part.shape[0])
+        return inner(part)
+
+    monkeypatch.setattr(pretrained, "_forward", counted)
+    with torch.no_grad():
+        got = pretrained(images)
+    assert passes == [2, 2, 1]
+    passes.clear()
+    with torch.no_grad():
+        whole = inner(images)  # one pass of all five
+    for name in got:
+        torch.testing.assert_close(got[name], whole[name], rtol=1e-5, atol=1e-5 * float(whole[name].abs().max()))
+    # with gradients (a graph kept whole) the batch is one pass, as it is under tracing for export
+    with torch.enable_grad():
+        pretrained(images)
+    assert passes == [5]
+    passes.clear()
+    with torch.no_grad():
+        torch.jit.trace(lambda x: pretrained(x)["blocks.2"], (images,), check_trace=False)
+    assert passes == [5]

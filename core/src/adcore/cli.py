@@ -60,9 +60,10 @@ def _message(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``adcore [--strict] COMMAND ...``; returns the exit code."""
-    # torch and faiss each bring an OpenMP runtime; busy-waiting threads of one stall the other.
-    # Only effective before either is imported, which adcore's CLI guarantees (imports are lazy).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # only effective before torch and timm are imported, which the CLI guarantees (imports are lazy)
+    from adcore.process import prepare_process
+
+    prepare_process()
     from adcore.errors import AdcoreError
     from adcore.factory import PluginLoadError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ad_memory.exact_knn import exact_knn
+from ad_memory.exact_knn import direct_knn, exact_knn
 from ad_memory.memory_bank import knn
 from ad_memory.patchcore import PatchCore
 from ad_memory.spade import SPADE
@@ -22,6 +22,22 @@ def test_exact_knn_is_the_brute_force_answer_in_any_chunking(chunk: int) -> None
     want = torch.cdist(queries.double(), bank.double()).topk(5, dim=1, largest=False)
     torch.testing.assert_close(distance.double(), want.values, rtol=1e-4, atol=1e-4)
     assert torch.equal(index, want.indices)
+
+
+@pytest.mark.parametrize("budget", [1 << 20, 40])  # one chunk, and chunks of 2 rows of 20 values
+def test_direct_knn_keeps_small_distances_that_the_gemm_form_loses(budget: int) -> None:
+    # rows of norm ~100 that differ by ~1e-2: SPADE's pooled features of two similar images
+    generator = torch.Generator().manual_seed(7)
+    centre = 10 * torch.randn(20, generator=generator)
+    bank = centre + 1e-2 * torch.randn(9, 20, generator=generator)
+    queries = centre + 1e-2 * torch.randn(5, 20, generator=generator)
+    exact = torch.cdist(queries.double(), bank.double())
+    expected, expected_index = exact.topk(3, largest=False)
+    got, index = direct_knn(queries, bank, 3, budget=budget)
+    assert torch.equal(index, expected_index)
+    assert float(((got.double() - expected) / expected).abs().max()) < 1e-5
+    gemm, _ = exact_knn(queries, bank, 3)
+    assert float(((gemm.double() - expected) / expected).abs().max()) > 1e-3  # what the direct sum avoids
 
 
 def test_exact_knn_batched_bank_and_faiss_agree() -> None:

@@ -65,6 +65,16 @@ def test_image_score_is_mean_distance_to_k_nearest(fitted: SPADE) -> None:
     assert torch.allclose(fitted.predict(images).pred_score, expected, rtol=1e-4)
 
 
+def test_image_scores_do_not_depend_on_how_many_images_are_scored_at_once(fitted: SPADE, train: torch.Tensor) -> None:
+    # images close to training images: distances small beside the pooled features' norms, where
+    # faiss' GEMM form (which it switches to at 20 queries) loses ~1e-4 of each to cancellation
+    noise = torch.rand(24, *train.shape[1:], generator=torch.Generator().manual_seed(11))
+    images = (train[torch.arange(24) % len(train)] + 0.002 * noise).clamp(0, 1)
+    together = fitted.predict(images).pred_score
+    alone = torch.cat([fitted.predict(images[i:i + 1]).pred_score for i in range(len(images))])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=0)
+
+
 def test_k_is_clamped_to_the_training_set(train: torch.Tensor) -> None:
     detector = SPADE(input_size=SIZE, num_image_neighbors=50, num_map_images=50).fit(train[:4])
     images = make_normal_images(2, (SIZE, SIZE), seed=8)

@@ -49,7 +49,7 @@ def test_streamed_statistics_match_numpy(fitted: Padim, images: torch.Tensor) ->
 
 
 def test_batching_of_training_data_does_not_change_the_model(fitted: Padim, images: torch.Tensor) -> None:
-    # one batch and one position chunk of 5 (not a divisor of 256) against batches of 3 and chunks of 256
+    # one batch and a predict position chunk of 5 (not a divisor of 256) against batches of 3 and chunks of 256
     at_once = Padim(input_size=SIZE, num_features=24, seed=5, position_chunk=5).fit(images)
     torch.testing.assert_close(at_once.mean_, fitted.mean_, rtol=1e-5, atol=1e-5)
     # float32 sums: a different batching rounds differently; 1e-3 of whitening entries up to 1/√ε = 10

@@ -29,8 +29,11 @@ def test_statistics_that_fit_are_not_refused(monkeypatch: pytest.MonkeyPatch) ->
     Padim(input_size=64, num_features=100).fit(make_normal_images(2, (64, 64), seed=0))
 
 
-def test_covariance_that_is_not_positive_definite_names_epsilon() -> None:
-    detector = Padim(epsilon=1e-6, position_chunk=2)
+def test_covariance_that_is_not_positive_definite_names_epsilon(monkeypatch) -> None:
+    from ad_stat import padim
+
+    monkeypatch.setattr(padim, "_WHITENING_CHUNK", 2)  # the error names the chunk that failed
+    detector = Padim(epsilon=1e-6)
     dims = 3
     sum_outer = torch.eye(dims).repeat(4, 1, 1)
     sum_outer[3] = -torch.eye(dims)  # an indefinite "covariance" at position 3

@@ -16,6 +16,7 @@ from adcore.benchmark.store import ResultStore
 from adcore.benchmark.worker import run_worker
 from adcore.commands.options import add_device_options
 from adcore.errors import AdcoreError
+from adcore.process import prepare_process
 
 __all__ = ["add_arguments", "add_cli", "run_cli", "main"]
 
@@ -145,6 +146,7 @@ def run_cli(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m adcore.benchmark [options]`` (and ``--worker SPEC`` inside each run's process)."""
     argv = sys.argv[1:] if argv is None else argv
+    prepare_process()  # each pair's worker is a process of its own: set it up before torch and timm
     if argv[:1] == ["--worker"]:
         if len(argv) != 2:
             print("usage: python -m adcore.benchmark --worker SPEC.json", file=sys.stderr)

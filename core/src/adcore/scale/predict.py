@@ -104,6 +104,9 @@ class _Scorer:
     def __init__(self, model: Any, *, heatmaps: bool, masks: bool, min_area: int, side_by_side: bool,
                  max_pixels: int | None, threads: int) -> None:
         self._timing: dict[str, Any] | None = {"pid": os.getpid(), "init_start": time.time()}
+        from adcore.process import prepare_process
+
+        prepare_process()  # an actor's process is adcore's own: set it up before torch and timm
         import torch
 
         from adcore.line.heatmaps import HeatmapStyle

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from ad_memory.memory_bank import batched_knn, knn
+from ad_memory.exact_knn import direct_knn
+from ad_memory.memory_bank import batched_knn
 from adcore.backbones import DEFAULT_BACKBONE, deepest_stage, stages
 from adcore.feature_detector import FeatureDetector
 from adcore.inputs import ImageStream
@@ -126,7 +127,9 @@ class SPADE(FeatureDetector):
         train_count = self.image_features_.shape[0]
         k_image = min(self.num_image_neighbors, train_count)
         k_map = min(self.num_map_images, train_count)
-        distance, nearest = knn(vector, self.image_features_, max(k_image, k_map))
+        # summed directly, not as a GEMM: nearby images' pooled features differ by little beside their
+        # norms, and the image score would lose ~1e-4 of itself to cancellation (the bank is small)
+        distance, nearest = direct_knn(vector, self.image_features_, max(k_image, k_map))
         scores = distance[:, :k_image].mean(1)
         count, grid = images.shape[0], tuple(maps[0].shape[-2:])
         chosen = nearest[:, :k_map].to(self.gallery_.device)
@@ -227,15 +230,15 @@ class SPADE(FeatureDetector):
 
     # -- export (adcore.export) -----------------------------------------------------------------
     def _export_predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``_predict`` as a graph: both faiss searches become exact searches over the stored
-        features (initializers of the graph), and the per-image pixel search is batched."""
+        """``_predict`` as a graph: the image search is ``_predict``'s own, the pixel search (faiss in
+        ``_predict``) an exact GEMM search over the stored features (initializers of the graph), batched."""
         from ad_memory.exact_knn import bank_chunk, exact_knn
 
         vector, maps = self._features(images)
         train_count = self.image_features_.shape[0]
         k_image = min(self.num_image_neighbors, train_count)
         k_map = min(self.num_map_images, train_count)
-        distance, nearest = exact_knn(vector, self.image_features_, max(k_image, k_map))
+        distance, nearest = direct_knn(vector, self.image_features_, max(k_image, k_map))  # as _predict
         scores = distance[:, :k_image].mean(1)
         grid = tuple(maps[0].shape[-2:])
         count = images.shape[0]
