@@ -123,7 +123,7 @@ def export_detector(detector: Any, out: str | Path, format: str = "onnx", *, che
     detector that has no static graph, :class:`ParityError` when the artefact disagrees (nothing is
     written then), :class:`ExportDependencyError` when the format's package is missing.
     """
-    from adcore.export.graph import ExportModule, output_names
+    from adcore.export.graph import ExportModule, exporting_for, output_names
     from adcore.export.parity import check_images as make_check_images
     from adcore.export.parity import compare, reference_outputs
     from adcore.files import atomic_write_bytes, atomic_write_text
@@ -154,7 +154,8 @@ def export_detector(detector: Any, out: str | Path, format: str = "onnx", *, che
     example = images[: min(2, images.shape[0])].clone()
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="adcore-export-") as scratch:
-        files = writer.write(module, example, Path(scratch), outputs, _as_strings(metadata), opset)
+        with exporting_for(format):
+            files = writer.write(module, example, Path(scratch), outputs, _as_strings(metadata), opset)
         parity = compare(reference, writer.runner(Path(scratch)), images, tolerance, outputs,
                          normalize=_normalizer(detector))
         if not parity.pop("ok"):

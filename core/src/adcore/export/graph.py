@@ -15,10 +15,16 @@ distance blocks of queries × chunk floats, the chunk fixed at trace time) decla
 ``export_max_batch`` (images per graph call): the sidecar records it as ``max_batch`` and
 adcore-runtime and ``adcore.deployed`` split larger batches into calls of at most that many
 images. The graph itself stays correct at any batch size; only its memory differs.
+While the graph is traced, :func:`export_target` names the format it is for, so a detector may pick
+the formulation that engine runs best (PaDiM: OpenVINO repacks a constant right-hand MatMul operand
+once per input shape, ONNX Runtime runs a constant left-hand one at half the speed).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -27,7 +33,25 @@ from torch import nn
 
 from adcore.export.errors import NotExportableError
 
-__all__ = ["ExportModule", "calibration_of", "max_batch", "output_names", "score_only"]
+__all__ = ["ExportModule", "calibration_of", "max_batch", "output_names", "score_only", "export_target",
+           "exporting_for"]
+
+_TARGET: ContextVar[str | None] = ContextVar("adcore_export_target", default=None)
+
+
+def export_target() -> str | None:
+    """The format (``"onnx"``, ``"openvino"``, ``"torchscript"``) being traced now, else ``None``."""
+    return _TARGET.get()
+
+
+@contextlib.contextmanager
+def exporting_for(format: str) -> Iterator[None]:
+    """Within: :func:`export_target` answers ``format`` (``export_detector`` wraps its tracing in it)."""
+    token = _TARGET.set(format)
+    try:
+        yield
+    finally:
+        _TARGET.reset(token)
 
 
 def calibration_of(detector: Any) -> dict[str, float | None]:
