@@ -49,10 +49,7 @@ def exact_knn(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int 
         v, i = torch.topk(d2, min(k, part.shape[-2]), dim=-1, largest=False)
         values.append(v)
         indices.append(i + start)
-    value, index = torch.cat(values, -1), torch.cat(indices, -1)
-    if len(values) > 1:
-        value, position = torch.topk(value, k, dim=-1, largest=False)
-        index = torch.gather(index, -1, position)
+    value, index = _merge_chunks(values, indices, k)
     return value.clamp_min(0).sqrt(), index
 
 
@@ -73,11 +70,17 @@ def direct_knn(queries: torch.Tensor, bank: torch.Tensor, k: int = 1,
         v, i = torch.topk(d2, min(k, part.shape[0]), dim=-1, largest=False)
         values.append(v)
         indices.append(i + start)
+    value, index = _merge_chunks(values, indices, k)
+    return value.sqrt(), index
+
+
+def _merge_chunks(values: list[torch.Tensor], indices: list[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` smallest over the chunks' own ``k`` smallest (traceable: the chunk count is fixed)."""
     value, index = torch.cat(values, -1), torch.cat(indices, -1)
     if len(values) > 1:
         value, position = torch.topk(value, k, dim=-1, largest=False)
         index = torch.gather(index, -1, position)
-    return value.sqrt(), index
+    return value, index
 
 
 def nearest_rows(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, bank_sq: torch.Tensor | None = None,
