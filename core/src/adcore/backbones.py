@@ -199,8 +199,8 @@ class FeatureExtractor(nn.Module):
 
 def _images_per_pass(images: torch.Tensor) -> int:
     # only where it is free: the same numbers (bit for bit at 64-256 px here; elsewhere at most the
-    # rounding any other batch size gives),
-    # no autograd graph to keep whole, and no traced export whose graph would bake the split in
+    # rounding any other batch size gives), no autograd graph to keep whole, and no traced export
+    # whose graph would bake the split in
     if (images.device.type != "cpu" or torch.is_grad_enabled() or torch.jit.is_tracing()
             or torch.compiler.is_compiling()):
         return images.shape[0]

@@ -45,4 +45,4 @@ def test_openvino_ir_applies_each_whitening_matrix_from_the_left(fitted: Padim, 
     assert whitening, "the PaDiM graph should multiply by its stored whitening matrices"
     for op in whitening:
         left, right = (i.get_source_output().get_node().get_type_name() for i in op.inputs())
-        assert (left, right) == ("Constant", right) and right != "Constant", op.get_friendly_name()
+        assert left == "Constant" and right != "Constant", op.get_friendly_name()

@@ -18,6 +18,8 @@ faiss' exact ``IndexFlatL2``, so the scores match the faiss-scored detector to f
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 __all__ = ["exact_knn", "direct_knn", "bank_chunk", "nearest_rows", "squared_norms"]
@@ -39,17 +41,12 @@ def exact_knn(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int 
     ``queries`` ``(..., Q, D)`` and ``bank`` ``(M, D)`` or batched ``(..., M, D)``; ``k`` is clamped
     to ``M``. Traceable: no data-dependent Python control flow.
     """
-    rows = bank.shape[-2]
-    k = min(int(k), int(rows))
     query_sq = (queries * queries).sum(-1, keepdim=True)
-    values, indices = [], []
-    for start in range(0, rows, chunk):
-        part = bank[..., start:start + chunk, :]
-        d2 = query_sq - 2 * queries @ part.transpose(-1, -2) + (part * part).sum(-1).unsqueeze(-2)
-        v, i = torch.topk(d2, min(k, part.shape[-2]), dim=-1, largest=False)
-        values.append(v)
-        indices.append(i + start)
-    value, index = _merge_chunks(values, indices, k)
+
+    def squared(part: torch.Tensor) -> torch.Tensor:
+        return query_sq - 2 * queries @ part.transpose(-1, -2) + (part * part).sum(-1).unsqueeze(-2)
+
+    value, index = _nearest_by_chunk(bank, k, chunk, squared)
     return value.clamp_min(0).sqrt(), index
 
 
@@ -60,22 +57,23 @@ def direct_knn(queries: torch.Tensor, bank: torch.Tensor, k: int = 1,
     ``queries`` ``(Q, D)``, ``bank`` ``(M, D)``; ``k`` is clamped to ``M``. Memory: ``Q`` differences of
     ``budget`` floats per bank chunk (the chunk is fixed by ``D``, so a traced graph takes any ``Q``).
     """
-    rows = bank.shape[-2]
-    k = min(int(k), int(rows))
     chunk = max(1, budget // max(1, int(bank.shape[-1])))
-    values, indices = [], []
-    for start in range(0, rows, chunk):
-        part = bank[start:start + chunk]
-        d2 = (queries.unsqueeze(-2) - part).pow(2).sum(-1)  # (Q, chunk)
-        v, i = torch.topk(d2, min(k, part.shape[0]), dim=-1, largest=False)
-        values.append(v)
-        indices.append(i + start)
-    value, index = _merge_chunks(values, indices, k)
+    value, index = _nearest_by_chunk(bank, k, chunk, lambda part: (queries.unsqueeze(-2) - part).pow(2).sum(-1))
     return value.sqrt(), index
 
 
-def _merge_chunks(values: list[torch.Tensor], indices: list[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` smallest over the chunks' own ``k`` smallest (traceable: the chunk count is fixed)."""
+def _nearest_by_chunk(bank: torch.Tensor, k: int, chunk: int,
+                      squared_distance: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` smallest squared distances and their rows, one ``chunk`` of bank rows at a time, then the
+    ``k`` smallest of those (traceable: the chunk count is fixed by the bank)."""
+    rows = bank.shape[-2]
+    k = min(int(k), int(rows))
+    values, indices = [], []
+    for start in range(0, rows, chunk):
+        part = bank[..., start:start + chunk, :]
+        v, i = torch.topk(squared_distance(part), min(k, part.shape[-2]), dim=-1, largest=False)
+        values.append(v)
+        indices.append(i + start)
     value, index = torch.cat(values, -1), torch.cat(indices, -1)
     if len(values) > 1:
         value, position = torch.topk(value, k, dim=-1, largest=False)

@@ -150,16 +150,8 @@ class Padim(FeatureDetector):
 
     # -- predict --------------------------------------------------------------------------------
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, (height, width) = self._embed_positions(images)  # (P, B, d); contiguous for the BLAS bmm path
-        batch = x.shape[1]
-        squared = torch.empty(x.shape[0], batch, dtype=x.dtype, device=x.device)
-        for start in range(0, x.shape[0], self.position_chunk):
-            stop = start + self.position_chunk
-            delta = x[start:stop] - self.mean_[start:stop, None]
-            # (P, B, d) @ (P, d, d)ᵀ: row b of the result is W_p (x_b − μ_p)
-            whitened = torch.bmm(delta, self.whitening_[start:stop].transpose(1, 2))
-            squared[start:stop] = whitened.pow(2).sum(-1)
-        return self._scores_and_maps(squared, (height, width), tuple(images.shape[-2:]))
+        x, grid = self._embed_positions(images)  # (P, B, d); contiguous for the BLAS bmm path
+        return self._scores_and_maps(self._squared_distances(x), grid, tuple(images.shape[-2:]))
 
     # -- export (adcore.export) -----------------------------------------------------------------
     def _export_predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,17 +164,24 @@ class Padim(FeatureDetector):
         """
         from adcore.export.graph import export_target
 
-        if export_target() != "openvino":
-            return self._predict(images)
         x, grid = self._embed_positions(images)  # (P, B, d)
-        parts = []
-        for start in range(0, x.shape[0], self.position_chunk):
-            stop = start + self.position_chunk
-            delta = (x[start:stop] - self.mean_[start:stop, None]).transpose(1, 2)  # (p, d, B)
-            parts.append(torch.matmul(self.whitening_[start:stop], delta).pow(2).sum(1))  # W (x − μ)ᵀ: (p, B)
-        return self._scores_and_maps(torch.cat(parts), grid, tuple(images.shape[-2:]))
+        squared = self._squared_distances(x, whitening_on_left=export_target() == "openvino")
+        return self._scores_and_maps(squared, grid, tuple(images.shape[-2:]))
 
     # -- helpers --------------------------------------------------------------------------------
+    def _squared_distances(self, x: torch.Tensor, *, whitening_on_left: bool = False) -> torch.Tensor:
+        """Squared Mahalanobis distances ``(P, B)`` of embeddings ``(P, B, d)``, a position chunk at a time."""
+        squared = torch.empty(x.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
+        for start in range(0, x.shape[0], self.position_chunk):
+            stop = start + self.position_chunk
+            delta = x[start:stop] - self.mean_[start:stop, None]
+            whitening = self.whitening_[start:stop]
+            if whitening_on_left:  # W_p (x_b − μ_p)ᵀ as (p, d, B)
+                squared[start:stop] = torch.matmul(whitening, delta.transpose(1, 2)).pow(2).sum(1)
+            else:  # (p, B, d) @ (p, d, d)ᵀ: row b of the result is W_p (x_b − μ_p)
+                squared[start:stop] = torch.bmm(delta, whitening.transpose(1, 2)).pow(2).sum(-1)
+        return squared
+
     def _scores_and_maps(self, squared: torch.Tensor, grid: tuple[int, int],
                          size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """From squared Mahalanobis distances ``(P, B)``: the smoothed maps at ``size`` and their maxima."""
