@@ -99,6 +99,10 @@ class EfficientAD(DistillationDetector):
         seed: seed of initialisation, augmentation and the held-out split.
     """
 
+    # the exported graph holds the teacher's, student's and autoencoder's intermediates for the whole
+    # batch, so its runtime memory grows with it: deployed consumers call it two images at a time, which
+    # measured well under the batch-8 peak at the same ms/image (docs/deployment.md)
+    export_max_batch = 2
     parameter_constraints: ClassVar[Mapping[str, ConstraintSpec]] = {
         "model_size": [Options("small", "medium")],
         "teacher_channels": [Integer(1, 4096)],
