@@ -154,7 +154,8 @@ def _copy_with(folder, target, **changes):
 
 def test_max_batch_splits_graph_calls(exported, tmp_path, monkeypatch):
     _, folder, detector = exported
-    declared = 1 if detector_name(detector) == "patchcore" else None  # PatchCore's kNN blocks grow with the batch
+    # PatchCore's kNN blocks and PaDiM's whitening grow with the batch: each declares its calls' size
+    declared = {"patchcore": 1, "padim": 4}[detector_name(detector)]
     assert json.loads((folder / SIDECAR).read_text())["max_batch"] == declared
     images = torch.cat([make_normal_images(3, (64, 64), seed=7), paste_defects(make_normal_images(2, (64, 64), seed=8),
                                                                                 seed=9)[0]])
@@ -163,9 +164,8 @@ def test_max_batch_splits_graph_calls(exported, tmp_path, monkeypatch):
     assert old.max_batch is None
     whole = old.predict(images)
     assert calls == [5]  # as before: one call per predict_batch_size images
-    for limit, expected in ((declared, [1] * 5), (2, [2, 2, 1])):
-        if limit is None:
-            continue
+    for limit in (declared, 2):
+        expected = [limit] * (5 // limit) + ([5 % limit] if 5 % limit else [])
         calls.clear()
         model = open_model(_copy_with(folder, tmp_path / f"limit{limit}", max_batch=limit))
         assert model.max_batch == limit
