@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch
 
 from ad_memory.coreset import CoresetStats, greedy_coreset, greedy_coreset_dense, greedy_coreset_reference, random_projection
 from ad_memory.exact_knn import nearest_rows, squared_norms
+from ad_memory.faiss_loader import import_faiss
 from adcore.errors import InvalidInputError
 
 __all__ = [
@@ -48,25 +48,10 @@ INDEX_KINDS = ("flat", "ivf", "hnsw")
 
 
 # -- faiss ----------------------------------------------------------------------------------------
-def _faiss():
-    """Import faiss with its OpenMP runtime set to sleep, not spin, between parallel regions.
-
-    faiss wheels bundle their own OpenMP runtime (and an OpenMP OpenBLAS) next to torch's. Two
-    runtimes whose idle threads busy-wait steal the few cores from each other: on a 2-core
-    machine the backbone forward after a faiss search ran up to 20x slower. The policy is read
-    when the runtime loads, so it is set (unless the user chose one) just before faiss is imported.
-    Setting ``OMP_WAIT_POLICY=PASSIVE`` before starting Python also calms torch's own runtime.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import faiss
-
-    return faiss
-
-
 @contextlib.contextmanager
 def faiss_threads(count: int | None = None) -> Iterator[None]:
     """Run faiss with ``count`` threads (default: ``torch.get_num_threads()``), restored afterwards."""
-    faiss = _faiss()
+    faiss = import_faiss()
 
     previous = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(int(count if count is not None else torch.get_num_threads()))
@@ -98,7 +83,7 @@ def knn(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor
     k = min(int(k), bank.shape[0])
     if not _on_cpu(queries, bank):
         return nearest_rows(queries, bank, k)
-    faiss = _faiss()
+    faiss = import_faiss()
     with faiss_threads():
         distances, indices = faiss.knn(_as_faiss(queries), _as_faiss(bank), k)
     return _euclidean(distances), torch.from_numpy(indices)
@@ -116,7 +101,7 @@ def batched_knn(queries: torch.Tensor, banks: torch.Tensor, k: int) -> tuple[tor
     queries, banks = queries.to(torch.float32).contiguous(), banks.to(torch.float32).contiguous()
     distances = torch.empty(*queries.shape[:-1], k)
     indices = torch.empty(*queries.shape[:-1], k, dtype=torch.long)
-    faiss = _faiss()
+    faiss = import_faiss()
     with faiss_threads():
         for row in range(queries.shape[0]):
             squared, index = faiss.knn(queries[row].numpy(), banks[row].numpy(), k)
@@ -157,7 +142,7 @@ class NearestNeighbourIndex:
         return self._bank_sq
 
     def _build(self):
-        faiss = _faiss()
+        faiss = import_faiss()
 
         data = _as_faiss(self.bank)
         count, dim = data.shape
