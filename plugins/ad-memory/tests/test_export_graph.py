@@ -24,6 +24,29 @@ def test_exact_knn_is_the_brute_force_answer_in_any_chunking(chunk: int) -> None
     assert torch.equal(index, want.indices)
 
 
+def test_exact_knn_over_one_bank_is_one_gemm_per_chunk(tmp_path) -> None:
+    """PatchCore's exported search: query sets (B, P, D) against one bank, each chunk's block made by a
+    single Gemm (the bank's norms its bias), |q|² added to the survivors, not a pass over the block."""
+    onnx = pytest.importorskip("onnx")
+    generator = torch.Generator().manual_seed(3)
+    bank, queries = torch.randn(300, 16, generator=generator), torch.randn(2, 50, 16, generator=generator)
+    distance, index = exact_knn(queries, bank, 2, chunk=128)
+    want = torch.cdist(queries.double(), bank.double()).topk(2, dim=-1, largest=False)
+    torch.testing.assert_close(distance.double(), want.values, rtol=1e-4, atol=1e-4)
+    assert torch.equal(index, want.indices)
+
+    class Search(torch.nn.Module):
+        def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return exact_knn(rows, bank, 1, chunk=128)
+
+    path = tmp_path / "search.onnx"
+    torch.onnx.export(Search(), (queries,), str(path), input_names=["rows"], dynamic_axes={"rows": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops.count("Gemm") == 3  # 300 rows in chunks of 128
+    assert "Sub" not in ops and "MatMul" not in ops, ops
+
+
 @pytest.mark.parametrize("budget", [1 << 20, 40])  # one chunk, and chunks of 2 rows of 20 values
 def test_direct_knn_keeps_small_distances_that_the_gemm_form_loses(budget: int) -> None:
     # rows of norm ~100 that differ by ~1e-2: SPADE's pooled features of two similar images
