@@ -3,8 +3,9 @@
 faiss cannot live in an ONNX or OpenVINO graph, and it runs on the CPU only, so an exported
 PatchCore or SPADE, and one whose bank lives on another device, searches with these instead:
 squared distances ``|q|² - 2 q·b + |b|²`` (one GEMM per chunk, the bank's norms computed once),
-the ``k`` smallest of each chunk, then the ``k`` smallest of those, ``|q|²`` added to those alone. Same formula and float32 as
-faiss' exact ``IndexFlatL2``, so the scores match the faiss-scored detector to float rounding.
+the ``k`` smallest of each chunk, then the ``k`` smallest of those, ``|q|²`` added to those alone.
+Same formula and float32 as faiss' exact ``IndexFlatL2``, so the scores match the faiss-scored
+detector to float rounding.
 
 * :func:`exact_knn` is traceable (no data-dependent Python control flow; the chunk count is fixed
   by the bank, so the loop unrolls into the graph).

@@ -9,8 +9,8 @@ loaded, so :func:`import_faiss` sets them just before the first ``import faiss``
   after a faiss search ran up to 20x slower.
 * ``OPENBLAS_CORETYPE`` for the load only (unless the user set it), on Intel CPUs with AVX-512 or
   AVX2: OpenBLAS picks its kernels by the CPU's model number, and a release older than the CPU
-  does not know it and falls back to its SSE3 kernels ("Prescott"). On a Sapphire Rapids VM the
-  bundled 0.3.15 did exactly that and faiss' exact search of PatchCore's bank (1,024 × 21,402 ×
+  does not know it and falls back to its SSE3 kernels ("Prescott"). On this project's Intel Xeon VM
+  (AVX-512 FP16: Sapphire Rapids or newer) the bundled 0.3.15 did exactly that and faiss' exact search of PatchCore's bank (1,024 × 21,402 ×
   152) took 161–230 ms instead of 41–53 ms with the AVX-512 kernels it ships (docs/ad-memory.md).
   The kernel family named here is the one that release picks for the Intel models it does know
   with the same instruction sets, so on those nothing changes. The variable is put back after the
