@@ -31,15 +31,14 @@ DATA = REPO.parent / "shared" / "data" / "mvtec_bottle" / "bottle"
 DETECTORS = {"padim": {}, "patchcore": {}, "spade": {}, "stfpm": {"epochs": 1}, "fastflow": {"epochs": 1}}
 
 
-def _images(folder: Path, count: int, size: int):
-    import numpy as np
+def _images(split: str, count: int, size: int):
+    """The first ``count`` images of bottle's ``split`` as adcore's own loader gives them."""
     import torch
-    from PIL import Image
 
-    paths = sorted(p for p in folder.rglob("*.png"))[:count]
-    arrays = [np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255
-              for p in paths]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    from adcore.data import MVTecDataset
+
+    dataset = MVTecDataset(DATA.parent, DATA.name, split, image_size=size)
+    return torch.stack([dataset[index]["image"] for index in range(min(count, len(dataset)))])
 
 
 def _prepare(work: Path, size: int) -> None:
@@ -52,7 +51,7 @@ def _prepare(work: Path, size: int) -> None:
         if target.exists():
             continue
         if train is None:
-            train = _images(DATA / "train" / "good", 24, size)
+            train = _images("train", 24, size)
         detector = adcore.get_model(name, input_size=size, seed=0, **params).fit(train)
         detector.save(target)
         print(f"fitted {name} -> {target}", file=sys.stderr)
@@ -70,7 +69,7 @@ def _child(model: Path, setting: str, batch: int, size: int) -> dict:
     elif setting.startswith("passes of "):  # "passes of N": N images of this size per pass
         adcore.backbones.CPU_PIXELS_PER_PASS = int(setting.split()[-1]) * size * size
     detector = adcore.load(model)
-    images = _images(DATA / "test", 32, size)
+    images = _images("test", 32, size)
     with torch.inference_mode():
         detector.predict(images[:batch])
         start = time.perf_counter()

@@ -52,15 +52,15 @@ def exact_knn(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int 
         rows = queries.reshape(-1, queries.shape[-1])
 
         def partial(part: torch.Tensor) -> torch.Tensor:
-            return torch.addmm((part * part).sum(-1), rows, part.transpose(0, 1), alpha=-2.0)
+            return torch.addmm(squared_norms(part), rows, part.transpose(0, 1), alpha=-2.0)
     else:
         rows = queries
 
         def partial(part: torch.Tensor) -> torch.Tensor:
-            return torch.matmul(queries, part.transpose(-1, -2)).mul(-2.0).add((part * part).sum(-1).unsqueeze(-2))
+            return torch.matmul(queries, part.transpose(-1, -2)).mul(-2.0).add(squared_norms(part).unsqueeze(-2))
 
     value, index = _nearest_by_chunk(bank, k, chunk, partial)
-    value = value + (rows * rows).sum(-1, keepdim=True)
+    value = value + squared_norms(rows).unsqueeze(-1)
     shape = (*queries.shape[:-1], value.shape[-1])
     return value.clamp_min(0).sqrt().reshape(shape), index.reshape(shape)
 
