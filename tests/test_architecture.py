@@ -28,7 +28,7 @@ TIER_NAMES = {CONTRACTS: "contracts", KIT: "detector kit", HOST: "plugin host", 
 #: application tier, so no lower module may import it. Keep docs/architecture.md in step.
 TIERS = {
     "adcore.errors": CONTRACTS, "adcore.prediction": CONTRACTS, "adcore.hookspecs": CONTRACTS,
-    "adcore.registry": CONTRACTS, "adcore._version": CONTRACTS,
+    "adcore.registry": CONTRACTS, "adcore._version": CONTRACTS, "adcore.lazy": CONTRACTS,
     "adcore.inputs": KIT, "adcore.ops": KIT, "adcore.seeding": KIT, "adcore.progress": KIT, "adcore.training": KIT,
     "adcore.backbones": KIT, "adcore.base": KIT, "adcore.params": KIT, "adcore.persistence": KIT,
     "adcore.files": KIT, "adcore.memory": KIT, "adcore.process": KIT, "adcore.values": KIT, "adcore.tables": KIT, "adcore.lookups": KIT, "adcore.weights": KIT,

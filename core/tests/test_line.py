@@ -125,6 +125,22 @@ def test_resume_drops_a_cut_line_and_skipped_files(tmp_path: Path):
     assert [json.loads(line)["path"] for line in results.read_text().splitlines()] == ["a.png", "b.png"]
 
 
+def test_resume_sweeps_the_half_written_pngs_of_a_killed_run(tmp_path: Path):
+    import subprocess
+    import sys
+
+    with RunOutputs(tmp_path / "out", {"model_sha256": "a"}, resume=False) as outputs:
+        outputs.append({"path": "a.png", "score": 1.0, "regions": []})
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    half = tmp_path / "out" / "heatmaps" / "cam1" / f".b.png.png.{gone.pid}.q8x_1abz.tmp"  # its writer was killed
+    half.parent.mkdir(parents=True)
+    half.write_bytes(b"half a png")
+    with RunOutputs(tmp_path / "out", {"model_sha256": "a"}, resume=True) as outputs:
+        assert outputs.done == {"a.png"}
+    assert not half.exists() and half.parent.is_dir()
+
+
 # -- the pipeline -------------------------------------------------------------------------------------------
 def _folder(tmp_path: Path) -> Path:
     root = tmp_path / "in"

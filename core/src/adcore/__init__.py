@@ -36,6 +36,7 @@ from adcore._version import __version__
 from adcore.errors import InvalidInputError, ModelFileError, NotFittedError
 from adcore.factory import get_model, list_models, list_models_by_category, load
 from adcore.hookspecs import hookimpl
+from adcore.lazy import lazy_exports
 from adcore.registry import ModelNotFoundError
 
 
@@ -59,19 +60,5 @@ if TYPE_CHECKING:
     from adcore.base import BaseDetector
     from adcore.prediction import AnomalyDetector, Prediction
 
-_LAZY = {"AnomalyDetector": "adcore.prediction", "Prediction": "adcore.prediction", "BaseDetector": "adcore.base"}
-
-
-def __getattr__(name: str) -> Any:
-    # torch-backed names load on first use so that `import adcore` (and `adcore list`) stays light
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'adcore' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, {"AnomalyDetector": "adcore.prediction", "Prediction": "adcore.prediction",
+                                               "BaseDetector": "adcore.base"}, globals(), __all__)

@@ -1,10 +1,8 @@
 """``python -m adcore ...``: the ``adcore`` command (``adcore.cli``) where its script is not on PATH."""
 
-import sys
-
-from adcore.cli import main
+from adcore.cli import console_main, main
 
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -15,14 +15,16 @@ exit code 1; a plugin failure under ``--strict`` exits 2; Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from types import ModuleType
 
 from adcore.commands import benchmark, evaluate, export, listing, plugins, predict, serve, train
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+__all__ = ["main", "console_main", "build_parser", "COMMANDS"]
 
 #: the sub-commands, in ``--help`` order; each module has NAME, HELP, add_arguments(parser) and run(args)
 COMMANDS: tuple[ModuleType, ...] = (listing, plugins, train, evaluate, predict, export, benchmark, serve)
@@ -98,5 +100,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def console_main() -> None:
+    """The ``adcore`` console script: :func:`main`, then the process ends without Python's teardown.
+
+    With torch, timm and the plugins loaded, the interpreter's own finalisation (freeing every module
+    and object one by one) takes seconds on a small machine after the last output is written. What
+    an exit must still do is done first, in the order ``Py_Finalize`` does it: wait for the
+    non-daemon threads (and run what they registered), run the ``atexit`` handlers (Ray's shutdown,
+    temporary folders, logging), flush the standard streams; then :func:`os._exit`. Every output
+    file is already closed and renamed into place by then (writes are atomic). A command that raises
+    a bug ends the usual way, with its traceback.
+    """
+    code = main()
+    finish_process(code)
+
+
+def finish_process(code: int) -> None:
+    """Run the exit work Python would (threads, ``atexit``, streams) and end the process with ``code``."""
+    shutdown_threads = getattr(threading, "_shutdown", None)  # CPython's own first step of finalisation
+    if shutdown_threads is not None:
+        shutdown_threads()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (| head) or stream: nothing left to deliver
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from adcore.errors import OutputPathError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "check_output_file", "check_output_folder"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "check_output_file", "check_output_folder",
+           "remove_stale_temporaries"]
 
 
 def _file_mode() -> int:
@@ -29,8 +30,13 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 
-def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
+def atomic_write_bytes(path: str | Path, payload: bytes, *, clean_stale: bool = True) -> Path:
     """Write ``payload`` to ``path`` via a temporary file, ``fsync`` and ``os.replace``; returns ``path``.
+
+    ``clean_stale=False`` skips the look for temporaries that a killed earlier write to ``path`` left:
+    that look lists the whole folder, so writing thousands of files into one folder costs time
+    quadratic in their number (a predict run's 2,000 heatmaps: 1.6 s of CPU). Such a writer sweeps its
+    own folder once with :func:`remove_stale_temporaries` and then passes ``False``.
 
     Raises :class:`~adcore.errors.OutputPathError` naming the path when it is a folder, its parent
     cannot be created, permission is denied or the disk is full; ``path`` is untouched then.
@@ -44,7 +50,8 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
         raise OutputPathError(f"cannot write {path}: a part of its folder path is a file ({exc.filename})") from exc
     except PermissionError as exc:
         raise OutputPathError(f"cannot create the folder {path.parent}: permission denied") from exc
-    _remove_stale_temporaries(path)
+    if clean_stale:
+        _remove_stale_temporaries(path)
     try:
         descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except PermissionError as exc:
@@ -127,6 +134,23 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Remove every temporary under ``folder`` (its subfolders too) that a killed adcore write left
+    (``.NAME.<pid>.<random>.tmp`` whose process is gone), whatever its target; returns how many. For
+    a folder that only adcore writes into (a predict run's ``heatmaps/``): elsewhere a write cleans
+    only its own target's."""
+    try:
+        candidates = [entry for entry in Path(folder).rglob(".*.tmp") if entry.is_file()]
+    except OSError:
+        return 0
+    removed = 0
+    for candidate in candidates:
+        parts = candidate.name[:-len(".tmp")].rsplit(".", 2)  # ".NAME", pid, mkstemp's random part
+        if len(parts) == 3 and parts[1].isdigit() and parts[0] != ".adcore-probe":
+            removed += _remove_if_stale(candidate, parts[1])
+    return removed
+
+
 def _remove_stale_temporaries(path: Path) -> None:
     """Remove ``.NAME.<pid>.*.tmp`` files an earlier, killed write to ``path`` left behind.
 
@@ -134,24 +158,29 @@ def _remove_stale_temporaries(path: Path) -> None:
     progress in another process is never disturbed); one without a process id (an older adcore)
     only once it is more than a minute old.
     """
-    import time
-
     try:
         candidates = list(path.parent.glob(f".{path.name}.*.tmp"))
     except OSError:
         return
-    cutoff = time.time() - 60.0
     for candidate in candidates:
-        writer = candidate.name[len(path.name) + 2:].split(".", 1)[0]
-        try:
-            if writer.isdigit():
-                if int(writer) == os.getpid() or _process_alive(int(writer)):
-                    continue
-            elif candidate.stat().st_mtime >= cutoff:
-                continue
-            candidate.unlink()
-        except OSError:
-            continue
+        _remove_if_stale(candidate, candidate.name[len(path.name) + 2:].split(".", 1)[0])
+
+
+def _remove_if_stale(candidate: Path, writer: str) -> bool:
+    """Remove ``candidate`` if its writer (a process id, or anything else for an older adcore's
+    temporary: then by age) is gone; whether it was removed."""
+    import time
+
+    try:
+        if writer.isdigit():
+            if int(writer) == os.getpid() or _process_alive(int(writer)):
+                return False
+        elif candidate.stat().st_mtime >= time.time() - 60.0:
+            return False
+        candidate.unlink()
+    except OSError:
+        return False
+    return True
 
 
 def _process_alive(pid: int) -> bool:

@@ -122,3 +122,29 @@ def test_a_real_killed_writer_leaves_a_temporary_that_the_next_save_removes(tmp_
     assert leftover.name.startswith(f".m.bin.{process.pid}.")  # the writer's pid is in the name
     atomic_write_bytes(target, b"new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin"]
+
+
+def test_a_folder_sweep_removes_every_dead_writers_temporary_and_spares_the_rest(tmp_path):
+    from adcore.files import remove_stale_temporaries
+
+    dead_pid = _dead_pid()
+    nested = tmp_path / "cam1"
+    nested.mkdir()
+    dead = [tmp_path / f".a.png.png.{dead_pid}.k2j_8x0q.tmp", nested / f".b.png.png.{dead_pid}.zz1ab_c9.tmp"]
+    spared = [tmp_path / ".c.png.png.1.abcdefgh.tmp",  # pid 1 is alive: a write in progress elsewhere
+              tmp_path / ".notes.tmp",  # no writer's pid: not an adcore temporary
+              tmp_path / "d.png"]
+    for path in dead + spared:
+        path.write_bytes(b"half")
+    assert remove_stale_temporaries(tmp_path) == 2
+    assert not any(path.exists() for path in dead) and all(path.exists() for path in spared)
+
+
+def test_a_write_that_skips_the_stale_look_leaves_other_temporaries_alone(tmp_path):
+    target = tmp_path / "m.bin"
+    dead = tmp_path / f".m.bin.{_dead_pid()}.abcdefgh.tmp"
+    dead.write_bytes(b"half")
+    atomic_write_bytes(target, b"new", clean_stale=False)
+    assert target.read_bytes() == b"new" and dead.exists()
+    atomic_write_bytes(target, b"newer")  # the default look removes it
+    assert not dead.exists()

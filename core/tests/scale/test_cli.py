@@ -57,6 +57,26 @@ def test_import_adcore_and_a_local_predict_never_import_ray(small_line, tmp_path
     assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == 6
 
 
+def test_the_ray_driver_reaches_ray_start_before_importing_torch(small_line, tmp_path):
+    # torch's import (seconds) is meant to run beside ray.init's start of a local head, not before it
+    model, images = small_line
+    probe = textwrap.dedent(f"""
+        import sys
+        import adcore.scale.cluster as cluster
+        from adcore.cli import main
+
+        def connect_while(work, options):
+            print("torch" in sys.modules, "adcore.scale.predict" in sys.modules)
+            raise SystemExit(0)
+
+        cluster.connect_while = connect_while
+        main(["predict", {str(model)!r}, {str(images)!r}, "--out", {str(tmp_path / "out")!r}, "--executor", "ray"])
+    """)
+    done = subprocess.run([sys.executable, "-c", probe], env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+
+
 def test_predict_executor_ray_on_the_command_line(small_line, tmp_path):
     require_ray()
     model, images = small_line

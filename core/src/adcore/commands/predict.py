@@ -60,8 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adcore.deployed import open_model
-    from adcore.line.pipeline import PredictOptions, run_predictions
+    # nothing that imports torch before Ray is started: with --executor ray the torch import, the
+    # listing and the model's opening run in prepare() while ray.init waits for its processes
     from adcore.line.outputs import check_output_folder
     from adcore.line.sources import collect_inputs
 
@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(out)  # before loading the model or listing 100,000 files
 
     def prepare() -> tuple[list, Any]:
+        from adcore.deployed import open_model
+
         inputs = collect_inputs(args.images, exclude=out)
         detector = open_model(args.model_file, device=args.device)  # a .safetensors model file or an export folder
         if args.precision is not None:
@@ -81,24 +83,28 @@ def run(args: argparse.Namespace) -> int:
             detector.set_params(precision=args.precision)
         return inputs, detector
 
-    options = PredictOptions(out=out, batch_size=args.batch_size, workers=args.workers,
-                             heatmaps=not args.no_heatmaps, masks=args.masks, side_by_side=args.side_by_side,
-                             min_area=args.min_area, resume=args.resume, strict=args.strict_inputs,
-                             contact_sheet=args.contact_sheet)
     if args.executor == "ray":
-        from adcore.scale import ClusterOptions, RayPredictOptions, predict_on_ray
-        from adcore.scale.cluster import connect_while
+        from adcore.scale.cluster import ClusterOptions, connect_while
 
         if not Path(args.model_file).exists():  # the one mistake worth catching before Ray's seconds of start-up
+            from adcore.deployed import open_model
+
             open_model(args.model_file)
-        scale = RayPredictOptions(actors=args.actors, cpus_per_actor=args.cpus_per_actor,
-                                  gpus_per_actor=args.gpus_per_actor, cluster=ClusterOptions(address=args.address))
+        cluster = ClusterOptions(address=args.address)
         # listing and opening the model while Ray starts (or is joined): predict_on_ray uses that Ray
-        with connect_while(prepare, scale.cluster) as (_, (inputs, detector)):
-            summary = predict_on_ray(detector, Path(args.model_file), inputs, options, scale, given=list(args.images))
+        with connect_while(prepare, cluster) as (_, (inputs, detector)):
+            from adcore.scale.predict import RayPredictOptions, predict_on_ray
+
+            scale = RayPredictOptions(actors=args.actors, cpus_per_actor=args.cpus_per_actor,
+                                      gpus_per_actor=args.gpus_per_actor, cluster=cluster)
+            summary = predict_on_ray(detector, Path(args.model_file), inputs, _options(args, out), scale,
+                                     given=list(args.images))
     else:
+        from adcore.line.pipeline import run_predictions
+
         inputs, detector = prepare()
-        summary = run_predictions(detector, Path(args.model_file), inputs, options, given=list(args.images))
+        summary = run_predictions(detector, Path(args.model_file), inputs, _options(args, out),
+                                  given=list(args.images))
     done = summary.scored + summary.already_done
     message = f"adcore predict: {done} of {len(inputs)} images scored into {out}"
     if summary.skipped:
@@ -110,3 +116,11 @@ def run(args: argparse.Namespace) -> int:
         message += f"; contact sheet {summary.contact_sheet}"
     print(message, file=sys.stderr)
     return EXIT_SKIPPED if summary.skipped else 0
+
+
+def _options(args: argparse.Namespace, out: Path) -> Any:
+    from adcore.line.pipeline import PredictOptions
+
+    return PredictOptions(out=out, batch_size=args.batch_size, workers=args.workers, heatmaps=not args.no_heatmaps,
+                          masks=args.masks, side_by_side=args.side_by_side, min_area=args.min_area,
+                          resume=args.resume, strict=args.strict_inputs, contact_sheet=args.contact_sheet)

@@ -34,6 +34,8 @@ MANIFEST = "run.json"
 RESULTS = "results.jsonl"
 SCORES = "scores.csv"
 RUN_FORMAT = "adcore-predict-run"
+#: the folders of per-image PNGs (written by :func:`adcore.line.sink.write_rendered`)
+HEATMAPS, MASKS = "heatmaps", "masks"
 #: free space below which a run is refused before its first image
 MIN_FREE_BYTES = 1 << 20
 _ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # odd bytes in file names survive
@@ -103,6 +105,11 @@ class RunOutputs:
                                   "--resume to continue that run, or give an empty --out folder")
         if earlier:
             self._resume(identity)
+            from adcore.files import remove_stale_temporaries
+
+            # a killed run's half-written PNGs, swept once here: each PNG write then skips its own look
+            for folder in (HEATMAPS, MASKS):
+                remove_stale_temporaries(self.out / folder)
         else:
             from adcore.files import atomic_write_text
 

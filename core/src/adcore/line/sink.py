@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from adcore.line.decoding import Decoded
 from adcore.line.heatmaps import HeatmapStyle, png_bytes, render_heatmap
-from adcore.line.outputs import RunOutputs
+from adcore.line.outputs import HEATMAPS, MASKS, RunOutputs
 from adcore.line.regions import find_regions
 
 __all__ = ["Scored", "Calibration", "Sink", "Rendered", "render", "write_rendered", "output_name", "map_at_size", "normalized_map", "print_result"]
@@ -174,10 +174,12 @@ def write_rendered(outputs: RunOutputs, rendered: Rendered) -> dict[str, Any]:
     the caller appends only then (a row in the outputs means all its files exist)."""
     from adcore.files import atomic_write_bytes
 
+    # clean_stale=False: RunOutputs swept these folders when the run was opened (a look per write
+    # lists the folder: quadratic in the run's images)
     if rendered.heatmap is not None:
-        atomic_write_bytes(output_name(outputs.out / "heatmaps", rendered.name), rendered.heatmap)
+        atomic_write_bytes(output_name(outputs.out / HEATMAPS, rendered.name), rendered.heatmap, clean_stale=False)
     if rendered.mask is not None:
-        atomic_write_bytes(output_name(outputs.out / "masks", rendered.name), rendered.mask)
+        atomic_write_bytes(output_name(outputs.out / MASKS, rendered.name), rendered.mask, clean_stale=False)
     return rendered.result
 
 

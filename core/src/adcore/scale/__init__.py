@@ -14,9 +14,20 @@ See docs/scale-out.md.
 
 from __future__ import annotations
 
-from adcore.scale.benchmark import run_benchmark_on_ray
-from adcore.scale.cluster import ClusterOptions, connect, ray_available, require_ray
-from adcore.scale.predict import RayPredictOptions, predict_on_ray
+from typing import TYPE_CHECKING
+
+from adcore.lazy import lazy_exports
 
 __all__ = ["ClusterOptions", "connect", "ray_available", "require_ray", "RayPredictOptions", "predict_on_ray",
            "run_benchmark_on_ray"]
+
+if TYPE_CHECKING:
+    from adcore.scale.benchmark import run_benchmark_on_ray
+    from adcore.scale.cluster import ClusterOptions, connect, ray_available, require_ray
+    from adcore.scale.predict import RayPredictOptions, predict_on_ray
+
+# the predict half needs torch, the cluster half does not: a driver starts Ray before importing torch
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "run_benchmark_on_ray": "adcore.scale.benchmark",
+    **dict.fromkeys(("ClusterOptions", "connect", "ray_available", "require_ray"), "adcore.scale.cluster"),
+    **dict.fromkeys(("RayPredictOptions", "predict_on_ray"), "adcore.scale.predict")}, globals(), __all__)

@@ -36,6 +36,7 @@ class Timeline:
 
     def __init__(self) -> None:
         self.marks: dict[str, float] = {}
+        self.driver_cpu: dict[str, float] = {}
         self.actors: list[dict[str, Any]] = []
         self._armed = False
 
@@ -43,6 +44,7 @@ class Timeline:
         """Set mark ``name`` to now (``again=False``: only if it is not set yet)."""
         if again or name not in self.marks:
             self.marks[name] = time.time()
+            self.driver_cpu[name] = time.process_time()  # this process's CPU seconds, all its threads
         target = os.environ.get("ADCORE_RAY_TIMINGS")
         if target and not self._armed:
             import atexit
@@ -53,6 +55,7 @@ class Timeline:
     def start_run(self) -> None:
         """Forget an earlier run's marks and actors in this process (the connection's marks stay)."""
         self.marks = {k: v for k, v in self.marks.items() if k in ("connect_start", "connected")}
+        self.driver_cpu = {k: v for k, v in self.driver_cpu.items() if k in self.marks}
         self.actors = []
 
     def write(self, target: str) -> None:
@@ -60,7 +63,11 @@ class Timeline:
 
         from adcore.files import atomic_write_text
 
-        atomic_write_text(Path(target), json.dumps({"marks": self.marks, "actors": self.actors}, indent=1))
+        # the driver's own CPU seconds at each mark and in all (its threads, Ray Data's executor
+        # included; not the actors')
+        atomic_write_text(Path(target), json.dumps({"marks": self.marks, "actors": self.actors,
+                                                    "driver_cpu": {**self.driver_cpu, "exit": time.process_time()}},
+                                                   indent=1))
 
 
 #: this process's timeline
