@@ -28,7 +28,8 @@ store, dataset plan), ``pool_start_s`` (dataset start to the first actor's const
 start, imports), ``actor_model_s`` and ``actor_first_batch_s`` (per actor, mean: opening the
 model, the first batch), ``first_result_s`` (dataset start to the first result), ``finish_s``
 (outputs closed to the contact sheet drawn), ``shutdown_s`` (to Ray stopped, or left) and
-``exit_s`` (interpreter exit).
+``exit_s`` (interpreter exit); ``driver_cpu_stream_s`` and ``driver_cpu_s`` are the driver's own CPU
+seconds while the results streamed in and in all (on two cores they are taken from the actors).
 
 Identical scores: every Ray run of a model file is compared with a one-thread local predict of the
 first ``--check-images`` inputs (one thread as each one-CPU actor: the same float reductions);
@@ -161,7 +162,16 @@ def breakdown(timeline: dict, launched: float, ended: float) -> dict[str, float 
             "first_result_s": between("stream_start", "first_result"),
             # the command line stops (or leaves) Ray after the contact sheet is drawn
             "finish_s": between("outputs_closed", "finished"), "shutdown_s": between("finished", "disconnected"),
-            "exit_s": between(max(marks.values()), ended), "actors": len(actors)}
+            "exit_s": between(max(marks.values()), ended), "actors": len(actors),
+            # the driver's CPU seconds while the results streamed in (Ray Data's executor, the writing)
+            # and in all: on a small machine they are taken from the actors
+            "driver_cpu_stream_s": _cpu_between(timeline, "first_result", "last_result"),
+            "driver_cpu_s": timeline.get("driver_cpu", {}).get("exit")}
+
+
+def _cpu_between(timeline: dict, start: str, end: str) -> float | None:
+    cpu = timeline.get("driver_cpu", {})
+    return round(cpu[end] - cpu[start], 2) if start in cpu and end in cpu else None
 
 
 def scores(out: Path, base: Path) -> dict[str, dict]:
