@@ -279,3 +279,12 @@ def test_which_actor_scores_which_model(line, artefact, monkeypatch):
     monkeypatch.setitem(sys.modules, "adcore_runtime.batches", None)  # adcore-runtime not installed on the driver
     assert _runtime_scorer(open_model(artefact), warnings.append) is _Scorer
     assert "pip install adcore-runtime" in warnings[0]
+
+
+def test_blocks_hold_a_few_batches_but_every_actor_gets_several():
+    from adcore.scale.predict import BATCHES_PER_BLOCK, MAX_BLOCKS, MIN_BLOCKS_PER_ACTOR, _block_count
+
+    assert _block_count(250, 2) == -(-250 // BATCHES_PER_BLOCK)  # 2,000 images in batches of 8: 63 blocks
+    assert _block_count(20, 2) == 2 * MIN_BLOCKS_PER_ACTOR  # a short run still spreads over the pool
+    assert _block_count(5, 2) == 5 and _block_count(1, 4) == 1  # never more blocks than batches
+    assert _block_count(10**7, 2) == MAX_BLOCKS
