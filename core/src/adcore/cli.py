@@ -112,10 +112,10 @@ def console_main() -> None:
     a bug ends the usual way, with its traceback.
     """
     code = main()
-    finish_process(code)
+    _finish_process(code)
 
 
-def finish_process(code: int) -> None:
+def _finish_process(code: int) -> None:
     """Run the exit work Python would (threads, ``atexit``, streams) and end the process with ``code``."""
     shutdown_threads = getattr(threading, "_shutdown", None)  # CPython's own first step of finalisation
     if shutdown_threads is not None:
