@@ -19,4 +19,5 @@ bench() {
   shift
   "$PYTHON" -m adcore.benchmark --config "$config" ${LOCK_ARGS[@]+"${LOCK_ARGS[@]}"} "$@"
 }
-PIPED=(piped/PA_BDP01_TL piped/PA_BRG01_RL piped/PA_FLR01_TL)
+# the "piped" group; PIPED_SETS narrows it (space-separated), e.g. PIPED_SETS=piped/PA_BDP01_TL
+read -r -a PIPED <<< "${PIPED_SETS:-piped/PA_BDP01_TL piped/PA_BRG01_RL piped/PA_FLR01_TL}"

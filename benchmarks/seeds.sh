@@ -10,6 +10,7 @@
 # The time limit is a day (86400 s) so that a run paused with SIGSTOP (e.g. during someone else's
 # quiet measurement window) is not killed as over its limit when it is continued.
 # Records: benchmarks/ad-{stat,flow,distill}/results/benchmark/results.jsonl.
+# One PIPED set for every detector first: PIPED_SETS=piped/PA_BDP01_TL nice -n 15 bash benchmarks/seeds.sh piped
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export ADCORE_BENCH_LOCK=

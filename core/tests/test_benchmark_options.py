@@ -238,3 +238,25 @@ def test_the_calibration_split_follows_the_runs_seed(data, tmp_path, monkeypatch
     assert [seed for seed, _ in held_out] == [0, 1, 2]
     assert len({tuple(held) for _, held in held_out}) > 1  # not one split for every seed
     assert calibration_seed(None) == 0 and calibration_seed(True) == 0 and calibration_seed(5) == 5
+
+
+def test_records_keep_data_paths_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """Committed records must not carry this machine's absolute paths (``../shared/data``, not ``/work/…``)."""
+    from adcore.benchmark.plan import portable_path
+    from adcore.benchmark.store import base_record
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    write_tiny_category(tmp_path / "shared" / "data", "widget")
+    monkeypatch.chdir(repo)
+    assert portable_path(repo / "results") == "results"
+    assert portable_path(repo / ".." / "shared" / "data") == str(Path("..") / "shared" / "data")
+    far = Path("/") / "elsewhere" / "data"
+    assert portable_path(far) == str(far)
+    assert portable_path(None) is None
+
+    plan = bench.build_plan(_args("--data-root", str(repo / ".." / "shared" / "data"), "--dataset", "widget",
+                                  "--model", "example_gaussian", "--quick"))
+    record = base_record(plan.runs[0])
+    assert record["dataset_spec"]["root"] == str(Path("..") / "shared" / "data" / "widget")
+    assert plan.settings["data_root"] == str(Path("..") / "shared" / "data")

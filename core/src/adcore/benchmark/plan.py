@@ -37,6 +37,7 @@ __all__ = [
     "RunSpec",
     "BenchmarkPlan",
     "parse_datasets",
+    "portable_path",
     "resolve_models",
     "load_config",
     "build_plan",
@@ -101,6 +102,24 @@ class BenchmarkPlan:
     @property
     def results_path(self) -> Path:
         return self.out / RESULTS_FILE
+
+
+def portable_path(path: str | Path | None) -> str | None:
+    """``path`` as a record should keep it: relative to the working directory when it lies beside it.
+
+    Records and settings are committed with the benchmark pages, and a machine's absolute paths
+    say nothing to a reader on another machine; ``../shared/data`` from the repository does. A path
+    further away than the working directory's parent stays absolute (a relative form would climb
+    to the file-system root).
+    """
+    if path is None:
+        return None
+    resolved = Path(os.path.abspath(os.path.expanduser(str(path))))
+    here = Path.cwd()
+    for anchor in (here, here.parent):
+        if resolved == anchor or anchor in resolved.parents:
+            return os.path.relpath(resolved, here)
+    return str(resolved)
 
 
 def _resolve_path(path: str | Path, base: Path | None) -> Path:
@@ -312,7 +331,7 @@ def build_plan(args: argparse.Namespace) -> BenchmarkPlan:
     settings = {"quick": quick, "input_size": input_size, "seed": seed, "device": device, "precision": precision,
                 "batch_size": batch_size,
                 "time_limits": limits, "params": per_detector,
-                "dataset_params": {k: v for k, v in config_params.items() if "@" in k}, "data_root": str(data_root) if data_root else None,
+                "dataset_params": {k: v for k, v in config_params.items() if "@" in k}, "data_root": portable_path(data_root),
                 "max_train": max_train, "command": config.get("command") or _command_line()}
     if seeds:
         settings["seeds"] = seeds
