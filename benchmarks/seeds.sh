@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Accuracy over seeds (issue 23) for the trained detectors of ad-stat (STFPM, PaDiM's channel draw),
-# ad-flow and ad-distill, at each page's stated budget: bash benchmarks/seeds.sh [bottle|piped|all]
+# ad-flow and ad-distill, at each page's stated budget: bash benchmarks/seeds.sh [bottle|piped|magnetic|all]
 #
 # Accuracy does not need a quiet machine, so these runs take NO measurement lock (ADCORE_BENCH_LOCK
 # empty): they never block a timing run, and their seconds/latencies are NOT timings (the pages take
@@ -36,8 +36,17 @@ group() {
   pair ad-stat "$sets" padim
 }
 
+# magnetic tile: the pages whose configuration holds it (ad-distill's does not); cheapest first
+magnetic() {
+  pair ad-stat magnetic padim
+  pair ad-flow magnetic differnet
+  pair ad-stat magnetic stfpm
+  pair ad-flow magnetic fastflow
+}
+
 case $GROUP in
   bottle|piped) group "$GROUP" ;;
-  all) group bottle; group piped ;;
-  *) echo "usage: $0 [bottle|piped|all]" >&2; exit 2 ;;
+  magnetic) magnetic ;;
+  all) group bottle; group piped; magnetic ;;
+  *) echo "usage: $0 [bottle|piped|magnetic|all]" >&2; exit 2 ;;
 esac

@@ -1,6 +1,12 @@
 """Print mean ± std over seeds (issue 23) of benchmark records as Markdown table rows.
 
     python benchmarks/seeds_table.py benchmarks/ad-flow/results/benchmark/results.jsonl [more.jsonl ...]
+    python benchmarks/seeds_table.py --set PA_ benchmarks/ad-stat/results/benchmark/results.jsonl  # the PIPED rows
+    python benchmarks/seeds_table.py --fill docs/ad-stat.md benchmarks/ad-stat/results/benchmark/results.jsonl
+
+``--fill PAGE`` rewrites, in place, every block of PAGE that lies between ``<!-- seeds-table PREFIX -->``
+and ``<!-- /seeds-table -->`` with the table of the sets named ``PREFIX…`` (the pages' tables over
+seeds are regenerated so, never typed).
 
 One row per (data set, detector, parameters but the seed) with at least one finished run: the seeds
 that finished, image / pixel AUROC and AUPRO as mean ± sample std (n − 1, as ``adcore benchmark``'s
@@ -10,12 +16,18 @@ run without the measurement lock, so their seconds are not timings.
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import re
 import statistics
-import sys
 from pathlib import Path
 
-__all__ = ["main", "rows"]
+__all__ = ["main", "rows", "table", "fill"]
+
+HEADER = ("| set | model | seeds | img AUROC | px AUROC | AUPRO | per seed (img / px) |\n"
+          "|---|---|---|---|---|---|---|")
+BLOCK = re.compile(r"<!-- seeds-table (\S+) -->\n.*?<!-- /seeds-table -->", re.S)
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
@@ -28,8 +40,9 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def rows(paths: list[str]) -> list[str]:
-    """The table rows, newest record per run key, finished runs only."""
+def rows(paths: list[str], sets: tuple[str, ...] = ()) -> list[str]:
+    """The table rows, newest record per run key, finished runs only; ``sets``: data-set name
+    prefixes to keep (all when empty)."""
     latest: dict[str, dict] = {}
     for path in paths:
         for line in Path(path).read_text(encoding="utf-8").splitlines():
@@ -38,7 +51,7 @@ def rows(paths: list[str]) -> list[str]:
                 latest[record["key"]] = record
     groups: dict[tuple, list[dict]] = {}
     for record in latest.values():
-        if record.get("status") != "ok":
+        if record.get("status") != "ok" or (sets and not record["dataset"].startswith(sets)):
             continue
         params = {k: v for k, v in (record.get("params") or {}).items() if k != "seed"}
         groups.setdefault((record["dataset"], record["detector"], json.dumps(params, sort_keys=True)), []).append(record)
@@ -52,15 +65,33 @@ def rows(paths: list[str]) -> list[str]:
     return out
 
 
+def table(paths: list[str], sets: tuple[str, ...] = ()) -> str:
+    """The whole Markdown table: header and rows."""
+    return "\n".join([HEADER, *rows(paths, sets)])
+
+
+def fill(page: Path, paths: list[str]) -> int:
+    """Rewrite ``page``'s seeds-table blocks from ``paths``; returns how many blocks were filled."""
+    text = page.read_text(encoding="utf-8")
+    new, count = BLOCK.subn(lambda m: f"<!-- seeds-table {m.group(1)} -->\n{table(paths, (m.group(1),))}\n<!-- /seeds-table -->", text)
+    if count:  # written beside the page and renamed over it: an interrupted fill leaves the page whole
+        temporary = page.with_name(f".{page.name}.seeds-table")
+        temporary.write_text(new, encoding="utf-8")
+        os.replace(temporary, page)
+    return count
+
+
 def main(argv: list[str] | None = None) -> int:
-    paths = sys.argv[1:] if argv is None else argv
-    if not paths:
-        print(__doc__, file=sys.stderr)
-        return 2
-    print("| set | model | seeds | img AUROC | px AUROC | AUPRO | per seed (img / px) |")
-    print("|---|---|---|---|---|---|---|")
-    for row in rows(paths):
-        print(row)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("records", nargs="+", help="results.jsonl files of adcore benchmark")
+    parser.add_argument("--set", action="append", default=[], help="keep data sets whose name starts so (repeatable)")
+    parser.add_argument("--fill", type=Path, help="a Markdown page whose seeds-table blocks to rewrite")
+    args = parser.parse_args(argv)
+    if args.fill is not None:
+        if not fill(args.fill, args.records):
+            parser.error(f"{args.fill} has no <!-- seeds-table PREFIX --> ... <!-- /seeds-table --> block")
+        return 0
+    print(table(args.records, tuple(args.set)))
     return 0
 
 
