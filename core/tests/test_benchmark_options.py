@@ -260,3 +260,9 @@ def test_records_keep_data_paths_relative_to_the_working_directory(tmp_path, mon
     record = base_record(plan.runs[0])
     assert record["dataset_spec"]["root"] == str(Path("..") / "shared" / "data" / "widget")
     assert plan.settings["data_root"] == str(Path("..") / "shared" / "data")
+    from adcore.benchmark.report import write_tables
+
+    plan.out = repo / "results"
+    tables = json.loads(write_tables(plan, [])["json"].read_text(encoding="utf-8"))
+    assert tables["datasets"][0]["root"] == str(Path("..") / "shared" / "data" / "widget")
+    assert str(tmp_path) not in json.dumps(tables)

@@ -20,7 +20,7 @@ import re
 import sys
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "BenchmarkPlan",
     "parse_datasets",
     "portable_path",
+    "portable_dataset",
     "resolve_models",
     "load_config",
     "build_plan",
@@ -120,6 +121,16 @@ def portable_path(path: str | Path | None) -> str | None:
         if resolved == anchor or anchor in resolved.parents:
             return os.path.relpath(resolved, here)
     return str(resolved)
+
+
+def portable_dataset(dataset: DatasetSpec) -> dict[str, Any]:
+    """``dataset`` as a record keeps it: its fields, every folder through :func:`portable_path`."""
+    fields = asdict(dataset)
+    for name in ("root", "train", "good", "masks"):
+        if fields.get(name):
+            fields[name] = portable_path(fields[name])
+    fields["defects"] = [portable_path(folder) for folder in fields.get("defects") or ()]
+    return fields
 
 
 def _resolve_path(path: str | Path, base: Path | None) -> Path:

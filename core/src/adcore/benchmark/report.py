@@ -19,11 +19,10 @@ import platform
 import re
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from adcore.benchmark.plan import BenchmarkPlan, DatasetSpec
+from adcore.benchmark.plan import BenchmarkPlan, DatasetSpec, portable_dataset
 from adcore.benchmark.store import ResultStore, base_record, json_default, now, plugin_versions
 from adcore.files import atomic_write_text
 from adcore.tables import Column, format_cell, markdown_table
@@ -243,7 +242,7 @@ def write_tables(plan: BenchmarkPlan, rows: list[dict[str, Any]] | None = None) 
         writer.writerow(_csv_row(row))
     atomic_write_text(paths["csv"], buffer.getvalue())
     document = {"title": plan.title, "generated_at": now(), "machine": machine_info(), "versions": versions,
-                "settings": plan.settings, "datasets": [asdict(d) for d in plan.datasets], "detectors": plan.detectors,
+                "settings": plan.settings, "datasets": [portable_dataset(d) for d in plan.datasets], "detectors": plan.detectors,
                 "plugin_failures": plan.plugin_failures,
                 "summary": summarise(pairs, plan.detectors, plan.published), "runs": rows}
     if pairs is not rows:

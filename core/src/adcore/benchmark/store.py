@@ -13,12 +13,11 @@ import json
 import math
 import threading
 import warnings
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from adcore.benchmark.plan import RECORD_FORMAT, RunSpec, portable_path
+from adcore.benchmark.plan import RECORD_FORMAT, RunSpec, portable_dataset
 from adcore.files import atomic_write_text
 
 __all__ = ["ResultStore", "base_record", "plugin_versions", "external_plugin", "json_default", "clean_float", "now"]
@@ -100,14 +99,9 @@ def base_record(run: RunSpec) -> dict[str, Any]:
     entry = find_entry(run.detector)
     params = run.params
     plugin, version = (entry.distribution, entry.version) if entry else external_plugin(run.detector)
-    dataset_spec = asdict(run.dataset)
-    for field_name in ("root", "train", "good", "masks"):
-        if dataset_spec.get(field_name):
-            dataset_spec[field_name] = portable_path(dataset_spec[field_name])
-    dataset_spec["defects"] = [portable_path(folder) for folder in dataset_spec.get("defects") or ()]
     return {
         "format": RECORD_FORMAT, "key": run.key, "detector": run.detector, "dataset": run.dataset.name,
-        "dataset_spec": dataset_spec, "params": params, "batch_size": run.batch_size,
+        "dataset_spec": portable_dataset(run.dataset), "params": params, "batch_size": run.batch_size,
         "time_limit": run.time_limit, "seed": params.get("seed", 0),
         "input_size": params.get("input_size", (entry.card.get("input_size") if entry else None)),
         "backbone": params.get("backbone", entry.card.get("default_backbone") if entry else None),
