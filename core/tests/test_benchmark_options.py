@@ -241,7 +241,7 @@ def test_the_calibration_split_follows_the_runs_seed(data, tmp_path, monkeypatch
 
 
 def test_records_keep_data_paths_relative_to_the_working_directory(tmp_path, monkeypatch):
-    """Committed records must not carry this machine's absolute paths (``../shared/data``, not ``/work/…``)."""
+    """Committed records must not carry this machine's absolute paths (``../shared/data``, not an absolute one)."""
     from adcore.benchmark.plan import portable_path
     from adcore.benchmark.store import base_record
 
