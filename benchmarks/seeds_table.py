@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], help="keep data sets whose name starts so (repeatable)")
     parser.add_argument("--fill", type=Path, help="a Markdown page whose seeds-table blocks to rewrite")
     args = parser.parse_args(argv)
+    missing = [path for path in args.records if not Path(path).is_file()]
+    if missing:
+        parser.error(f"no records file {', '.join(missing)} (adcore benchmark writes OUT/results.jsonl)")
     if args.fill is not None:
         if not fill(args.fill, args.records):
             parser.error(f"{args.fill} has no <!-- seeds-table PREFIX --> ... <!-- /seeds-table --> block")

@@ -12,7 +12,8 @@ Checks: the protocol; ``get_params`` round-trips through the constructor; ``pred
 ``fit`` fails; ``fit`` returns ``self``; shapes and dtypes at a non-square input size (and a batch
 of one); finite scores; ``predict`` leaves the images it is given unchanged; a pasted defect scores higher than clean images and its map is higher
 inside the defect; ``calibrate`` yields boolean labels; save/load gives bit-identical predictions;
-two fits under the same seed give bit-identical predictions; and, for detectors with adcore's
+two fits under the same seed give bit-identical predictions; a fit on the same images in another order
+and other batches predicts the same, to float rounding (issue 23); and, for detectors with adcore's
 common parameters, tiling (``tile_size``): fit on tiles of larger images, full-resolution maps,
 the defect found, the tiling carried through save/load; and the device: outputs on the CPU, the
 fitted state on the detector's ``device_``, save/load on that device. :func:`check_devices`
@@ -93,13 +94,18 @@ def paste_defects(images: torch.Tensor, seed: int = 1) -> tuple[torch.Tensor, to
     return out, masks
 
 
+#: the largest change of scores or maps, relative to their largest value, that fitting the same images
+#: in another order and other batches may cause (sums in another order round differently)
+ORDER_TOLERANCE = 1e-4
+
+
 def _batches(images: torch.Tensor, size: int = 8) -> list[torch.Tensor]:
     return [images[i:i + size] for i in range(0, images.shape[0], size)]
 
 
 def check_detector(factory: Callable[[], AnomalyDetector], *, image_size: tuple[int, int] = (64, 64),
                    train_images: int = 16, name: str | None = None, raise_on_failure: bool = True) -> ConformanceReport:
-    """Run every conformance check on detectors built by ``factory()`` (called up to three times)."""
+    """Run every conformance check on detectors built by ``factory()`` (called up to five times)."""
     detector = factory()
     report = ConformanceReport(name or type(detector).__name__)
     train = make_normal_images(train_images, image_size, seed=0)
@@ -240,6 +246,21 @@ def check_detector(factory: Callable[[], AnomalyDetector], *, image_size: tuple[
                 "two fits with the same parameters and seed gave different predictions")
 
     check("same seed, same predictions", reproducible)
+
+    def order_and_batching() -> None:
+        # the same images backwards, in batches of 5: a detector draws its own shuffles, so the model may
+        # differ from the first only by the rounding of sums taken in another order (PaDiM's statistics)
+        probe = torch.cat([clean[:2], defective[:2]])
+        first = detector.predict(probe)
+        second = factory().fit(_batches(train.flip(0), 5)).predict(probe)
+        for label, a, b in (("scores", first.pred_score, second.pred_score), ("maps", first.anomaly_map, second.anomaly_map)):
+            gap, scale = (a - b).abs().max().item(), a.abs().max().item()
+            require(gap <= ORDER_TOLERANCE * scale + 1e-6,
+                    f"fitting the same images in another order and other batches changed the {label} by {gap:.3g} "
+                    f"(of {scale:.3g}): the model must not depend on how its stream is ordered or batched; "
+                    "fit on adcore.training.training_images(stream) or key what you collect by image content")
+
+    check("another order and batching, same predictions", order_and_batching)
 
     def tiling() -> None:
         tiled = factory()

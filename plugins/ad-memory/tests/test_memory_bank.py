@@ -167,3 +167,51 @@ def test_dense_coreset_picks_what_the_pruned_and_textbook_loops_pick():
     assert torch.equal(dense, greedy_coreset(points, 150, start=17))
     assert stats.iterations == 149 and stats.touched_fraction == 1.0
     assert torch.equal(greedy_coreset_dense(points[:10], 10), torch.arange(10))
+
+
+def _keyed_batches(rows: torch.Tensor, per_item: int, size: int, order: torch.Tensor) -> list[tuple[torch.Tensor, list[bytes]]]:
+    """Items of ``per_item`` rows in ``order``, batched ``size`` items at a time, each keyed by its number."""
+    items = [rows[i * per_item:(i + 1) * per_item] for i in order.tolist()]
+    keys = [int(i).to_bytes(4, "big") for i in order.tolist()]
+    return [(torch.cat(items[b:b + size]), keys[b:b + size]) for b in range(0, len(items), size)]
+
+
+def test_keyed_rows_come_out_the_same_for_any_order_and_batching() -> None:
+    """Issue 23: PatchCore's bank (and so its coreset) must not depend on how the stream is ordered or batched."""
+    rows = torch.randn(40 * 4, 5, generator=torch.Generator().manual_seed(0))
+    outputs = []
+    for cap in (None, 37):
+        for seed, size in ((0, 8), (1, 3), (2, 40)):
+            order = torch.randperm(40, generator=torch.Generator().manual_seed(seed))
+            collector = FeatureCollector(max_rows=cap, seed=5)
+            for batch, keys in _keyed_batches(rows, 4, size, order):
+                collector.add(batch, keys=keys)
+            outputs.append((cap, torch.cat(collector.chunks())))
+    for cap in (None, 37):
+        same_cap = [out for c, out in outputs if c == cap]
+        assert all(torch.equal(out, same_cap[0]) for out in same_cap[1:])
+    assert torch.equal(outputs[0][1], rows)  # uncapped: the items sorted by key, i.e. back in item order
+    assert outputs[-1][1].shape == (37, 5)
+    collector = FeatureCollector(max_rows=37, seed=6)  # another seed draws another sample
+    for batch, keys in _keyed_batches(rows, 4, 8, torch.arange(40)):
+        collector.add(batch, keys=keys)
+    assert not torch.equal(torch.cat(collector.chunks()), outputs[-1][1])
+
+
+def test_keyed_sample_is_uniform_and_bounded() -> None:
+    hits = torch.zeros(1000)
+    for trial in range(200):
+        collector = FeatureCollector(max_rows=100, seed=trial)
+        for start in range(0, 1000, 40):  # items of 4 rows, 10 items per batch
+            keys = [int(i).to_bytes(4, "big") for i in range(start // 4, start // 4 + 10)]
+            collector.add(torch.arange(start, start + 40, dtype=torch.float32)[:, None].repeat(1, 3), keys=keys)
+        kept = collector.chunks()[0][:, 0].long()
+        assert kept.numel() == 100 and kept.unique().numel() == 100
+        hits[kept] += 1
+    assert abs(hits[:500].mean().item() - 20) < 2 and abs(hits[500:].mean().item() - 20) < 2
+    assert hits.min() > 3
+
+
+def test_rows_that_do_not_split_over_their_keys_are_refused() -> None:
+    with pytest.raises(InvalidInputError, match="cannot be split evenly"):
+        FeatureCollector().add(torch.zeros(7, 2), keys=[b"a", b"b"])

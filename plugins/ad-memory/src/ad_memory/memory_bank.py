@@ -3,8 +3,9 @@
 Everything the two detectors have in common beyond the backbone (stages and extractors come from
 :class:`adcore.feature_detector.FeatureDetector`) lives here once:
 
-* :class:`FeatureCollector` gathers patch features from a stream batch by batch, optionally
-  capped by uniform reservoir sampling so a set of any size fits in a fixed amount of memory.
+* :class:`FeatureCollector` gathers patch features from a stream batch by batch, keyed by image
+  content so the collection does not depend on the stream's order, optionally capped by a uniform
+  random sample so a set of any size fits in a fixed amount of memory.
 * :func:`greedy_coreset` is the greedy k-center selection of PatchCore, exact but pruned with the
   triangle inequality so it touches only the part of the data a new center can change (it lives in
   :mod:`ad_memory.coreset` and is re-exported here).
@@ -18,6 +19,7 @@ Everything the two detectors have in common beyond the backbone (stages and extr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from collections.abc import Iterator
 
@@ -191,26 +193,76 @@ class FeatureCollector:
     """Rows (patch features) gathered batch by batch from a stream.
 
     Without ``max_rows`` every row is kept (as the list of batches, never concatenated, so no
-    second copy is made). With ``max_rows`` it is a uniform random sample of all rows seen,
-    drawn by reservoir sampling (Vitter's algorithm R, vectorised): memory stays at
-    ``max_rows × dim`` however long the stream, and every row has the same chance to be kept.
+    second copy is made). With ``max_rows`` it is a uniform random sample of all rows seen:
+    memory stays at ``max_rows × dim`` however long the stream, and every row has the same chance
+    to be kept.
+
+    ``add(rows, keys=...)`` names the items (images) the rows come from, one content key each
+    (:func:`adcore.training.content_keys`), their rows in equal consecutive blocks. Then the
+    collection does not depend on the order or batching of the stream: the blocks come out sorted
+    by key, and the capped sample is a bottom-k sample whose row priorities are drawn from ``seed``
+    and the item's key, not from the stream position (the fitted model must not change when a user
+    feeds the same images in another order, issue 23). Without keys the rows keep stream order
+    and the cap is Vitter's reservoir (algorithm R, vectorised), drawn from ``generator``.
     """
 
-    def __init__(self, max_rows: int | None = None, generator: torch.Generator | None = None) -> None:
+    def __init__(self, max_rows: int | None = None, generator: torch.Generator | None = None, seed: int = 0) -> None:
         self.max_rows = max_rows
         self.generator = generator
+        self.seed = int(seed)
         self.seen = 0
-        self._chunks: list[torch.Tensor] = []
+        self._blocks: list[tuple[tuple[bytes, int], torch.Tensor]] = []
         self._reservoir: torch.Tensor | None = None
+        self._priority: torch.Tensor | None = None
+        self._sorted: list[torch.Tensor] | None = None
 
-    def add(self, rows: torch.Tensor) -> None:
+    def add(self, rows: torch.Tensor, keys: list[bytes] | None = None) -> None:
         # kept in host memory whatever the extraction device (a no-op on the CPU): the bank is gathered
         # from here, and the coreset gets only the projected copy on the device
         rows = rows.detach().to("cpu", torch.float32)
+        self._sorted = None
+        if keys is not None and rows.shape[0] % max(1, len(keys)):
+            raise InvalidInputError(f"{rows.shape[0]} rows cannot be split evenly over {len(keys)} keyed items")
         if self.max_rows is None:
-            self._chunks.append(rows.contiguous())
+            if keys is None:
+                self._blocks.append(((b"", len(self._blocks)), rows.contiguous()))
+            else:
+                per_item = rows.shape[0] // len(keys)
+                for number, key in enumerate(keys):  # views into the batch: no copy
+                    self._blocks.append(((key, len(self._blocks)), rows[number * per_item:(number + 1) * per_item]))
             self.seen += rows.shape[0]
             return
+        if keys is None:
+            self._add_reservoir(rows)
+        else:
+            self._add_bottom_k(rows, keys)
+
+    def _add_bottom_k(self, rows: torch.Tensor, keys: list[bytes]) -> None:
+        """Keep the ``max_rows`` rows of smallest priority seen so far; a row's priority is a uniform
+        draw seeded by ``seed`` and its item's key, so the kept set is the same for any stream order."""
+        if self._reservoir is None:
+            self._reservoir = torch.empty(self.max_rows, rows.shape[1])
+            self._priority = torch.full((self.max_rows,), math.inf, dtype=torch.float64)
+        per_item = rows.shape[0] // len(keys)
+        priority = torch.cat([torch.rand(per_item, dtype=torch.float64, generator=self._item_generator(key)) for key in keys])
+        self.seen += rows.shape[0]
+        candidates = (priority < self._priority.max()).nonzero().flatten()
+        if candidates.numel() == 0:
+            return
+        combined = torch.cat([self._priority, priority[candidates]])
+        winners = combined.topk(self.max_rows, largest=False).indices
+        evicted = torch.ones(self.max_rows, dtype=torch.bool)
+        evicted[winners[winners < self.max_rows]] = False
+        slots = evicted.nonzero().flatten()
+        entering = candidates[winners[winners >= self.max_rows] - self.max_rows]
+        self._reservoir[slots] = rows[entering]
+        self._priority[slots] = priority[entering]
+
+    def _item_generator(self, key: bytes) -> torch.Generator:
+        digest = hashlib.sha256(self.seed.to_bytes(8, "little", signed=True) + key).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+    def _add_reservoir(self, rows: torch.Tensor) -> None:
         if self._reservoir is None:
             self._reservoir = torch.empty(self.max_rows, rows.shape[1])
         free = max(0, self.max_rows - self.seen)
@@ -239,10 +291,18 @@ class FeatureCollector:
         return self.seen if self.max_rows is None else min(self.seen, self.max_rows)
 
     def chunks(self) -> list[torch.Tensor]:
-        """The kept rows as a list of ``(n_i, dim)`` tensors (in stream order without a cap)."""
-        if self.max_rows is None:
-            return self._chunks
-        return [] if self._reservoir is None else [self._reservoir[:len(self)]]
+        """The kept rows as a list of ``(n_i, dim)`` tensors: keyed items sorted by key, the rest in
+        stream order; a keyed sample sorted by priority (both independent of the stream order)."""
+        if self._sorted is None:
+            if self.max_rows is None:
+                self._sorted = [block for _, block in sorted(self._blocks, key=lambda entry: entry[0])]
+            elif self._reservoir is None:
+                self._sorted = []
+            elif self._priority is not None:
+                self._sorted = [self._reservoir[self._priority.argsort()[:len(self)]]]
+            else:
+                self._sorted = [self._reservoir[:len(self)]]
+        return self._sorted
 
     def gather(self, indices: torch.Tensor) -> torch.Tensor:
         """Rows at global ``indices`` (into the concatenation of :meth:`chunks`)."""

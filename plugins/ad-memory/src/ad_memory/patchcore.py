@@ -32,8 +32,13 @@ Deliberate deviations from the paper (and its reference code):
   ``feature_dim`` (152 for Lite0) are kept as they are: pooling up would only repeat channels.
 * The random projection is Gaussian (the paper: a sparse Johnson-Lindenstrauss projection); both
   preserve distances the same way in expectation.
-* ``max_patches`` (off by default) caps the patches gathered before the coreset by uniform
-  reservoir sampling, for training sets too large to hold all patch features.
+* ``max_patches`` (off by default) caps the patches gathered before the coreset by a uniform
+  random sample (bottom-k), for training sets too large to hold all patch features.
+* The patch features are gathered in the order of the images' content (``adcore.training.content_keys``),
+  not in the order they streamed in, and the capped sample draws each patch's priority from the
+  seed and its image's content: the bank, the coreset and so the model are the same however the
+  caller orders or batches the training images (the paper does not say; its code keeps the
+  loader's order, so its coreset changes with it).
 * ``num_neighbors=1`` switches the reweighting off (the image score is then ``s*``); with one
   neighbour the paper's weight would always be zero.
 """
@@ -64,6 +69,7 @@ from adcore.memory import release_free_memory
 from adcore.ops import average_pool_neighbourhood, gaussian_blur, upsample
 from adcore.params import Integer, Options, Real, Stages
 from adcore.progress import progress
+from adcore.training import content_keys
 
 __all__ = ["PatchCore"]
 
@@ -80,8 +86,8 @@ class PatchCore(FeatureDetector):
         feature_dim: channels are adaptive-average pooled down to this many if there are more.
         coreset_ratio: share of patch features kept in the memory bank, in (0, 1].
         projection_dim: dimensions of the random projection the coreset is chosen in.
-        max_patches: optional cap on patches gathered before the coreset (uniform reservoir
-            sample); ``None`` keeps all of them.
+        max_patches: optional cap on patches gathered before the coreset (a uniform random
+            sample, the same for any order of the images); ``None`` keeps all of them.
         num_neighbors: neighbourhood size ``b`` of the image-score reweighting (1 = off).
         index: ``"flat"`` (exact), ``"ivf"`` or ``"hnsw"`` (approximate, for huge banks).
         index_probes: IVF lists probed / HNSW efSearch (``None``: 8 / 64).
@@ -133,14 +139,15 @@ class PatchCore(FeatureDetector):
     # -- fit ------------------------------------------------------------------------------------
     def _fit(self, stream: ImageStream) -> None:
         generator = torch.Generator().manual_seed(int(self.seed))
-        collector = FeatureCollector(self.max_patches, generator)
+        collector = FeatureCollector(self.max_patches, generator, seed=int(self.seed))
         grid = None
         for batch in progress(stream, desc="patchcore features"):
             features = self._embed(batch)  # (B, D, h, w)
             grid = list(features.shape[-2:])
             rows = features.shape[0] * features.shape[2] * features.shape[3]
             self._check_fit_memory(collector.seen, rows, features.shape[1])
-            collector.add(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]))
+            # keyed by image content: the bank (and so the coreset) is the same for any order or batching
+            collector.add(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]), keys=content_keys(batch))
         total = len(collector)
         dim = collector.chunks()[0].shape[1]
         size = max(1, int(math.ceil(self.coreset_ratio * total)))
