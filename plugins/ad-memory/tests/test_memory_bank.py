@@ -215,3 +215,8 @@ def test_keyed_sample_is_uniform_and_bounded() -> None:
 def test_rows_that_do_not_split_over_their_keys_are_refused() -> None:
     with pytest.raises(InvalidInputError, match="cannot be split evenly"):
         FeatureCollector().add(torch.zeros(7, 2), keys=[b"a", b"b"])
+    with pytest.raises(InvalidInputError, match="cannot be split evenly"):
+        FeatureCollector().add(torch.zeros(3, 2), keys=[])
+    collector = FeatureCollector()
+    collector.add(torch.zeros(0, 2), keys=[])  # an empty batch adds nothing
+    assert len(collector) == 0

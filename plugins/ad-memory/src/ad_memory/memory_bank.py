@@ -221,7 +221,9 @@ class FeatureCollector:
         # from here, and the coreset gets only the projected copy on the device
         rows = rows.detach().to("cpu", torch.float32)
         self._sorted = None
-        if keys is not None and rows.shape[0] % max(1, len(keys)):
+        if keys is not None and (len(keys) == 0 or rows.shape[0] % len(keys)):
+            if len(keys) == 0 and rows.shape[0] == 0:
+                return
             raise InvalidInputError(f"{rows.shape[0]} rows cannot be split evenly over {len(keys)} keyed items")
         if self.max_rows is None:
             if keys is None:
