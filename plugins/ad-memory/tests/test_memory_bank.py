@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -80,20 +82,33 @@ def test_coreset_stops_at_duplicates_and_handles_edges() -> None:
         greedy_coreset(points, 0)
 
 
+def _keep_counts(fill: Callable[[int], FeatureCollector]) -> torch.Tensor:
+    """How often each of rows 0..999 is kept in 200 samples of 100, ``fill(trial)`` giving one sample."""
+    hits = torch.zeros(1000)
+    for trial in range(200):
+        kept = fill(trial).chunks()[0][:, 0].long()
+        assert kept.numel() == 100 and kept.unique().numel() == 100
+        hits[kept] += 1
+    return hits
+
+
+def _assert_uniform(hits: torch.Tensor) -> None:
+    # every row has chance 0.1; over 200 trials each row is kept ~20 times, early and late alike
+    assert abs(hits[:500].mean().item() - 20) < 2 and abs(hits[500:].mean().item() - 20) < 2
+    assert hits.min() > 3
+
+
 def test_reservoir_is_uniform_and_bounded() -> None:
     generator = torch.Generator().manual_seed(0)
-    hits = torch.zeros(1000)
-    for _ in range(200):
+
+    def fill(trial: int) -> FeatureCollector:
         collector = FeatureCollector(max_rows=100, generator=generator)
         for start in range(0, 1000, 37):  # uneven batches
             stop = min(start + 37, 1000)
             collector.add(torch.arange(start, stop, dtype=torch.float32)[:, None].repeat(1, 3))
-        kept = collector.chunks()[0][:, 0].long()
-        assert kept.numel() == 100 and kept.unique().numel() == 100
-        hits[kept] += 1
-    # every row has chance 0.1; over 200 trials each row is kept ~20 times, early and late alike
-    assert abs(hits[:500].mean().item() - 20) < 2 and abs(hits[500:].mean().item() - 20) < 2
-    assert hits.min() > 3
+        return collector
+
+    _assert_uniform(_keep_counts(fill))
 
 
 def test_collector_gather_and_project() -> None:
@@ -199,17 +214,14 @@ def test_keyed_rows_come_out_the_same_for_any_order_and_batching() -> None:
 
 
 def test_keyed_sample_is_uniform_and_bounded() -> None:
-    hits = torch.zeros(1000)
-    for trial in range(200):
+    def fill(trial: int) -> FeatureCollector:
         collector = FeatureCollector(max_rows=100, seed=trial)
         for start in range(0, 1000, 40):  # items of 4 rows, 10 items per batch
             keys = [int(i).to_bytes(4, "big") for i in range(start // 4, start // 4 + 10)]
             collector.add(torch.arange(start, start + 40, dtype=torch.float32)[:, None].repeat(1, 3), keys=keys)
-        kept = collector.chunks()[0][:, 0].long()
-        assert kept.numel() == 100 and kept.unique().numel() == 100
-        hits[kept] += 1
-    assert abs(hits[:500].mean().item() - 20) < 2 and abs(hits[500:].mean().item() - 20) < 2
-    assert hits.min() > 3
+        return collector
+
+    _assert_uniform(_keep_counts(fill))
 
 
 def test_rows_that_do_not_split_over_their_keys_are_refused() -> None:
