@@ -1,8 +1,8 @@
 """Print mean ± std over seeds (issue 23) of benchmark records as Markdown table rows.
 
-    python benchmarks/seeds_table.py benchmarks/ad-flow/results/benchmark/results.jsonl [more.jsonl ...]
-    python benchmarks/seeds_table.py --set PA_ benchmarks/ad-stat/results/benchmark/results.jsonl  # the PIPED rows
-    python benchmarks/seeds_table.py --fill docs/ad-stat.md benchmarks/ad-stat/results/benchmark/results.jsonl
+    .venv/bin/python benchmarks/seeds_table.py benchmarks/ad-flow/results/benchmark/results.jsonl [more.jsonl ...]
+    .venv/bin/python benchmarks/seeds_table.py --set PA_ benchmarks/ad-stat/results/benchmark/results.jsonl  # the PIPED rows
+    .venv/bin/python benchmarks/seeds_table.py --fill docs/ad-stat.md benchmarks/ad-stat/results/benchmark/results.jsonl
 
 ``--fill PAGE`` rewrites, in place, every block of PAGE that lies between ``<!-- seeds-table PREFIX -->``
 and ``<!-- /seeds-table -->`` with the table of the sets named ``PREFIX…`` (the pages' tables over
@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 from pathlib import Path
+
+from adcore.files import atomic_write_text
 
 __all__ = ["main", "rows", "table", "fill"]
 
@@ -74,10 +75,8 @@ def fill(page: Path, paths: list[str]) -> int:
     """Rewrite ``page``'s seeds-table blocks from ``paths``; returns how many blocks were filled."""
     text = page.read_text(encoding="utf-8")
     new, count = BLOCK.subn(lambda m: f"<!-- seeds-table {m.group(1)} -->\n{table(paths, (m.group(1),))}\n<!-- /seeds-table -->", text)
-    if count:  # written beside the page and renamed over it: an interrupted fill leaves the page whole
-        temporary = page.with_name(f".{page.name}.seeds-table")
-        temporary.write_text(new, encoding="utf-8")
-        os.replace(temporary, page)
+    if count:  # an interrupted fill leaves the page whole
+        atomic_write_text(page, new)
     return count
 
 
