@@ -300,8 +300,10 @@ class FeatureCollector:
                 self._sorted = [block for _, block in sorted(self._blocks, key=lambda entry: entry[0])]
             elif self._reservoir is None:
                 self._sorted = []
-            elif self._priority is not None:
-                self._sorted = [self._reservoir[self._priority.argsort()[:len(self)]]]
+            elif self._priority is not None:  # sorted in place of the unsorted sample, not beside it
+                order = self._priority.argsort()
+                self._reservoir, self._priority = self._reservoir[order], self._priority[order]
+                self._sorted = [self._reservoir[:len(self)]]
             else:
                 self._sorted = [self._reservoir[:len(self)]]
         return self._sorted
@@ -311,10 +313,13 @@ class FeatureCollector:
         chunks = self.chunks()
         offsets = torch.tensor([0] + [c.shape[0] for c in chunks]).cumsum(0)
         out = torch.empty(indices.numel(), chunks[0].shape[1])
-        for number, chunk in enumerate(chunks):
-            inside = ((indices >= offsets[number]) & (indices < offsets[number + 1])).nonzero().flatten()
+        # the indices grouped by the chunk that holds them, in one sort: keyed collections hold one
+        # chunk per image (hundreds), so a mask over every index per chunk would cost chunks × indices
+        owner = torch.searchsorted(offsets[1:], indices, right=True)
+        groups = torch.argsort(owner, stable=True).split(torch.bincount(owner, minlength=len(chunks)).tolist())
+        for number, inside in enumerate(groups):
             if inside.numel():
-                out[inside] = chunk[indices[inside] - offsets[number]]
+                out[inside] = chunks[number][indices[inside] - offsets[number]]
         return out
 
     def project(self, matrix: torch.Tensor | None) -> torch.Tensor:
